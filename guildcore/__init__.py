@@ -1,0 +1,38 @@
+"""guildcore: a supervised multiprocessing engine.
+
+The public API lives here and only here; every other module may change.
+"""
+
+from guildcore._version import __version__
+from guildcore.errors import (
+    AgentDied,
+    AgentError,
+    CacheError,
+    ConfigError,
+    ContextError,
+    GuildError,
+    MemoryLimitExceeded,
+    PoolBroken,
+    SerializationError,
+    ShutdownError,
+    TaskCancelled,
+    TaskError,
+    TaskTimeout,
+)
+
+__all__ = [
+    "AgentDied",
+    "AgentError",
+    "CacheError",
+    "ConfigError",
+    "ContextError",
+    "GuildError",
+    "MemoryLimitExceeded",
+    "PoolBroken",
+    "SerializationError",
+    "ShutdownError",
+    "TaskCancelled",
+    "TaskError",
+    "TaskTimeout",
+    "__version__",
+]
