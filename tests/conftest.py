@@ -1,0 +1,106 @@
+"""Suite-wide guards: after every test, nothing of ours is left running.
+
+A test fails if it leaves behind a child process (other than the
+interpreter-wide forkserver and resource tracker that multiprocessing keeps
+for its lifetime), a /dev/shm segment owned by this process, or a thread.
+Leftovers get a short deadline to go away, since joins and reaps are
+asynchronous; the wait is on their state, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+SHM_DIR = "/dev/shm"
+LEAK_DEADLINE_S = 5.0
+
+
+def _interpreter_helpers() -> set[int]:
+    """Pids multiprocessing keeps alive for the interpreter's lifetime."""
+    pids: set[int] = set()
+    try:
+        from multiprocessing import forkserver, resource_tracker
+
+        fs_pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        rt_pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+        pids.update(p for p in (fs_pid, rt_pid) if p)
+    except Exception:
+        pass
+    return pids
+
+
+def _children() -> set[int]:
+    me = psutil.Process()
+    helpers = _interpreter_helpers()
+    alive = set()
+    for child in me.children(recursive=False):
+        try:
+            if child.pid in helpers or child.status() == psutil.STATUS_ZOMBIE:
+                # A zombie is reaped by whoever owns the Popen object; what
+                # matters is that no child still runs.
+                if child.pid in helpers:
+                    continue
+                alive.add(child.pid)
+                continue
+            alive.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _our_segments() -> set[str]:
+    prefix = f"guild_{os.getpid()}_"
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(prefix)}
+    except FileNotFoundError:
+        return set()
+
+
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    threads_before = _threads()
+    segments_before = _our_segments()
+    children_before = _children()
+    yield
+    if request.node.get_closest_marker("allow_leaks"):
+        return
+    deadline = time.monotonic() + LEAK_DEADLINE_S
+    while True:
+        children = _children() - children_before
+        segments = _our_segments() - segments_before
+        threads = {t for t in _threads() - threads_before if not t.daemon or t.name.startswith("guild")}
+        if not (children or segments or threads) or time.monotonic() > deadline:
+            break
+        for t in threads:
+            t.join(timeout=0.05)
+        if children:
+            psutil.wait_procs([psutil.Process(p) for p in children if psutil.pid_exists(p)], timeout=0.05)
+    problems = []
+    if children:
+        problems.append(f"child processes still running: {sorted(children)}")
+        for pid in children:  # do not let one leak cascade into the next tests
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+    if segments:
+        problems.append(f"/dev/shm segments left: {sorted(segments)}")
+        for name in segments:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                pass
+    if threads:
+        problems.append(f"threads still running: {sorted(t.name for t in threads)}")
+    if problems:
+        pytest.fail("test left resources behind: " + "; ".join(problems), pytrace=False)
