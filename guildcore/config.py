@@ -1,0 +1,612 @@
+"""Settings of guildcore: typed sections, their sources, merge and checks.
+
+This module covers the frozen ``Config`` dataclasses (one per section, each
+field carrying its kind and a one-line help in its metadata: the one table of
+settings), reading the sources and merging them, lowest to highest:
+
+    1. built-in defaults (the dataclass defaults below)
+    2. the fenced ```yaml block whose top key is ``performance:`` in
+       ``.guild/instructions.md``
+    3. ``.guild/config.yaml`` (sections at top level or under ``performance:``)
+    4. ``GUILD_SECTION__KEY`` environment variables (``GUILD_POOL__MAX_AGENTS=4``;
+       ``GUILD_CACHING__NAMESPACES__MINE__TTL=10m``), values read as YAML scalars.
+       Only names with a ``__`` are settings; other ``GUILD_*`` names are ignored.
+    5. keyword arguments by section (``pool={"max_agents": 4}``) and the flat
+       shortcuts in ``SHORTCUTS`` (``max_agents=4``), which win over sections.
+
+Every value remembers its source (``explain_config``, ``guild config show``),
+and checks that span fields run on the merged result. The ``.guild`` folder is
+found by walking up from the working directory; its parent is ``Config.root``.
+It does not cover single values (sizes, durations: ``config_values.py``) or
+acting on settings (each room reads its own section).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import yaml
+
+from guildcore.config_values import (
+    BOOL,
+    FRACTION,
+    GB,
+    MB,
+    MIB,
+    NAMES,
+    SIZE,
+    TEXT,
+    Kind,
+    Origin,
+    bad_value,
+    choice,
+    duration,
+    integer,
+    parse_duration,
+    parse_size,
+    render_scalar,
+)
+from guildcore.errors import ConfigError
+
+__all__ = [
+    "SHORTCUTS",
+    "CachingConfig",
+    "Config",
+    "LimitsConfig",
+    "MonitoringConfig",
+    "NamespacePolicy",
+    "OptimizationConfig",
+    "ParallelizationConfig",
+    "PoolConfig",
+    "StreamingConfig",
+    "explain_config",
+    "find_guild_dir",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+    "performance_yaml",
+    "render_value",
+    "usable_cpus",
+]
+
+T = TypeVar("T")
+FALLBACK_CPUS = 5  # when neither sched_getaffinity nor cpu_count can tell
+GUILD_DIR = ".guild"
+DEFAULT = Origin("default")
+KEYWORD = Origin("keyword argument")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: affinity mask, else ``os.cpu_count()``, else 5."""
+    try:
+        return len(os.sched_getaffinity(0)) or FALLBACK_CPUS
+    except (AttributeError, OSError):
+        return os.cpu_count() or FALLBACK_CPUS
+
+
+def _setting(default: T, kind: Kind, help: str, *, template: str | None = None) -> T:
+    meta = {"kind": kind, "help": help, "template": template}
+    result: T = field(default=default, metadata=meta)
+    return result
+
+
+# -- the table of settings ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelizationConfig:
+    enabled: bool = _setting(True, BOOL, "false runs every task inline, in this process")
+    max_parallel: int | None = _setting(None, integer(1, optional=True), "tasks at once; null = pool.max_agents")
+    strategy: str = _setting("auto", choice("auto", "pool", "sequential"), "auto lets the router choose")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    min_agents: int = _setting(1, integer(0), "agents kept alive when idle")
+    max_agents: int = field(
+        default_factory=usable_cpus,
+        metadata={"kind": integer(1, auto=usable_cpus), "help": "auto = usable CPUs", "template": "auto"},
+    )
+    idle_timeout: float = _setting(60.0, duration(), "an idle agent above min_agents stops after this")
+    scale_up_queue_length: int = _setting(3, integer(1), "queued tasks per agent before one more starts")
+    queue_strategy: str = _setting("priority", choice("priority", "fifo"), "order of queued tasks")
+    balancing: str = _setting("least_loaded", choice("least_loaded", "round_robin"), "which agent gets a task")
+    start_method: str = _setting("forkserver", choice("forkserver", "fork", "spawn"), "how agents start")
+    prefetch: int = _setting(2, integer(0), "tasks sent ahead to a busy agent")
+    max_tasks_per_agent: int | None = _setting(None, integer(1, optional=True), "recycle an agent after N tasks")
+    retries: int = _setting(0, integer(0), "times a task is retried after its agent died")
+    quarantine_after: int = _setting(2, integer(1), "a task that killed this many agents fails for good")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    per_agent: int = _setting(100 * MB, SIZE, "private memory (RssAnon) one agent may use")
+    total_system: int = _setting(512 * MB, SIZE, "supervisor + agents + caches, for the monitor")
+    cache_size: int = _setting(256 * MB, SIZE, "in-process cache bytes, for the monitor")
+    sample_interval: float = _setting(0.1, duration(), "how often busy agents' memory is sampled")
+    timeout: float | None = _setting(30.0, duration(optional=True), "per task; null disables")
+    timeout_grace: float = _setting(2.0, duration(allow_zero=True), "SIGTERM to SIGKILL on timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacePolicy:
+    """Policy of one cache namespace; ``ttl=None`` means no expiry within the store.
+
+    ``scope`` is ``session`` (dropped when the supervisor stops) or
+    ``persistent`` (kept in L3 across runs).
+    """
+
+    ttl: float | None = _setting(None, duration(optional=True), "null = no expiry")
+    max_entries: int | None = _setting(None, integer(1, optional=True), "null = no cap")
+    scope: str = _setting("persistent", choice("session", "persistent"), "session or persistent")
+
+
+# Built-in namespaces. `result` (and any namespace declared without a ttl)
+# follows caching.ttl; its entry here shows the default of 1 h.
+_BUILTIN_NAMESPACES: Mapping[str, NamespacePolicy] = MappingProxyType({
+    "process": NamespacePolicy(None, 100, "session"),
+    "agent": NamespacePolicy(None, None, "persistent"),
+    "research": NamespacePolicy(3600.0, 50, "persistent"),
+    "routing": NamespacePolicy(1800.0, 100, "persistent"),
+    "result": NamespacePolicy(3600.0, None, "persistent"),
+})  # fmt: skip
+_FOLLOWS_TTL = "result"
+_NAMESPACE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class CachingConfig:
+    enabled: bool = _setting(True, BOOL, "false turns every cache tier off")
+    memory_cache: int = _setting(64 * MB, SIZE, "byte budget of the in-process L1 + L2")
+    memory_entries: int = _setting(10000, integer(1), "entry cap of the in-process L1 + L2")
+    disk_cache: int = _setting(1 * GB, SIZE, "LMDB map size (L3)")
+    ttl: float = _setting(3600.0, duration(), "default time to live of an entry")
+    path: str = _setting(".guild/cache", TEXT, "L3 folder, relative to the folder holding .guild")
+    namespaces: Mapping[str, NamespacePolicy] = field(default_factory=lambda: _BUILTIN_NAMESPACES)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingConfig:
+    enabled: bool = _setting(True, BOOL, "generators stream chunk by chunk")
+    stream_threshold: int = _setting(8 * MB, SIZE, "a result bigger than this moves in chunks")
+    chunk_size: int = _setting(1 * MIB, SIZE, "bytes per chunk")
+    window: int = _setting(4, integer(1), "credit window: chunks in flight")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringConfig:
+    enabled: bool = _setting(True, BOOL, "watch memory and load")
+    check_interval: float = _setting(1.0, duration(), "how often the monitor samples")
+    warning_threshold: float = _setting(0.80, FRACTION, "of limits: log, evict L1/L2, recycle idle agents")
+    critical_threshold: float = _setting(0.95, FRACTION, "of limits: caching off, one agent")
+    alerts: bool = _setting(True, BOOL, "log an alert on each threshold crossing")
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationConfig:
+    preload: tuple[str, ...] = _setting((), NAMES, "modules the forkserver imports once")
+    streaming: bool = _setting(True, BOOL, "move big results in chunks")
+    compression: bool = _setting(True, BOOL, "compress big cache values")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The merged settings; ``root`` is the folder holding ``.guild`` (None if none)."""
+
+    parallelization: ParallelizationConfig = field(default_factory=ParallelizationConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    caching: CachingConfig = field(default_factory=CachingConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    root: str | None = None
+
+    def guild_dir(self) -> str | None:
+        return None if self.root is None else os.path.join(self.root, GUILD_DIR)
+
+    def cache_path(self) -> str:
+        """Absolute L3 path: ``caching.path`` relative to ``root`` (else the working dir)."""
+        base = self.root if self.root is not None else os.getcwd()
+        return os.path.normpath(os.path.join(base, os.path.expanduser(self.caching.path)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain values (lists, not tuples) for display and JSON."""
+        out: dict[str, Any] = {}
+        for key, value in self.flat().items():
+            *parents, leaf = key.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, e.g. ``caching.namespaces.result.ttl``."""
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                value = getattr(section, f.name)
+                if f.name == "namespaces":
+                    for ns, policy in value.items():
+                        for pf in fields(NamespacePolicy):
+                            out[f"{name}.namespaces.{ns}.{pf.name}"] = getattr(policy, pf.name)
+                else:
+                    out[f"{name}.{f.name}"] = value
+        return out
+
+
+SECTIONS: Mapping[str, type[Any]] = MappingProxyType({f.name: f.default_factory for f in fields(Config) if f.name != "root"})  # type: ignore[misc]
+_KINDS: Mapping[str, Kind] = MappingProxyType({
+    f"{name}.{f.name}": f.metadata["kind"] for name, cls in SECTIONS.items() for f in fields(cls) if "kind" in f.metadata
+})  # fmt: skip
+_POLICY_KINDS: Mapping[str, Kind] = MappingProxyType({f.name: f.metadata["kind"] for f in fields(NamespacePolicy)})
+SHORTCUTS: Mapping[str, str] = MappingProxyType({
+    "max_agents": "pool.max_agents", "min_agents": "pool.min_agents", "per_agent": "limits.per_agent",
+    "timeout": "limits.timeout", "start_method": "pool.start_method",
+})  # fmt: skip
+
+
+def _kind(key: str) -> Kind:
+    parts = key.split(".")
+    return _POLICY_KINDS[parts[3]] if parts[1:2] == ["namespaces"] else _KINDS[key]
+
+
+def render_value(key: str, value: object) -> str:
+    """A value as a user would write it: ``100MB``, ``1h``, ``null``."""
+    try:
+        return _kind(key).render(value)
+    except (KeyError, IndexError):
+        return render_scalar(value)
+
+
+# -- reading sources ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Map:
+    """A mapping as read from a source, with the line of each key (None outside files)."""
+
+    items: tuple[tuple[object, object, int | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key: str  # the setting: pool.max_agents (caching.namespaces.NAME declares a namespace)
+    shown: str  # as written in its source: performance.pool.max_agents
+    raw: object
+    origin: Origin
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, _Map):
+        return {str(k): _plain(v) for k, v, _ in value.items}
+    return value
+
+
+def _from_python(value: object) -> object:
+    if isinstance(value, Mapping):
+        return _Map(tuple((k, _from_python(v), None) for k, v in value.items()))
+    return value
+
+
+def _mapping(value: object, shown: str, origin: Origin) -> _Map:
+    if value is None:
+        return _Map(())
+    if not isinstance(value, _Map):
+        raise bad_value(_plain(value), shown, origin, "expected a mapping (key: value lines indented below it)")
+    return value
+
+
+def _unknown(shown: str, name: str, options: Sequence[str], origin: Origin) -> ConfigError:
+    close = difflib.get_close_matches(name, options, n=1)
+    fix = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(options)
+    return ConfigError(f"unknown key {shown!r} in {origin}; {fix}", source=origin.source, line=origin.line, key=shown)
+
+
+def _items(tree: _Map, prefix: str, source: str) -> Iterator[tuple[str, str, object, Origin]]:
+    """(name, shown path, value, origin) of each key of ``tree``; a key given twice is an error."""
+    seen: dict[str, Origin] = {}
+    for name, value, line in tree.items:
+        origin, shown = Origin(source, line), f"{prefix}{name}"
+        if str(name) in seen:
+            raise ConfigError(
+                f"duplicate key {shown!r} in {origin} (first at {seen[str(name)]}); keep one of them",
+                source=source, line=line, key=shown,
+            )  # fmt: skip
+        seen[str(name)] = origin
+        yield str(name), shown, value, origin
+
+
+def _walk(tree: _Map, prefix: str, source: str, extra: Sequence[str] = ()) -> Iterator[_Entry]:
+    """Entries of a mapping of sections, checked against the table of settings."""
+    for name, shown, value, origin in _items(tree, prefix, source):
+        if name not in SECTIONS:
+            raise _unknown(shown, name, [*SECTIONS, *extra], origin)
+        names = [f.name for f in fields(SECTIONS[name])]
+        for fname, fshown, fvalue, forigin in _items(_mapping(value, shown, origin), f"{shown}.", source):
+            if fname not in names:
+                raise _unknown(fshown, fname, names, forigin)
+            if name == "caching" and fname == "namespaces":
+                yield from _walk_namespaces(_mapping(fvalue, fshown, forigin), f"{fshown}.", source)
+            else:
+                yield _Entry(f"{name}.{fname}", fshown, _plain(fvalue), forigin)
+
+
+def _walk_namespaces(tree: _Map, prefix: str, source: str) -> Iterator[_Entry]:
+    for ns, shown, value, origin in _items(tree, prefix, source):
+        if not _NAMESPACE_NAME.match(ns):
+            raise bad_value(ns, shown, origin, "a namespace name is letters, digits, _ and -, starting with a letter")
+        yield _Entry(f"caching.namespaces.{ns}", shown, None, origin)
+        for pname, pshown, pvalue, porigin in _items(_mapping(value, shown, origin), f"{shown}.", source):
+            if pname not in _POLICY_KINDS:
+                raise _unknown(pshown, pname, list(_POLICY_KINDS), porigin)
+            yield _Entry(f"caching.namespaces.{ns}.{pname}", pshown, _plain(pvalue), porigin)
+
+
+def _read_text(path: str, source: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {source} ({exc}); check that it is a readable UTF-8 file", source=source) from None
+
+
+def _read_yaml(text: str, source: str, first_line: int) -> object:
+    """Parse YAML keeping key lines; ``first_line`` is the file line of the text's first line."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _from_node(node, loader, first_line)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Origin(source, None if mark is None else first_line + mark.line)
+        raise ConfigError(
+            f"malformed yaml in {where} ({exc.problem or exc.context}); fix the indentation, colons or quotes there",
+            source=source, line=where.line,
+        ) from None  # fmt: skip
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed yaml in {source} ({exc}); fix the yaml syntax", source=source) from None
+    finally:
+        loader.dispose()
+
+
+def _from_node(node: yaml.Node, loader: yaml.SafeLoader, first_line: int) -> object:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolve `<<:` merge keys
+        return _Map(tuple(
+            (loader.construct_object(k, deep=True), _from_node(v, loader, first_line), first_line + k.start_mark.line)
+            for k, v in node.value
+        ))  # fmt: skip
+    return loader.construct_object(node, deep=True)
+
+
+_FENCE_OPEN = re.compile(r"^(`{3,}|~{3,})\s*([A-Za-z0-9_+-]*)")
+_PERFORMANCE_KEY = re.compile(r"^performance\s*:")
+
+
+def _performance_block(text: str, source: str) -> tuple[str, int]:
+    """The one ```yaml block whose top key is ``performance:``, and its first line."""
+    lines, found, i = text.splitlines(), [], 0
+    while i < len(lines):
+        opened = _FENCE_OPEN.match(lines[i])
+        i += 1
+        if opened is None:
+            continue
+        fence, lang = opened.groups()
+        closing = re.compile(rf"^{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+        start = i
+        while i < len(lines) and not closing.match(lines[i]):
+            i += 1
+        body, i = lines[start:i], i + 1
+        if lang.lower() in ("yaml", "yml") and any(_PERFORMANCE_KEY.match(line) for line in body):
+            found.append((start + 1, body))
+    if not found:
+        raise ConfigError(
+            f"no ```yaml block with the top key 'performance:' in {source}; add one, "
+            "or run 'guild init --force' to write one with every default",
+            source=source,
+        )
+    if len(found) > 1:
+        where = " and ".join(str(first - 1) for first, _ in found)
+        raise ConfigError(
+            f"{len(found)} ```yaml blocks with the top key 'performance:' in {source} (lines {where}); merge them into one",
+            source=source, line=found[1][0] - 1,
+        )  # fmt: skip
+    first, body = found[0]
+    return "\n".join(body), first
+
+
+def _instructions_entries(path: str, source: str) -> Iterator[_Entry]:
+    block, first = _performance_block(_read_text(path, source), source)
+    doc = _mapping(_read_yaml(block, source, first), "performance", Origin(source, first))
+    for name, shown, value, origin in _items(doc, "", source):
+        if name != "performance":
+            raise _unknown(shown, name, ["performance"], origin)
+        yield from _walk(_mapping(value, shown, origin), "performance.", source)
+
+
+def _config_yaml_entries(path: str, source: str) -> Iterator[_Entry]:
+    doc = _mapping(_read_yaml(_read_text(path, source), source, 1), "(top level)", Origin(source))
+    for name, shown, value, origin in _items(doc, "", source):
+        if name == "performance":
+            yield from _walk(_mapping(value, shown, origin), "performance.", source)
+        else:
+            yield from _walk(_Map(((name, value, origin.line),)), "", source, extra=["performance"])
+
+
+def _env_value(text: str) -> object:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, (str, int, float, list)) else text
+
+
+def _env_entries(environ: Mapping[str, str]) -> Iterator[_Entry]:
+    for name in sorted(environ):
+        if not name.startswith("GUILD_") or "__" not in name:
+            continue
+        *parents, leaf = name[len("GUILD_") :].lower().split("__")
+        tree = _Map(((leaf, _env_value(environ[name]), None),))
+        for part in reversed(parents):
+            tree = _Map(((part, tree, None),))
+        yield from _walk(tree, "", f"env {name}")
+
+
+def _override_entries(overrides: Mapping[str, Any]) -> Iterator[_Entry]:
+    sections = tuple((name, _from_python(v), None) for name, v in overrides.items() if name not in SHORTCUTS)
+    yield from _walk(_Map(sections), "", KEYWORD.source, extra=list(SHORTCUTS))
+    for name, value in overrides.items():
+        if name in SHORTCUTS:  # flat shortcuts win over the same key given by section
+            yield _Entry(SHORTCUTS[name], name, value, KEYWORD)
+
+
+# -- merge and check ---------------------------------------------------------------------
+
+_Values = dict[str, tuple[Any, Origin]]
+
+
+def _merge(entries: Iterable[_Entry], values: _Values, declared: dict[str, Origin]) -> None:
+    for entry in entries:
+        if entry.key.count(".") == 2:  # caching.namespaces.NAME
+            declared.setdefault(entry.key.split(".")[2], entry.origin)
+        else:
+            values[entry.key] = (_kind(entry.key).parse(entry.raw, entry.shown, entry.origin), entry.origin)
+
+
+def _conflict(values: _Values, a: str, relation: str, b: str, fix: str) -> ConfigError:
+    (va, oa), (vb, ob) = values[a], values[b]
+    blame_a = oa != DEFAULT
+    blame = oa if blame_a else ob
+    return ConfigError(
+        f"{a} {render_value(a, va)} ({oa}) {relation} {b} {render_value(b, vb)} ({ob}); {fix}",
+        source=blame.source, line=blame.line, key=a if blame_a else b, value=va if blame_a else vb,
+    )  # fmt: skip
+
+
+def _check(values: _Values) -> None:
+    """Invariants across fields, on the merged values."""
+    if values["pool.min_agents"][0] > values["pool.max_agents"][0]:
+        raise _conflict(values, "pool.min_agents", "is greater than", "pool.max_agents",
+                        "lower pool.min_agents or raise pool.max_agents")  # fmt: skip
+    if values["monitoring.warning_threshold"][0] >= values["monitoring.critical_threshold"][0]:
+        raise _conflict(values, "monitoring.warning_threshold", "is not below", "monitoring.critical_threshold",
+                        "set the warning threshold below the critical one")  # fmt: skip
+
+
+def _build(values: _Values, declared: Mapping[str, Origin], root: str | None) -> tuple[Config, dict[str, str]]:
+    _check(values)
+    sources = {key: str(origin) for key, (_, origin) in values.items()}
+    namespaces: dict[str, NamespacePolicy] = {}
+    for ns in declared:
+        policy: dict[str, Any] = {}
+        for pf in fields(NamespacePolicy):
+            key = f"caching.namespaces.{ns}.{pf.name}"
+            if key in values:
+                policy[pf.name] = values[key][0]
+            elif pf.name == "ttl":  # result, and namespaces declared without a ttl
+                policy[pf.name], sources[key] = values["caching.ttl"][0], "default (follows caching.ttl)"
+            else:
+                policy[pf.name], sources[key] = pf.default, str(DEFAULT)
+        namespaces[ns] = NamespacePolicy(**policy)
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        kwargs = {f.name: values[f"{name}.{f.name}"][0] for f in fields(cls) if f.name != "namespaces"}
+        if name == "caching":
+            kwargs["namespaces"] = MappingProxyType(namespaces)
+        sections[name] = cls(**kwargs)
+    config = Config(**sections, root=root)
+    return config, {key: sources[key] for key in config.flat()}
+
+
+def _defaults() -> tuple[_Values, dict[str, Origin]]:
+    follows = f"caching.namespaces.{_FOLLOWS_TTL}.ttl"
+    values = {key: (value, DEFAULT) for key, value in Config().flat().items() if key != follows}
+    return values, dict.fromkeys(_BUILTIN_NAMESPACES, DEFAULT)
+
+
+# -- public entry points -----------------------------------------------------------------
+
+
+def find_guild_dir(start: str | os.PathLike[str] | None = None) -> str | None:
+    """The nearest ``.guild`` folder at or above ``start`` (default: the working dir)."""
+    here = os.path.abspath(os.fspath(start) if start is not None else os.getcwd())
+    while True:
+        candidate = os.path.join(here, GUILD_DIR)
+        if os.path.isdir(candidate):
+            return candidate
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def explain_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """The merged Config and, for each dotted key, where its value came from."""
+    start = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
+    guild_dir = find_guild_dir(start)
+    values, declared = _defaults()
+    if guild_dir is not None:
+        readers = (("instructions.md", _instructions_entries), ("config.yaml", _config_yaml_entries))
+        for filename, read in readers:
+            path = os.path.join(guild_dir, filename)
+            if os.path.isfile(path):
+                _merge(read(path, os.path.relpath(path, start)), values, declared)
+    _merge(_env_entries(os.environ if environ is None else environ), values, declared)
+    _merge(_override_entries(overrides or {}), values, declared)
+    return _build(values, declared, None if guild_dir is None else os.path.dirname(guild_dir))
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Defaults < instructions.md < config.yaml < GUILD_* env < ``overrides``; checked."""
+    return explain_config(overrides, cwd=cwd, environ=environ)[0]
+
+
+def performance_yaml() -> str:
+    """The ``performance:`` block with every default, commented: what ``guild init`` writes."""
+    lines = ["performance:"]
+    for name, cls in SECTIONS.items():
+        lines.append(f"  {name}:")
+        for f in fields(cls):
+            if f.name == "namespaces":
+                lines += _namespace_lines()
+                continue
+            default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc,operator]
+            text = f.metadata["template"] or f.metadata["kind"].render(default)
+            lines.append(_commented(f"    {f.name}: {text}", f.metadata["help"]))
+    return "\n".join(lines) + "\n"
+
+
+def _namespace_lines() -> list[str]:
+    out = [_commented("    namespaces:", "per namespace; add your own: mine: {ttl: 10m, max_entries: 5}")]
+    for ns, policy in _BUILTIN_NAMESPACES.items():
+        parts = [
+            f"{pf.name}: {_POLICY_KINDS[pf.name].render(getattr(policy, pf.name))}"
+            for pf in fields(NamespacePolicy)
+            if not (ns == _FOLLOWS_TTL and pf.name == "ttl")
+        ]
+        note = "ttl follows caching.ttl" if ns == _FOLLOWS_TTL else ""
+        out.append(_commented(f"      {ns}: {{{', '.join(parts)}}}", note))
+    return out
+
+
+def _commented(text: str, note: str) -> str:
+    return f"{text:<44} # {note}" if note else text

@@ -1,0 +1,305 @@
+"""Single setting values: sizes, durations, and the other kinds a setting can have.
+
+This module covers turning one raw value (from YAML, an environment variable
+or a keyword argument) into the typed value a setting holds, or into a
+``ConfigError`` naming the key, where the value came from, the bad value and
+what to write instead; and rendering typed values back as a user would write
+them (``guild init``, ``guild config show``).
+It does not cover which keys exist or how sources merge: see ``config.py``.
+
+Units. Sizes are int bytes. Decimal units are powers of 1000, binary units
+powers of 1024, and unit names are case-insensitive (``512mb`` is 512 MB):
+
+    B = 1    kB = 1000    MB = 10**6    GB = 10**9    TB = 10**12
+             KiB = 1024   MiB = 2**20   GiB = 2**30   TiB = 2**40
+
+Durations are float seconds: ``250ms``, ``30s``, ``10m`` (or ``min``),
+``1h``, ``2d``, or a plain number of seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import yaml
+
+from guildcore.errors import ConfigError
+
+__all__ = [
+    "GB",
+    "GIB",
+    "KB",
+    "KIB",
+    "MB",
+    "MIB",
+    "Kind",
+    "Origin",
+    "parse_duration",
+    "parse_size",
+    "render_duration",
+    "render_scalar",
+    "render_size",
+]
+
+KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
+KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
+
+_SIZE_UNITS: dict[str, int] = {
+    "": 1, "b": 1,
+    "kb": KB, "mb": MB, "gb": GB, "tb": TB,
+    "kib": KIB, "mib": MIB, "gib": GIB, "tib": TIB,
+}  # fmt: skip
+# Largest first, so rendering picks the shortest exact form.
+_SIZE_DISPLAY = (
+    (TIB, "TiB"), (TB, "TB"), (GIB, "GiB"), (GB, "GB"), (MIB, "MiB"), (MB, "MB"), (KIB, "KiB"), (KB, "kB"),
+)  # fmt: skip
+_DURATION_UNITS: dict[str, Fraction] = {
+    "": Fraction(1), "s": Fraction(1), "sec": Fraction(1), "secs": Fraction(1),
+    "ms": Fraction(1, 1000),
+    "m": Fraction(60), "min": Fraction(60), "mins": Fraction(60),
+    "h": Fraction(3600), "hr": Fraction(3600), "hrs": Fraction(3600),
+    "d": Fraction(86400),
+}  # fmt: skip
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_NONE_WORDS = frozenset({"none", "null", "off"})
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a value came from: ``.guild/instructions.md line 14``, ``env GUILD_X``."""
+
+    source: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.source if self.line is None else f"{self.source} line {self.line}"
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def bad_value(value: object, key: str, origin: Origin | None, expected: str) -> ConfigError:
+    """The error for one bad value: ``bad value 'lots' for 'pool.max_agents' in X; expected ...``."""
+    where = f" in {origin}" if origin is not None else ""
+    return ConfigError(
+        f"bad value {_show(value)} for {key!r}{where}; {expected}",
+        source=origin.source if origin else None,
+        line=origin.line if origin else None,
+        key=key,
+        value=value,
+    )
+
+
+# -- converters: raw value -> typed value, ValueError when it does not fit ----------------
+
+
+def _number_and_unit(value: str, units: dict[str, Any]) -> Fraction:
+    match = _NUMBER_UNIT.match(value)
+    if match is None or match.group(2).lower() not in units:
+        raise ValueError(value)
+    factor: Fraction | int = units[match.group(2).lower()]
+    return Fraction(match.group(1)) * factor
+
+
+def _to_size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, float) and value.is_integer():
+        size = int(value)
+    elif isinstance(value, str):
+        size = int(_number_and_unit(value, _SIZE_UNITS))
+    else:
+        raise ValueError(value)
+    if size <= 0:
+        raise ValueError(value)
+    return size
+
+
+def _to_seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = float(_number_and_unit(value, _DURATION_UNITS))
+    else:
+        raise ValueError(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(value)
+    return seconds
+
+
+def _is_none(value: object) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)
+
+
+# -- kinds: a converter, what to write instead, how to render --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of setting: how to check a raw value and how to write it back."""
+
+    convert: Callable[[object], Any]
+    expected: str
+    render: Callable[[Any], str]
+
+    def parse(self, value: object, key: str, origin: Origin | None = None) -> Any:
+        try:
+            return self.convert(value)
+        except (ValueError, TypeError, ArithmeticError):
+            raise bad_value(value, key, origin, self.expected) from None
+
+
+def render_scalar(value: object) -> str:
+    """YAML text for a plain value: ``true``, ``null``, ``auto``, ``[a, b]``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(render_scalar(v) for v in value) + "]"
+    if isinstance(value, str):
+        # Plain if YAML reads it back as the same string, else quoted.
+        return value if value and yaml.safe_load(value) == value else f'"{value}"'
+    return str(value)
+
+
+def render_size(size: int | None) -> str:
+    """Shortest exact unit: ``100MB``, ``1MiB``, ``1GB``, ``1500B`` stays ``1500B``."""
+    if size is None:
+        return "null"
+    for factor, unit in _SIZE_DISPLAY:
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def render_duration(seconds: float | None) -> str:
+    """Largest exact unit: ``1h``, ``30m``, ``60s``, ``100ms``; ``null`` for None."""
+    if seconds is None:
+        return "null"
+    exact = Fraction(seconds).limit_denominator(10**6)
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if exact and exact % factor == 0:
+            return f"{int(exact // factor)}{unit}"
+    millis = exact * 1000
+    if millis.denominator == 1:
+        return f"{int(millis)}ms"
+    return f"{seconds}s"
+
+
+SIZE = Kind(
+    _to_size, "expected a size above 0 such as 512MB, 1GiB, 100 kB or a number of bytes", render_size
+)
+
+
+def duration(*, allow_zero: bool = False, optional: bool = False) -> Kind:
+    """A duration in seconds; ``optional`` accepts null/none/off as None (disabled)."""
+
+    def convert(value: object) -> float | None:
+        if optional and _is_none(value):
+            return None
+        seconds = _to_seconds(value)
+        if seconds == 0 and not allow_zero:
+            raise ValueError(value)
+        return seconds
+
+    least = "0 or more" if allow_zero else "above 0"
+    expected = f"expected a duration {least} such as 250ms, 30s, 10m, 1h or a number of seconds"
+    if optional:
+        expected += ", or null to disable"
+    return Kind(convert, expected, render_duration)
+
+
+def integer(minimum: int, *, optional: bool = False, auto: Callable[[], int] | None = None) -> Kind:
+    """A whole number >= ``minimum`` (never a bool); ``auto`` maps 'auto'/'auto_detect'."""
+
+    def convert(value: object) -> int | None:
+        if optional and value is None:
+            return None
+        if auto is not None and isinstance(value, str) and value.lower() in ("auto", "auto_detect"):
+            return auto()
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(value)
+        return value
+
+    expected = f"expected a whole number >= {minimum}"
+    if auto is not None:
+        expected += " or 'auto'"
+    if optional:
+        expected += " or null"
+    return Kind(convert, expected, render_scalar)
+
+
+def _to_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(value)
+    return value
+
+
+def _to_fraction(value: object) -> float:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = float(value.strip()[:-1]) / 100
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ValueError(value)
+    if not 0 < number <= 1:
+        raise ValueError(value)
+    return number
+
+
+def _to_text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(value)
+    return value
+
+
+def _to_names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):  # "a, b" from an environment variable
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(value)
+    return tuple(value)
+
+
+BOOL = Kind(_to_bool, "expected true or false", render_scalar)
+FRACTION = Kind(_to_fraction, "expected a fraction above 0 and at most 1, such as 0.8 or 80%", render_scalar)
+TEXT = Kind(_to_text, "expected a non-empty string", render_scalar)
+NAMES = Kind(_to_names, "expected a list of module names such as [numpy, mypkg.tasks]", render_scalar)
+
+
+def choice(*options: str) -> Kind:
+    """One of ``options`` exactly; the message lists them."""
+
+    def convert(value: object) -> str:
+        if value not in options:
+            raise ValueError(value)
+        return str(value)
+
+    return Kind(convert, "choose one of " + ", ".join(options), render_scalar)
+
+
+def parse_size(value: object, key: str = "size", *, origin: Origin | None = None) -> int:
+    """Bytes from ``512MB``, ``1GiB``, ``100 kB``, ``64 MiB`` or an int; above 0."""
+    result: int = SIZE.parse(value, key, origin)
+    return result
+
+
+def parse_duration(value: object, key: str = "duration", *, origin: Origin | None = None) -> float:
+    """Seconds from ``30s``, ``1h``, ``250ms``, ``10m`` or a number; above 0."""
+    result: float = _POSITIVE_DURATION.parse(value, key, origin)
+    return result
+
+
+_POSITIVE_DURATION = duration()
