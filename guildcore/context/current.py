@@ -1,0 +1,51 @@
+"""The task-side accessor: which context the running task sees.
+
+The agent sets the slot around each task (``task_scope(ref)``, or
+``set_current`` / ``reset_current``); task code reads it through
+``guildcore.context()``, i.e. ``current()``. A ``ContextVar`` keeps the
+slot right for threads and asyncio tasks inside one agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from guildcore.context.ref import ContextRef
+from guildcore.context.view import TaskContext, attach
+from guildcore.errors import ContextError
+
+_current: contextvars.ContextVar[Mapping[Any, Any] | None] = contextvars.ContextVar(
+    "guildcore_context", default=None
+)
+
+
+def set_current(view: Mapping[Any, Any] | None) -> contextvars.Token[Mapping[Any, Any] | None]:
+    """Make ``view`` the context of the code that runs next; returns a token for ``reset_current``."""
+    return _current.set(view)
+
+
+def reset_current(token: contextvars.Token[Mapping[Any, Any] | None]) -> None:
+    _current.reset(token)
+
+
+def current() -> Mapping[Any, Any]:
+    """The running task's context (``guildcore.context()``)."""
+    view = _current.get()
+    if view is None:
+        raise ContextError("no context is shared: call g.share(mapping) first")
+    return view
+
+
+@contextlib.contextmanager
+def task_scope(ref: ContextRef | None) -> Iterator[TaskContext | None]:
+    """Around one task in an agent: attach ``ref`` (cached), give the task a
+    fresh copy-on-write overlay as its current context, and clear it after."""
+    overlay = None if ref is None else attach(ref).overlay()
+    token = _current.set(overlay)
+    try:
+        yield overlay
+    finally:
+        _current.reset(token)

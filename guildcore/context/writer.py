@@ -1,0 +1,309 @@
+"""Supervisor side: write a mapping once into a segment; own and unlink it.
+
+``write_context`` lays a mapping out as described in ``layout.py`` and
+returns a ``ContextHandle``. The handle counts the tasks that hold its
+generation and unlinks the segment once it is both released and superseded.
+Making generations and tracking tasks is ``registry.py``'s job.
+
+Ownership: the supervisor process that wrote a segment is the only one that
+unlinks it (``ContextHandle.unlink`` is a no-op in any other process, for
+instance a forked agent that inherited the handle). The writer creates the
+segment through ``SharedMemory(create=True)``, which registers it with this
+process's resource tracker: if the supervisor dies without unlinking, the
+tracker removes it; if the tracker dies too, ``sweep_stale`` does at the
+next start.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from array import array
+from collections.abc import Mapping
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import msgpack
+
+from guildcore import codec
+from guildcore.context import layout
+from guildcore.context.layout import Kind
+from guildcore.context.ref import ContextRef
+from guildcore.errors import ContextError, format_bytes
+
+SHM_DIR = "/dev/shm"
+
+
+def _key_error(key: Any, exc: Exception) -> ContextError:
+    return ContextError(
+        f"context key {key!r} ({type(key).__name__}) cannot be encoded: {exc}; "
+        "use str, int, bytes or tuples of them as keys"
+    )
+
+
+def _value_error(key: Any, value: Any, exc: Exception) -> ContextError:
+    return ContextError(
+        f"context value for key {key!r} ({type(value).__name__}) cannot be encoded: {exc}; "
+        "share plain data, bytes or numpy arrays, or make the type picklable"
+    )
+
+
+def _as_raw(value: Any) -> tuple[Kind, Any, bytes] | None:
+    """(kind, buffer, meta) for values stored as raw buffers, None for codec values."""
+    vtype = type(value)
+    if vtype is bytes:
+        return Kind.BYTES, value, b""
+    if vtype is bytearray:
+        return Kind.BYTEARRAY, value, b""
+    if vtype is memoryview and value.c_contiguous:
+        return Kind.MEMORYVIEW, value.cast("B"), b""
+    if vtype.__module__ == "numpy" and vtype.__name__ == "ndarray":
+        dt = value.dtype
+        # Object arrays hold pointers and structured/sub-array dtypes do not
+        # survive dtype.str: those go through the codec (pickle ext).
+        if not dt.hasobject and dt.names is None and dt.subdtype is None:
+            import numpy as np
+
+            arr = np.ascontiguousarray(value)
+            meta: bytes = msgpack.packb([dt.str, list(value.shape)])
+            return Kind.NDARRAY, arr, meta
+    return None
+
+
+def _check_free_space(needed: int) -> None:
+    try:
+        st = os.statvfs(SHM_DIR)
+    except (FileNotFoundError, AttributeError):
+        return  # no /dev/shm (macOS): let the OS say no
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise ContextError(
+            f"context needs {format_bytes(needed)} ({needed} bytes) of shared memory but "
+            f"{SHM_DIR} has only {format_bytes(free)} ({free} bytes) free; share less data, "
+            f"or enlarge {SHM_DIR} (docker: --shm-size)"
+        )
+
+
+def _copy_buffer(buf: memoryview, offset: int, kind: Kind, value: Any, nbytes: int) -> None:
+    """One memcpy-speed copy of a raw value into the segment."""
+    if nbytes == 0:
+        return
+    if kind is Kind.NDARRAY:
+        import numpy as np
+
+        dst = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=offset)
+        dst[...] = value.reshape(-1).view(np.uint8)
+        del dst  # Invariant: no export of the segment outlives the write
+    else:
+        buf[offset : offset + nbytes] = value
+
+
+def _build_index(hashes: array[int], slots: int) -> array[int]:
+    """The open-addressing table of ``layout.py``: linear probing, load <= 0.5."""
+    table = array("Q", bytes(slots * 8))
+    mask = slots - 1
+    tag_mask = layout.SLOT_TAG_MASK
+    for i, h in enumerate(hashes, 1):
+        slot = h & mask
+        while table[slot]:
+            slot = (slot + 1) & mask
+        table[slot] = (h & tag_mask) | i
+    return table
+
+
+def write_context(
+    mapping: Mapping[Any, Any], *, generation: int, owner_pid: int | None = None
+) -> ContextHandle:
+    """Write ``mapping`` once into a new segment ``guild_{owner_pid}_{generation}_{random}``.
+
+    Raises ``ContextError`` if a key or value cannot be encoded (naming the
+    key) or if the segment would not fit in /dev/shm (with both sizes).
+    """
+    pid = os.getpid() if owner_pid is None else owner_pid
+    n = len(mapping)
+    if n >= layout.SLOT_INDEX_MASK:
+        raise ContextError(
+            f"context has {n} keys, more than the {layout.SLOT_INDEX_MASK - 1} a segment indexes"
+        )
+    slots = layout.slot_count(n)
+    index_off = layout.align_up(layout.HEADER_SIZE)
+    entries_off = index_off + slots * 8
+    blobs_off = entries_off + n * layout.ENTRY.size
+
+    # Pass 1: encode keys and codec values into the packed blobs region; the
+    # entry columns are filled as we go (raw value offsets come in pass 2).
+    encode, key_hash = codec.encode, layout.key_hash
+    parts: list[bytes] = []
+    hashes: array[int] = array("Q")
+    key_offs: list[int] = []
+    key_lens: list[int] = []
+    value_offs: list[int] = []
+    value_lens: list[int] = []
+    kinds: list[int] = []
+    meta_lens: list[int] = []
+    raws: list[tuple[int, Kind, Any, int]] = []  # (entry number, kind, buffer, nbytes)
+    pos = blobs_off
+    for key, value in mapping.items():
+        try:
+            kb = encode(key)
+        except Exception as exc:
+            raise _key_error(key, exc) from exc
+        hashes.append(key_hash(kb))
+        key_offs.append(pos)
+        key_lens.append(len(kb))
+        parts.append(kb)
+        pos += len(kb)
+        raw = _as_raw(value)
+        if raw is None:
+            try:
+                blob = encode(value)
+            except Exception as exc:
+                raise _value_error(key, value, exc) from exc
+            parts.append(blob)
+            kinds.append(Kind.CODEC)
+            meta_lens.append(0)
+            value_offs.append(pos)
+            value_lens.append(len(blob))
+            pos += len(blob)
+        else:
+            kind, buffer, meta = raw
+            parts.append(meta)
+            pos += len(meta)
+            nbytes = buffer.nbytes if kind is Kind.NDARRAY else len(buffer)
+            raws.append((len(kinds), kind, buffer, nbytes))
+            kinds.append(kind)
+            meta_lens.append(len(meta))
+            value_offs.append(0)
+            value_lens.append(nbytes)
+    blobs_len = pos - blobs_off
+    # Pass 2: raw buffers, each on a 64-byte boundary.
+    buffers_off = pos = layout.align_up(pos)
+    for i, _, _, nbytes in raws:
+        value_offs[i] = pos
+        pos = layout.align_up(pos + nbytes)
+    used = max(pos, layout.HEADER_SIZE)
+
+    _check_free_space(used)
+    entries = b"".join(
+        map(layout.ENTRY.pack, hashes, key_offs, value_offs, value_lens, key_lens, kinds, meta_lens)
+    )
+    del key_offs, key_lens, value_lens, kinds, meta_lens
+    table = _build_index(hashes, slots)
+    del hashes
+    name = layout.segment_name(pid, generation, secrets.token_hex(4))
+    try:
+        shm = SharedMemory(name=name, create=True, size=used)
+    except OSError as exc:
+        raise ContextError(
+            f"could not create shared-memory segment {name} of {format_bytes(used)}: {exc}"
+        ) from exc
+    try:
+        buf = shm.buf
+        assert buf is not None  # Invariant: a freshly created SharedMemory is mapped
+        layout.HEADER.pack_into(
+            buf,
+            0,
+            layout.MAGIC,
+            layout.FORMAT_VERSION,
+            layout.HEADER_SIZE,
+            generation,
+            pid,
+            n,
+            slots,
+            index_off,
+            entries_off,
+            blobs_off,
+            blobs_len,
+            buffers_off,
+            used,
+        )
+        buf[index_off:entries_off] = memoryview(table).cast("B")
+        del table
+        buf[entries_off:blobs_off] = entries
+        del entries
+        buf[blobs_off : blobs_off + blobs_len] = b"".join(parts)
+        del parts
+        for i, kind, buffer, nbytes in raws:
+            _copy_buffer(buf, value_offs[i], kind, buffer, nbytes)
+        del buf
+        # The supervisor keeps no mapping: agents map it, the handle only needs the name.
+        shm.close()
+    except BaseException:
+        shm.close()
+        shm.unlink()
+        raise
+    return ContextHandle(shm, generation=generation, size=used, owner_pid=os.getpid())
+
+
+class ContextHandle:
+    """The supervisor's hold on one written segment.
+
+    ``acquire()``/``release()`` count the tasks that hold this generation;
+    ``supersede()`` marks it replaced by a newer one. The segment is unlinked
+    once it is superseded and no task holds it, or by ``unlink()``.
+    """
+
+    def __init__(self, shm: SharedMemory, *, generation: int, size: int, owner_pid: int) -> None:
+        self._shm = shm
+        self.name: str = shm.name
+        self.generation = generation
+        self.size = size
+        self.owner_pid = owner_pid
+        self.holders = 0
+        self.superseded = False
+        self.unlinked = False
+
+    def __repr__(self) -> str:
+        state = "UNLINKED" if self.unlinked else "SUPERSEDED" if self.superseded else "CURRENT"
+        return (
+            f"<ContextHandle {self.name} gen={self.generation} size={format_bytes(self.size)} "
+            f"holders={self.holders} {state}>"
+        )
+
+    @property
+    def ref(self) -> ContextRef:
+        return ContextRef(self.name, self.generation, self.size)
+
+    def acquire(self) -> ContextRef:
+        """One more task holds this generation; returns the ref to send it."""
+        if self.unlinked:
+            raise ContextError(
+                f"context generation {self.generation} (segment {self.name}) is already unlinked"
+            )
+        self.holders += 1
+        return self.ref
+
+    def release(self) -> bool:
+        """One task let go; returns True if that unlinked the segment."""
+        if self.holders <= 0:
+            raise ContextError(
+                f"context generation {self.generation} released more often than acquired"
+            )
+        self.holders -= 1
+        return self._maybe_unlink()
+
+    def supersede(self) -> bool:
+        """A newer generation replaced this one; returns True if that unlinked the segment."""
+        self.superseded = True
+        return self._maybe_unlink()
+
+    def _maybe_unlink(self) -> bool:
+        if self.superseded and self.holders == 0 and not self.unlinked:
+            self.unlink()
+            return True
+        return False
+
+    def unlink(self) -> None:
+        """Remove the segment name now (idempotent). Agents' mappings stay valid until they unmap."""
+        # Ownership: only the writing supervisor unlinks; a forked copy of this handle does nothing.
+        if self.unlinked or os.getpid() != self.owner_pid:
+            return
+        self.unlinked = True
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:
+            # Gone already (swept, or removed by hand): still drop the tracker's record.
+            if sys.platform != "win32":
+                resource_tracker.unregister("/" + self.name, "shared_memory")
