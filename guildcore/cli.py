@@ -1,0 +1,146 @@
+"""The ``guild`` command.
+
+    guild --version
+    guild init [--force] [PATH]     write .guild/instructions.md (every default) and processes/
+    guild config show [--json]      the merged settings, each with its source
+
+Adding a command group: write one ``_add_xxx_parser(subparsers)`` function that
+adds its parser(s) and sets ``func`` (a handler taking the parsed arguments and
+returning an exit code) with ``set_defaults``, then list it in
+``_COMMAND_GROUPS``. Import heavy modules inside the handler, not at the top,
+so ``guild --version`` stays fast.
+
+Exit codes: 0 success; 1 the command refused (e.g. init without --force);
+2 bad usage or a ``GuildError`` (printed as ``guild: error: <message>``, no
+traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from guildcore._version import __version__
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    _Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = ["build_parser", "main"]
+
+INSTRUCTIONS_INTRO = """\
+# Guild instructions
+
+This file configures guildcore for this project. The `performance:` block below
+is read by `guildcore.load_config()` and shown by `guild config show`; it lists
+every setting at its default. Change a value here, or override it in
+`.guild/config.yaml`, with an environment variable (`GUILD_POOL__MAX_AGENTS=4`,
+`GUILD_LIMITS__PER_AGENT=200MB`) or with a keyword argument (`Guild(max_agents=4)`);
+later sources win, in that order.
+
+Sizes: `512MB` (decimal: 1 MB = 10**6 bytes), `64MiB` (binary: 1 MiB = 2**20
+bytes), or a number of bytes. Durations: `250ms`, `30s`, `10m`, `1h`, or a
+number of seconds.
+
+Process definitions go in `processes/NAME.yaml`.
+
+"""
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from guildcore.config import GUILD_DIR, performance_yaml
+
+    guild_dir = os.path.join(args.path, GUILD_DIR)
+    instructions = os.path.join(guild_dir, "instructions.md")
+    if os.path.exists(instructions) and not args.force:
+        print(f"guild: error: {instructions} already exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.join(guild_dir, "processes"), exist_ok=True)
+    with open(instructions, "w", encoding="utf-8") as f:
+        f.write(f"{INSTRUCTIONS_INTRO}```yaml\n{performance_yaml()}```\n")
+    print(f"wrote {instructions} and {os.path.join(guild_dir, 'processes')}{os.sep}")
+    return 0
+
+
+def _add_init_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "init", help="create .guild/ with instructions.md listing every setting",
+        description="Create PATH/.guild/instructions.md (a performance: block with every default) "
+        "and an empty PATH/.guild/processes/.",
+    )  # fmt: skip
+    parser.add_argument("path", nargs="?", default=".", metavar="PATH", help="project folder (default: .)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing instructions.md")
+    parser.set_defaults(func=_cmd_init)
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from guildcore.config import explain_config, render_value
+
+    config, sources = explain_config()
+    values = config.flat()
+    if args.json:
+        table = {key: {"value": _jsonable(values[key]), "source": sources[key]} for key in values}
+        print(json.dumps(table, indent=2))
+        return 0
+    where = f"{config.guild_dir()}" if config.root is not None else "no .guild folder found; built-in defaults"
+    print(f"# settings from {where}")
+    rendered = {key: render_value(key, value) for key, value in values.items()}
+    key_width = max(map(len, values))
+    value_width = max(map(len, rendered.values()))
+    for key, text in rendered.items():
+        print(f"{key:<{key_width}}  {text:<{value_width}}  # {sources[key]}")
+    return 0
+
+
+def _jsonable(value: object) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _add_config_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser("config", help="inspect settings")
+    commands = parser.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    show = commands.add_parser("show", help="the merged settings and where each came from")
+    show.add_argument("--json", action="store_true", help='print {"key": {"value": ..., "source": ...}}')
+    show.set_defaults(func=_cmd_config_show)
+
+
+_COMMAND_GROUPS: tuple[Callable[[_Subparsers], None], ...] = (_add_init_parser, _add_config_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guild", description="guildcore: a supervised multiprocessing engine.")
+    parser.add_argument("--version", action="version", version=f"guild {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_group in _COMMAND_GROUPS:
+        add_group(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``guild`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `guild config show | head`: the reader left; not our error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+        return 1
+    except Exception as exc:
+        from guildcore.errors import GuildError
+
+        if not isinstance(exc, GuildError):
+            raise
+        print(f"guild: error: {exc}", file=sys.stderr)
+        return 2
+    return code
