@@ -1,0 +1,1 @@
+"""The engine: supervisor, agents, queue, scaling and the public executors."""

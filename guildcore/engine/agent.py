@@ -1,0 +1,410 @@
+"""The agent: the main function of one worker OS process.
+
+Data flow inside an agent::
+
+    supervisor pipe ──> reader thread ──> inbox (SimpleQueue) ──> main thread
+                          │  CANCEL / CREDIT update shared flags    │ runs tasks in order
+                          │                                         v
+    supervisor pipe <─────────────── RESULT / ERROR / CHUNK / END ──┘
+
+The reader thread drains the pipe at all times, so the supervisor's writes
+never block behind a long task (which would deadlock against the agent's own
+result write). The main thread runs tasks strictly in the order they arrive:
+the supervisor relies on that order to know which task is running.
+
+Timeouts: ``SIGALRM`` raises ``TaskTimeout`` inside the task (``finally``
+blocks run and the agent survives); if the task does not return, the
+supervisor escalates to SIGTERM and SIGKILL. ``MemoryError`` under the
+``RLIMIT_DATA`` cap is reported as a memory-limit failure and the agent
+exits, since its heap is at the cap.
+
+The agent never unlinks shared memory and never opens LMDB before it starts
+(Fork-safety: nothing of that kind is inherited from the supervisor).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from guildcore import codec
+from guildcore.codec import Kind
+from guildcore.engine import limits
+from guildcore.engine.functions import FnSpec, FunctionCache
+from guildcore.errors import SerializationError, TaskTimeout
+
+# Task modes: how the payload of a TASK frame is applied to the function.
+MODE_CALL = 0  # payload = [args, kwargs]          -> fn(*args, **kwargs)
+MODE_MAP = 1  # payload = [item, item, ...]        -> [fn(item), ...]
+MODE_STARMAP = 2  # payload = [args, args, ...]    -> [fn(*args), ...]
+MODE_STREAM = 3  # payload = [args, kwargs], fn is a generator -> CHUNK*, END
+
+# ERROR frame flags.
+FLAG_MEMORY = 1  # MemoryError under the hard cap: the agent exits after reporting
+FLAG_TIMEOUT = 2  # TaskTimeout raised inside the task
+FLAG_CANCELLED = 4  # a stream was cancelled by the supervisor
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What an agent needs at start; pickled once into the new process."""
+
+    agent_id: int
+    limit_bytes: int | None = None
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    preload: tuple[str, ...] = ()
+    cache_env: dict[str, str] = field(default_factory=dict)
+
+
+class _Control:
+    """State the reader thread shares with the main thread (under one lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.cancelled: set[int] = set()
+        self.credits: dict[int, int] = {}
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this agent when its parent dies.
+
+    With forkserver the parent is the forkserver, which itself exits when the
+    supervisor dies: either way no agent outlives a SIGKILLed supervisor.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reader(conn: Any, inbox: queue.SimpleQueue[Any], control: _Control) -> None:
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            inbox.put(None)  # the supervisor is gone: stop
+            return
+        try:
+            kind, task_id, fields = codec.decode_frame(data)
+        except SerializationError:
+            inbox.put(None)  # a broken channel cannot be trusted further
+            return
+        if kind == Kind.CANCEL:
+            with control.lock:
+                control.cancelled.add(task_id)
+                control.lock.notify_all()
+            continue
+        if kind == Kind.CREDIT:
+            with control.lock:
+                control.credits[task_id] = control.credits.get(task_id, 0) + int(fields[0])
+                control.lock.notify_all()
+            continue
+        inbox.put((kind, task_id, fields))
+        if kind == Kind.SHUTDOWN:
+            return
+
+
+class _Timer:
+    """A per-item soft timeout driven by SIGALRM ticks.
+
+    For a chunk of many items the timer is armed once per ``timeout_s`` and
+    re-armed at each tick while items keep completing; an item that spans two
+    ticks is timed out (so it ran between ``timeout_s`` and twice that). This
+    costs nothing per item, where re-arming the itimer would cost a syscall.
+    """
+
+    def __init__(self) -> None:
+        self.timeout_s: float | None = None
+        self.progress = 0
+        self._seen = 0
+        self.task_id = 0
+        self.fn_name = ""
+
+    def arm(self, task_id: int, fn_name: str, timeout_s: float | None) -> None:
+        self.task_id, self.fn_name, self.timeout_s = task_id, fn_name, timeout_s
+        self.progress, self._seen = 0, 0
+        if timeout_s:
+            signal.setitimer(signal.ITIMER_REAL, timeout_s)
+
+    def disarm(self) -> None:
+        if self.timeout_s:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        self.timeout_s = None
+
+    def on_alarm(self, signum: int, frame: object) -> None:
+        if self.timeout_s is None:
+            return
+        if self.progress != self._seen:  # items completed since the last tick
+            self._seen = self.progress
+            signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+            return
+        timeout_s = self.timeout_s
+        self.timeout_s = None
+        raise TaskTimeout(
+            f"task {self.task_id} ({self.fn_name}) timed out after {timeout_s:.1f} s (limits.timeout); "
+            "raise the timeout or split the work",
+            task_id=self.task_id,
+            fn=self.fn_name,
+            timeout_s=timeout_s,
+        )
+
+
+class Agent:
+    """One agent's main loop; built and run only inside the agent process."""
+
+    def __init__(self, conn: Any, settings: AgentSettings) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.control = _Control()
+        self.functions = FunctionCache()
+        self.timer = _Timer()
+        self.write_lock = threading.Lock()
+
+    def send(self, kind: int, task_id: int, *fields: object) -> None:
+        frame = codec.encode_frame(kind, task_id, *fields)
+        with self.write_lock:
+            self.conn.send_bytes(frame)
+
+    def run(self) -> None:
+        reader = threading.Thread(
+            target=_reader, args=(self.conn, self.inbox, self.control), name="guild-agent-reader", daemon=True
+        )
+        reader.start()
+        signal.signal(signal.SIGALRM, self.timer.on_alarm)
+        if not self._initialize():
+            return
+        self.send(Kind.READY, 0, os.getpid())
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                return
+            kind, task_id, fields = item
+            if kind == Kind.SHUTDOWN:
+                return
+            if kind == Kind.TASK and not self._run_task(task_id, fields):
+                return
+
+    def _initialize(self) -> bool:
+        for module in self.settings.preload:
+            try:
+                __import__(module)
+            except Exception:
+                pass  # preloading is an optimization; the task's own import reports errors
+        init = self.settings.initializer
+        if init is None:
+            return True
+        try:
+            init(*self.settings.initargs)
+        except BaseException as exc:
+            self._send_error(0, exc, "initializer", flags=0)
+            return False
+        return True
+
+    def _is_cancelled(self, task_id: int) -> bool:
+        with self.control.lock:
+            if task_id in self.control.cancelled:
+                self.control.cancelled.discard(task_id)
+                return True
+        return False
+
+    def _run_task(self, task_id: int, fields: list[Any]) -> bool:
+        """Run one task; False when the agent must exit afterwards."""
+        mode, spec, payload, timeout_s, ctx_ref = fields
+        if self._is_cancelled(task_id):
+            self.send(Kind.END, task_id, 0, True)
+            return True
+        fn_name = spec if isinstance(spec, str) else "<function sent by value>"
+        try:
+            fn = self.functions.get(spec)
+        except SerializationError as exc:
+            self._send_error(task_id, exc, fn_name, flags=0)
+            return True
+        token = _enter_context(ctx_ref)
+        try:
+            if mode == MODE_STREAM:
+                return self._run_stream(task_id, fn, fn_name, payload, timeout_s)
+            self.timer.arm(task_id, fn_name, timeout_s)
+            try:
+                result = _apply(fn, mode, payload, self.timer)
+            finally:
+                self.timer.disarm()
+        except MemoryError as exc:
+            self._send_error(task_id, exc, fn_name, flags=FLAG_MEMORY)
+            return False
+        except TaskTimeout as exc:
+            self._send_error(task_id, exc, fn_name, flags=FLAG_TIMEOUT)
+            return True
+        except BaseException as exc:  # SystemExit in a task fails the task, not the agent
+            self._send_error(task_id, exc, fn_name, flags=0)
+            return True
+        finally:
+            _exit_context(token)
+        try:
+            frame = codec.encode_frame(Kind.RESULT, task_id, result)
+        except SerializationError as exc:
+            err = SerializationError(f"the result of task {task_id} ({fn_name}) cannot be sent back: {exc}")
+            self._send_error(task_id, err, fn_name, flags=0)
+            return True
+        del result
+        with self.write_lock:
+            self.conn.send_bytes(frame)
+        return True
+
+    def _run_stream(
+        self, task_id: int, fn: Callable[..., Any], fn_name: str, payload: list[Any], timeout_s: float | None
+    ) -> bool:
+        args, kwargs = payload
+        index = 0
+        gen: Iterator[Any] | None = None
+        try:
+            self.timer.arm(task_id, fn_name, timeout_s)
+            try:
+                gen = iter(fn(*args, **kwargs))
+                while True:
+                    try:
+                        value = next(gen)
+                    except StopIteration:
+                        break
+                    self.timer.disarm()
+                    try:
+                        frame = codec.encode_frame(Kind.CHUNK, task_id, index, value)
+                    except SerializationError as exc:
+                        raise SerializationError(
+                            f"chunk {index} of stream task {task_id} ({fn_name}) cannot be encoded: {exc}"
+                        ) from exc
+                    if not self._wait_credit(task_id):
+                        gen_close = getattr(gen, "close", None)
+                        if gen_close is not None:
+                            gen_close()
+                        self.send(Kind.END, task_id, index, True)
+                        return True
+                    with self.write_lock:
+                        self.conn.send_bytes(frame)
+                    del frame, value
+                    index += 1
+                    self.timer.arm(task_id, fn_name, timeout_s)
+            finally:
+                self.timer.disarm()
+        except MemoryError as exc:
+            self._send_error(task_id, exc, fn_name, flags=FLAG_MEMORY)
+            return False
+        except TaskTimeout as exc:
+            self._send_error(task_id, exc, fn_name, flags=FLAG_TIMEOUT)
+            return True
+        except Exception as exc:
+            self._send_error(task_id, exc, fn_name, flags=0)
+            return True
+        finally:
+            with self.control.lock:
+                self.control.credits.pop(task_id, None)
+                self.control.cancelled.discard(task_id)
+        self.send(Kind.END, task_id, index, False)
+        return True
+
+    def _wait_credit(self, task_id: int) -> bool:
+        """Block until the consumer grants a credit; False if the stream was cancelled."""
+        with self.control.lock:
+            while True:
+                if task_id in self.control.cancelled:
+                    return False
+                if self.control.credits.get(task_id, 0) > 0:
+                    self.control.credits[task_id] -= 1
+                    return True
+                self.control.lock.wait()
+
+    def _send_error(self, task_id: int, exc: BaseException, fn_name: str, *, flags: int) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        exc.__traceback__ = None
+        type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        try:
+            frame = codec.encode_frame(Kind.ERROR, task_id, exc, tb, type_name, str(exc), flags)
+        except Exception:
+            # The exception itself cannot travel (unpicklable attributes):
+            # send its text; the supervisor raises a TaskError quoting it.
+            frame = codec.encode_frame(Kind.ERROR, task_id, None, tb, type_name, str(exc), flags)
+        with self.write_lock:
+            self.conn.send_bytes(frame)
+
+
+def _apply(fn: Callable[..., Any], mode: int, payload: Any, timer: _Timer) -> Any:
+    if mode == MODE_CALL:
+        args, kwargs = payload
+        return fn(*args, **kwargs)
+    out: list[Any] = []
+    append = out.append
+    if mode == MODE_MAP:
+        if timer.timeout_s is None:
+            return list(map(fn, payload))
+        for item in payload:
+            append(fn(item))
+            timer.progress += 1
+        return out
+    if mode == MODE_STARMAP:
+        for args in payload:
+            append(fn(*args))
+            timer.progress += 1
+        return out
+    raise SerializationError(f"unknown task mode {mode!r}")
+
+
+def _enter_context(ctx_ref: Any) -> object:
+    """Make ``guildcore.context()`` return the task's context (if any)."""
+    if ctx_ref is None:
+        return None
+    from guildcore.context import enter_task_context
+
+    return enter_task_context(ctx_ref)
+
+
+def _exit_context(token: object) -> None:
+    if token is None:
+        return
+    from guildcore.context import exit_task_context
+
+    exit_task_context(token)
+
+
+def agent_main(conn: Any, settings: AgentSettings) -> None:
+    """Entry point of an agent process (the target of ``Process``)."""
+    # The supervisor decides when agents stop; Ctrl-C in the terminal reaches
+    # the whole process group, and an agent must not die with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_parent_death_signal()
+    limits.apply_hard_cap(settings.limit_bytes)
+    for key, value in settings.cache_env.items():
+        os.environ[key] = value
+    agent = Agent(conn, settings)
+    try:
+        agent.run()
+    finally:
+        try:
+            conn.close()
+        except OSError:
+            pass
+    # Fast exit: skip atexit handlers and the interpreter's teardown, which
+    # cost tens of milliseconds and may touch state the parent owns.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+__all__ = ["MODE_CALL", "MODE_MAP", "MODE_STARMAP", "MODE_STREAM", "AgentSettings", "FnSpec", "agent_main"]

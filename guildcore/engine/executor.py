@@ -1,0 +1,571 @@
+"""The public faces of the engine: ``Guild`` and ``GuildExecutor``.
+
+``Guild`` is guildcore's own API (submit, map, imap, stream, share, stats);
+``GuildExecutor`` is a ``concurrent.futures.Executor`` with
+``ProcessPoolExecutor``'s constructor and behaviour, so code written for the
+stdlib runs unchanged. Both are thin: they build ``Task`` records and hand
+them to the ``Supervisor``, which owns everything else.
+
+One deliberate difference from the stdlib: when an agent dies, only the
+futures it held fail (``AgentDied``, a ``BrokenProcessPool``); the executor
+stays usable, where ``ProcessPoolExecutor`` breaks for good.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+from guildcore.config import Config, load_config
+from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
+from guildcore.engine.functions import describe, spec_for
+from guildcore.engine.pool import AgentStarter
+from guildcore.engine.progress import Progress
+from guildcore.engine.stream import StreamState
+from guildcore.engine.supervisor import Supervisor, SupervisorSettings, Task
+from guildcore.errors import ConfigError, ShutdownError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_DEFAULT: Any = object()  # "use the configured value" (None means "none")
+
+# Chunks per agent that map(chunksize='auto') aims for: enough that the last
+# chunk's tail is short (load balance), few enough that per-chunk overhead
+# (a frame each way, ~50 µs) stays far below the work.
+_CHUNKS_PER_AGENT = 16
+# imap over an input of unknown length: target run time of one chunk.
+_TARGET_CHUNK_S = 0.02
+_MAX_AUTO_CHUNK = 8192
+
+_live: weakref.WeakSet[Guild] = weakref.WeakSet()
+
+
+def _shutdown_all_at_exit() -> None:
+    """Interpreter exit with a live Guild must not hang: stop them all, now."""
+    for guild in list(_live):
+        try:
+            guild.shutdown(wait=True, cancel_futures=True, _kill=True)
+        except Exception:
+            pass
+
+
+try:  # runs before non-daemon threads are joined, like concurrent.futures
+    threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
+    import atexit
+
+    atexit.register(_shutdown_all_at_exit)
+
+
+def _settings_from(config: Config) -> SupervisorSettings:
+    pool, lim = config.pool, config.limits
+    parallel = config.parallelization.enabled and config.parallelization.strategy != "sequential"
+    max_agents = pool.max_agents
+    if config.parallelization.max_parallel is not None:
+        max_agents = min(max_agents, config.parallelization.max_parallel)
+    return SupervisorSettings(
+        min_agents=min(pool.min_agents, max_agents),
+        max_agents=max_agents,
+        idle_timeout_s=pool.idle_timeout,
+        scale_up_queue_length=pool.scale_up_queue_length,
+        balancing=pool.balancing,
+        prefetch=pool.prefetch,
+        max_tasks_per_agent=pool.max_tasks_per_agent,
+        quarantine_after=pool.quarantine_after,
+        limit_bytes=lim.per_agent,
+        sample_interval_s=lim.sample_interval,
+        timeout_grace_s=lim.timeout_grace,
+        stream_window=config.streaming.window,
+        parallel=parallel,
+    )
+
+
+class Guild:
+    """A supervised pool of agents. Use as ``with Guild(max_agents=4) as g:``.
+
+    Keyword arguments override configuration by section
+    (``pool={"max_agents": 4}``) or by shortcut (``max_agents=4``,
+    ``per_agent="200MB"``, ``timeout=None``). ``initializer(*initargs)`` runs
+    once in every agent before its first task.
+    """
+
+    def __init__(
+        self,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        config: Config | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.config = config if config is not None else load_config(overrides or None)
+        if config is not None and overrides:
+            raise ConfigError("pass either config= or keyword overrides to Guild, not both", key="config")
+        self._settings = _settings_from(self.config)
+        starter = AgentStarter(
+            start_method=self.config.pool.start_method,
+            limit_bytes=self.config.limits.per_agent,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            preload=tuple(self.config.optimization.preload),
+        )
+        self._supervisor = Supervisor(self._settings, starter)
+        self._shutdown_lock = threading.Lock()
+        self._is_shutdown = False
+        self._supervisor.start()
+        _live.add(self)
+
+    # ----------------------------------------------------------- submitting
+
+    def _timeout(self, timeout: Any) -> float | None:
+        if timeout is _DEFAULT:
+            return self.config.limits.timeout
+        if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0):
+            raise ConfigError(f"timeout must be a positive number of seconds or None, not {timeout!r}", key="timeout", value=timeout)
+        return None if timeout is None else float(timeout)
+
+    def _retries(self, retries: Any) -> int:
+        if retries is None or retries is _DEFAULT:
+            return self.config.pool.retries
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"retries must be a whole number >= 0, not {retries!r}", key="retries", value=retries)
+        return retries
+
+    def _make_task(
+        self,
+        fn: Callable[..., Any],
+        mode: int,
+        payload: Any,
+        *,
+        priority: int = 0,
+        timeout: Any = _DEFAULT,
+        retries: Any = _DEFAULT,
+        n_items: int = 1,
+    ) -> Task:
+        return Task(
+            id=self._supervisor.new_task_id(),
+            fn_name=describe(fn),
+            spec=spec_for(fn),
+            mode=mode,
+            payload=payload,
+            future=Future(),
+            priority=priority,
+            timeout_s=self._timeout(timeout),
+            retries=self._retries(retries),
+            n_items=n_items,
+        )
+
+    def _check_open(self) -> None:
+        if self._is_shutdown:
+            raise ShutdownError("cannot submit: this Guild is shut down; create a new Guild")
+
+    def submit(
+        self,
+        fn: Callable[..., R],
+        /,
+        *args: Any,
+        priority: int = 0,
+        timeout: float | None = _DEFAULT,
+        retries: int | None = None,
+        **kwargs: Any,
+    ) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` in an agent; lower ``priority`` runs first."""
+        self._check_open()
+        task = self._make_task(fn, MODE_CALL, [args, kwargs], priority=priority, timeout=timeout, retries=retries)
+        self._supervisor.submit([task])
+        return task.future
+
+    def _auto_chunksize(self, n: int) -> int:
+        agents = max(1, self._settings.max_agents)
+        return max(1, min(_MAX_AUTO_CHUNK * 4, math.ceil(n / (agents * _CHUNKS_PER_AGENT))))
+
+    def _chunk_tasks(
+        self, fn: Callable[..., Any], items: list[Any], chunksize: int, mode: int, **opts: Any
+    ) -> list[Task]:
+        tasks = []
+        for start in range(0, len(items), chunksize):
+            chunk = items[start : start + chunksize]
+            tasks.append(self._make_task(fn, mode, chunk, n_items=len(chunk), **opts))
+        return tasks
+
+    def map(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        *,
+        chunksize: int | str = "auto",
+        progress: bool = False,
+        priority: int = 0,
+        timeout: float | None = _DEFAULT,
+        retries: int | None = None,
+    ) -> list[R]:
+        """``[fn(x) for x in iterable]`` across the agents, in input order.
+
+        ``chunksize='auto'`` sends items in batches so per-item overhead stays
+        small; ``timeout`` applies to each item. The first failing item's
+        exception is raised; Ctrl-C cancels the rest of the batch.
+        """
+        return self._map(fn, iterable, MODE_MAP, chunksize, progress, priority, timeout, retries)
+
+    def starmap(
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        chunksize: int | str = "auto",
+        progress: bool = False,
+        priority: int = 0,
+        timeout: float | None = _DEFAULT,
+        retries: int | None = None,
+    ) -> list[R]:
+        """``[fn(*args) for args in iterable]`` across the agents, in input order."""
+        items = [tuple(a) for a in iterable]
+        return self._map(fn, items, MODE_STARMAP, chunksize, progress, priority, timeout, retries)
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        mode: int,
+        chunksize: int | str,
+        progress: bool,
+        priority: int,
+        timeout: Any,
+        retries: Any,
+    ) -> list[Any]:
+        self._check_open()
+        items = iterable if isinstance(iterable, list) else list(iterable)
+        if not items:
+            return []
+        size = self._resolve_chunksize(chunksize, len(items))
+        tasks = self._chunk_tasks(fn, items, size, mode, priority=priority, timeout=timeout, retries=retries)
+        bar = Progress(len(items), enabled=progress, label=describe(fn))
+        if bar.enabled:
+            for task in tasks:
+                task.future.add_done_callback(_advance_by(bar, task.n_items))
+        self._supervisor.submit(tasks)
+        out: list[Any] = []
+        try:
+            for task in tasks:
+                out.extend(task.future.result())
+        except BaseException:
+            for task in tasks:
+                task.future.cancel()
+            raise
+        finally:
+            bar.close()
+        return out
+
+    def _resolve_chunksize(self, chunksize: int | str, n: int) -> int:
+        if chunksize == "auto":
+            return self._auto_chunksize(n)
+        if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
+            raise ConfigError(f"chunksize must be 'auto' or a whole number >= 1, not {chunksize!r}", key="chunksize", value=chunksize)
+        return chunksize
+
+    def imap(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        *,
+        chunksize: int | str = "auto",
+        window: int | None = None,
+        priority: int = 0,
+        timeout: float | None = _DEFAULT,
+        retries: int | None = None,
+    ) -> Iterator[R]:
+        """Results in input order as they complete; the input is read lazily.
+
+        At most ``window`` chunks are in flight (default: four per agent), so
+        a ten-million-item generator is never materialized.
+        """
+        return self._imap(fn, iterable, chunksize, window, priority, timeout, retries, ordered=True)
+
+    def imap_unordered(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        *,
+        chunksize: int | str = "auto",
+        window: int | None = None,
+        priority: int = 0,
+        timeout: float | None = _DEFAULT,
+        retries: int | None = None,
+    ) -> Iterator[R]:
+        """Results in completion order; the input is read lazily."""
+        return self._imap(fn, iterable, chunksize, window, priority, timeout, retries, ordered=False)
+
+    def _imap(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | str,
+        window: int | None,
+        priority: int,
+        timeout: Any,
+        retries: Any,
+        *,
+        ordered: bool,
+    ) -> Iterator[Any]:
+        self._check_open()
+        limit = window or max(2, 4 * self._settings.max_agents)
+        fixed = None if chunksize == "auto" else self._resolve_chunksize(chunksize, 1)
+        sized = len(iterable) if hasattr(iterable, "__len__") and fixed is None else None  # type: ignore[arg-type]
+        if sized is not None:
+            fixed = self._auto_chunksize(sized)
+        opts = {"priority": priority, "timeout": timeout, "retries": retries}
+        return _ImapRun(self, fn, iter(iterable), fixed, limit, opts, ordered)
+
+    def stream(self, fn: Callable[..., Iterable[R]], /, *args: Any, timeout: float | None = _DEFAULT, **kwargs: Any) -> _Stream[R]:
+        """Iterate what generator ``fn(*args, **kwargs)`` yields, as it yields it.
+
+        Backpressure: at most ``streaming.window`` chunks are in flight; close
+        the iterator (or leave a ``with`` block) to cancel the task.
+        """
+        self._check_open()
+        task = self._make_task(fn, MODE_STREAM, [args, kwargs], timeout=timeout, retries=0)
+        sup = self._supervisor
+        task.stream = StreamState(
+            self._settings.stream_window,
+            grant=lambda n: sup.grant_credit(task, n),
+            cancel=lambda: sup.cancel_stream(task),
+        )
+        sup.submit([task])
+        return _Stream(task.stream, task.future)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def stats(self) -> dict[str, Any]:
+        """Pool counters, agents, and per-agent peak private memory."""
+        if self._supervisor.join(0):
+            return {"closed": True}
+        snap: dict[str, Any] = self._supervisor.call(self._supervisor.snapshot).result(timeout=10)
+        return snap
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, _kill: bool = False) -> None:
+        """Stop taking work; finish (or cancel) what is queued; stop the agents."""
+        with self._shutdown_lock:
+            first = not self._is_shutdown
+            self._is_shutdown = True
+        if first or _kill:
+            self._supervisor.shutdown(wait=False, cancel_futures=cancel_futures, kill=_kill)
+        if wait:
+            self._supervisor.join()
+        _live.discard(self)
+
+    def __enter__(self) -> Guild:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Leaving on an exception (Ctrl-C included) stops work at once; a
+        # clean exit lets submitted work finish, like the stdlib executors.
+        failed = exc_type is not None
+        self.shutdown(wait=True, cancel_futures=failed, _kill=failed)
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._is_shutdown else "running"
+        return f"<Guild {state} agents={self._settings.min_agents}..{self._settings.max_agents}>"
+
+
+def _advance_by(bar: Progress, n: int) -> Callable[[Future[Any]], None]:
+    def advance(_future: Future[Any]) -> None:
+        bar.advance(n)
+
+    return advance
+
+
+class _Stream(Iterator[R]):
+    """The consumer's iterator over a streaming task."""
+
+    def __init__(self, state: StreamState, future: Future[Any]) -> None:
+        self._state = state
+        self.future = future
+
+    def __next__(self) -> R:
+        value: R = next(self._state)
+        return value
+
+    def close(self) -> None:
+        self._state.close()
+
+    def __enter__(self) -> _Stream[R]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._state.close()
+
+
+class _ImapRun(Iterator[Any]):
+    """One imap: reads input lazily, keeps at most ``limit`` chunks in flight."""
+
+    def __init__(
+        self,
+        guild: Guild,
+        fn: Callable[..., Any],
+        source: Iterator[Any],
+        chunksize: int | None,
+        limit: int,
+        opts: dict[str, Any],
+        ordered: bool,
+    ) -> None:
+        self._guild, self._fn, self._source = guild, fn, source
+        self._fixed = chunksize
+        self._limit, self._opts, self._ordered = limit, opts, ordered
+        self._inflight: deque[Task] = deque()
+        self._completed: deque[Task] = deque()
+        self._done_event = threading.Condition()
+        self._exhausted = False
+        self._buffer: deque[Any] = deque()
+        self._items_done = 0
+        self._t0 = time.monotonic()
+
+    def _next_chunksize(self) -> int:
+        if self._fixed is not None:
+            return self._fixed
+        elapsed = time.monotonic() - self._t0
+        if self._items_done < 2 or elapsed <= 0:
+            return 1
+        rate_per_agent = self._items_done / elapsed / max(1, self._guild._settings.max_agents)
+        return max(1, min(_MAX_AUTO_CHUNK, int(rate_per_agent * _TARGET_CHUNK_S)))
+
+    def _fill(self) -> None:
+        while not self._exhausted and len(self._inflight) < self._limit:
+            chunk = list(itertools.islice(self._source, self._next_chunksize()))
+            if not chunk:
+                self._exhausted = True
+                return
+            task = self._guild._make_task(self._fn, MODE_MAP, chunk, n_items=len(chunk), **self._opts)
+            if not self._ordered:
+                task.future.add_done_callback(self._done_callback(task))
+            self._inflight.append(task)
+            self._guild._supervisor.submit([task])
+
+    def _done_callback(self, task: Task) -> Callable[[Future[Any]], None]:
+        def on_done(_future: Future[Any]) -> None:
+            with self._done_event:
+                self._completed.append(task)
+                self._done_event.notify()
+
+        return on_done
+
+    def __next__(self) -> Any:
+        while not self._buffer:
+            self._fill()
+            if not self._inflight:
+                raise StopIteration
+            try:
+                task = self._take()
+                results = task.future.result()
+            except BaseException:
+                self.close()
+                raise
+            self._items_done += len(results)
+            self._buffer.extend(results)
+        return self._buffer.popleft()
+
+    def _take(self) -> Task:
+        if self._ordered:
+            return self._inflight.popleft()
+        with self._done_event:
+            while not self._completed:
+                self._done_event.wait()
+            task = self._completed.popleft()
+        self._inflight.remove(task)
+        return task
+
+    def close(self) -> None:
+        for task in self._inflight:
+            task.future.cancel()
+        self._inflight.clear()
+        self._exhausted = True
+
+
+class GuildExecutor(Executor):
+    """A ``ProcessPoolExecutor`` that survives its workers' deaths.
+
+    Same constructor and behaviour as ``concurrent.futures.ProcessPoolExecutor``
+    (``max_workers``, ``mp_context``, ``initializer``, ``initargs``,
+    ``max_tasks_per_child``); tasks have no timeout unless configured, as in
+    the stdlib. Extra keyword arguments override guildcore settings.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None and (not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0):
+            raise ValueError("max_tasks_per_child must be >= 1")
+        pool = dict(overrides.pop("pool", {}) or {})
+        limits = dict(overrides.pop("limits", {}) or {})
+        if max_workers is not None:
+            pool["max_agents"] = max_workers
+            pool.setdefault("min_agents", min(pool.get("min_agents", 1), max_workers))
+        if mp_context is not None:
+            pool["start_method"] = mp_context.get_start_method()
+        if max_tasks_per_child is not None:
+            pool["max_tasks_per_agent"] = max_tasks_per_child
+        # Submitted work should use every worker at once, as with the stdlib.
+        pool.setdefault("scale_up_queue_length", 1)
+        limits.setdefault("timeout", None)
+        self._guild = Guild(initializer=initializer, initargs=initargs, pool=pool, limits=limits, **overrides)
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        self._guild._check_open()  # ShutdownError is a RuntimeError, as the stdlib raises
+        task = self._guild._make_task(fn, MODE_CALL, [args, kwargs])
+        self._guild._supervisor.submit([task])
+        return task.future
+
+    def map(
+        self, fn: Callable[..., R], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[R]:
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        self._guild._check_open()
+        items = list(zip(*iterables, strict=False))
+        tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP)
+        self._guild._supervisor.submit(tasks)
+        return _chained_results(tasks, timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._guild.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def stats(self) -> dict[str, Any]:
+        return self._guild.stats()
+
+
+def _chained_results(tasks: list[Task], timeout: float | None) -> Iterator[Any]:
+    end = None if timeout is None else time.monotonic() + timeout
+    try:
+        for task in tasks:
+            remaining = None if end is None else end - time.monotonic()
+            yield from task.future.result(remaining)
+    finally:
+        for task in tasks:
+            task.future.cancel()
+
+
+def configured(overrides: Mapping[str, Any] | None = None) -> Config:
+    """The Config a ``Guild(**overrides)`` would use (for tools and tests)."""
+    return load_config(overrides)

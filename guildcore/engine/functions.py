@@ -1,0 +1,139 @@
+"""How a task's function travels from the supervisor to an agent.
+
+Module-level functions travel by reference, ``"module:qualname"``: a few
+bytes, resolved once per agent and kept (the agent's function cache).
+Functions a reference cannot reach (lambdas, closures, local functions,
+functions of an interactive ``__main__``) travel by value through
+``cloudpickle`` when it is installed; otherwise the caller gets a
+``SerializationError`` that says how to fix it.
+
+A spec is either a ``str`` (a reference) or ``bytes`` (a cloudpickle blob).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from guildcore.errors import SerializationError
+
+FnSpec = str | bytes
+
+_spec_cache: weakref.WeakKeyDictionary[Callable[..., Any], FnSpec] = weakref.WeakKeyDictionary()
+
+
+def describe(fn: Callable[..., Any]) -> str:
+    """A short human name for messages: ``mymod:rewrite``."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return f"{module}:{qualname}"
+
+
+def _reachable_by_reference(fn: Callable[..., Any]) -> str | None:
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        return None
+    mod = sys.modules.get(module)
+    if mod is None:
+        return None
+    if module == "__main__" and not getattr(mod, "__file__", None):
+        return None  # interactive session: agents cannot import it
+    target: Any = mod
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return None
+    # A bound method of an instance resolves to the plain function, which is
+    # not the same callable: it must travel by value with its instance.
+    if target is not fn and target != fn:
+        return None
+    return f"{module}:{qualname}"
+
+
+def spec_for(fn: Callable[..., Any]) -> FnSpec:
+    """The spec the supervisor sends for ``fn``, cached per function object."""
+    try:
+        return _spec_cache[fn]
+    except (KeyError, TypeError):
+        pass
+    if not callable(fn):
+        raise SerializationError(f"{fn!r} is not callable; pass a function as the task")
+    spec: FnSpec | None = _reachable_by_reference(fn)
+    if spec is None:
+        spec = _by_value(fn)
+    try:
+        _spec_cache[fn] = spec
+    except TypeError:
+        pass  # not weak-referenceable (e.g. some builtins): recomputed each time
+    return spec
+
+
+def _by_value(fn: Callable[..., Any]) -> bytes:
+    try:
+        import cloudpickle
+    except ImportError:
+        try:
+            return pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            raise SerializationError(
+                f"function {describe(fn)} cannot be sent to agents by reference "
+                "(it is a lambda, a closure, a local function or defined interactively); "
+                "define it at module level, or install cloudpickle (pip install 'guildcore[cloudpickle]')"
+            ) from None
+    try:
+        blob: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"function {describe(fn)} cannot be pickled by cloudpickle ({type(exc).__name__}: {exc}); "
+            "define it at module level and pass what it captures as arguments"
+        ) from exc
+    return blob
+
+
+def resolve_reference(ref: str) -> Callable[..., Any]:
+    """Import ``module:qualname`` (agent side)."""
+    module_name, _, qualname = ref.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise SerializationError(
+            f"function {ref} cannot be found in the agent ({type(exc).__name__}: {exc}); "
+            "make sure its module is importable from the agents' working directory and sys.path"
+        ) from exc
+    if not callable(target):
+        raise SerializationError(f"{ref} resolves to a {type(target).__name__}, which is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class FunctionCache:
+    """The agent's cache of resolved functions: each spec is resolved once."""
+
+    def __init__(self) -> None:
+        self._fns: dict[FnSpec, Callable[..., Any]] = {}
+
+    def get(self, spec: FnSpec) -> Callable[..., Any]:
+        fn = self._fns.get(spec)
+        if fn is None:
+            fn = resolve_reference(spec) if isinstance(spec, str) else _load_by_value(spec)
+            if len(self._fns) > 1024:
+                self._fns.clear()  # bound it: lambdas made in a loop must not grow it forever
+            self._fns[spec] = fn
+        return fn
+
+
+def _load_by_value(blob: bytes) -> Callable[..., Any]:
+    try:
+        fn = pickle.loads(blob)
+    except Exception as exc:
+        raise SerializationError(
+            f"a function sent by value cannot be loaded in the agent ({type(exc).__name__}: {exc}); "
+            "install the same cloudpickle version for agents, or define the function at module level"
+        ) from exc
+    return fn  # type: ignore[no-any-return]

@@ -1,0 +1,139 @@
+"""Starting agent processes, and the supervisor's handle on each one.
+
+This module covers: choosing the start method (forkserver by default, with
+guildcore preloaded so a new agent costs milliseconds), starting one agent,
+and the ``AgentHandle`` record the owner loop keeps per agent. It does not
+decide when to start or stop agents (``scaling``) nor which agent gets a task
+(``dispatch``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from guildcore.engine.agent import AgentSettings, agent_main
+from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transition
+from guildcore.errors import format_bytes
+
+if TYPE_CHECKING:
+    from guildcore.engine.supervisor import Task
+
+START_METHODS = ("forkserver", "fork", "spawn")
+
+
+class StartFailed(Exception):
+    """An agent process could not be started (internal; the owner loop handles it)."""
+
+
+class AgentHandle:
+    """What the supervisor knows of one agent. Owner thread only."""
+
+    def __init__(self, agent_id: int, process: Any, conn: Any) -> None:
+        self.id = agent_id
+        self.process = process
+        self.conn = conn
+        self.pid: int = process.pid
+        self.sentinel: int = process.sentinel
+        self.state = AgentState.STARTING
+        self.held: deque[Task] = deque()
+        self.tasks_done = 0
+        self.started_at = time.monotonic()
+        self.idle_since: float | None = None
+        self.last_private: int | None = None
+        self.peak_private: int | None = None
+        self.exit_reason: tuple[str, Any] | None = None
+        self.kill_at: float | None = None
+        self.stop_deadline: float | None = None
+        self.shutdown_sent = False
+        self.pid_reported: int | None = None
+
+    def set_state(self, new: AgentState) -> None:
+        check_transition(f"agent {self.id}", self.state, new, AGENT_TRANSITIONS)
+        self.state = new
+
+    def find(self, task_id: int) -> Task | None:
+        for task in self.held:
+            if task.id == task_id:
+                return task
+        return None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        try:
+            self.process.close()
+        except ValueError:
+            pass  # still running: it is SIGKILLed by the caller before this
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "state": self.state.name,
+            "held": [t.id for t in self.held],
+            "tasks_done": self.tasks_done,
+            "private_bytes": self.last_private,
+            "peak_private_bytes": self.peak_private,
+        }
+
+    def __repr__(self) -> str:
+        task = f" task={self.held[0].id}" if self.held else ""
+        mem = f" private={format_bytes(self.last_private)}" if self.last_private else ""
+        return f"<Agent {self.id} pid={self.pid} {self.state.name}{task}{mem}>"
+
+
+class AgentStarter:
+    """Starts agents with one start method and one set of agent settings."""
+
+    def __init__(
+        self,
+        *,
+        start_method: str,
+        limit_bytes: int | None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        preload: tuple[str, ...] = (),
+        cache_env: dict[str, str] | None = None,
+    ) -> None:
+        if start_method not in START_METHODS:
+            raise ValueError(f"unknown start method {start_method!r}; choose one of {', '.join(START_METHODS)}")
+        self.ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # Preloading only takes effect before the forkserver first starts;
+            # afterwards the modules are imported by each agent on first use.
+            self.ctx.set_forkserver_preload(["guildcore.engine.agent", *preload])  # type: ignore[attr-defined]
+        self.limit_bytes = limit_bytes
+        self.initializer = initializer
+        self.initargs = initargs
+        self.preload = preload
+        self.cache_env = dict(cache_env or {})
+
+    def start(self, agent_id: int) -> AgentHandle:
+        settings = AgentSettings(
+            agent_id=agent_id,
+            limit_bytes=self.limit_bytes,
+            initializer=self.initializer,
+            initargs=self.initargs,
+            preload=self.preload,
+            cache_env=self.cache_env,
+        )
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(  # type: ignore[attr-defined]
+            target=agent_main, args=(child_conn, settings), name=f"guild-agent-{agent_id}", daemon=True
+        )
+        try:
+            process.start()
+        except Exception as exc:
+            parent_conn.close()
+            child_conn.close()
+            raise StartFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            pass
+        child_conn.close()
+        return AgentHandle(agent_id, process, parent_conn)

@@ -1,0 +1,68 @@
+"""When to start and stop agents: a pure decision from a snapshot and ``now``.
+
+The owner loop builds a ``PoolView`` and carries out the returned
+``ScalingPlan``; nothing here starts or stops a process, so the rules are
+tested with a fake clock and no agents at all.
+
+Rules:
+- keep at least ``min_agents`` alive (replacements for dead agents too);
+- add one agent while the queue is longer than ``scale_up_queue_length`` and
+  fewer than ``max_agents`` are alive, one start at a time (a start costs a
+  few milliseconds through the forkserver, and the queue is re-read after);
+- an agent idle for longer than ``idle_timeout`` is stopped, down to
+  ``min_agents``; the one idle longest goes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AgentView:
+    agent_id: int
+    starting: bool
+    idle_since: float | None  # None while it holds a task or is starting
+
+
+@dataclass(frozen=True)
+class PoolView:
+    queued: int
+    agents: Sequence[AgentView]  # alive and not draining
+    min_agents: int
+    max_agents: int
+    scale_up_queue_length: int
+    idle_timeout_s: float
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    start: int = 0
+    stop: tuple[int, ...] = field(default_factory=tuple)
+    next_check_at: float | None = None  # when an idle agent will pass its timeout
+
+
+def decide(view: PoolView, now: float) -> ScalingPlan:
+    alive = len(view.agents)
+    starting = sum(1 for a in view.agents if a.starting)
+    if alive < view.min_agents:
+        return ScalingPlan(start=view.min_agents - alive)
+    # Queue pressure: one more agent, one start at a time.
+    if alive < view.max_agents and starting == 0 and view.queued > view.scale_up_queue_length:
+        return ScalingPlan(start=1)
+    if alive == 0 and view.queued > 0 and view.max_agents > 0:
+        return ScalingPlan(start=1)
+    idle = sorted((a for a in view.agents if a.idle_since is not None), key=lambda a: a.idle_since or 0.0)
+    removable = alive - view.min_agents
+    stop: list[int] = []
+    next_check: float | None = None
+    if view.queued == 0:
+        for a in idle:
+            assert a.idle_since is not None
+            due = a.idle_since + view.idle_timeout_s
+            if due <= now and len(stop) < removable:
+                stop.append(a.agent_id)
+            elif len(stop) < removable:
+                next_check = due if next_check is None else min(next_check, due)
+    return ScalingPlan(stop=tuple(stop), next_check_at=next_check)

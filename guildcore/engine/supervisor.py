@@ -1,0 +1,910 @@
+"""The supervisor: one owner thread that runs the agent pool.
+
+Data flow::
+
+    caller threads                      owner thread                     agents
+    ──────────────                      ────────────                     ──────
+    submit() ─> inbox (deque) ─wake─>   drain inbox ─> queue (heap)
+                                        dispatch ──── TASK frame ──────> reader -> run
+    Future <─ set_result/exception ──   on frame  <── RESULT / ERROR ─── main thread
+                                        on sentinel <── exit ─────────── (death)
+                                        timers: memory samples, timeouts, idle agents
+
+Ownership: the owner thread alone touches agents, tasks in flight, the queue
+and scaling state. Caller threads only append to the inbox and write one
+byte to the wake-up pipe; results reach them through futures. There are no
+locks on pool state because no other thread reads or writes it.
+
+Invariant: an agent runs the tasks it was sent strictly in order, so the task
+it is running is always the head of its ``held`` deque; a RESULT or ERROR
+frame always finishes that head.
+
+Invariant: every task ends DONE, FAILED (with its cause) or CANCELLED: a
+task lost with its agent is retried or failed with ``AgentDied``; shutdown
+cancels what it does not run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
+from typing import Any
+
+from guildcore import codec
+from guildcore.codec import Kind
+from guildcore.engine import dispatch, limits, scaling
+from guildcore.engine.agent import FLAG_MEMORY, FLAG_TIMEOUT, MODE_STREAM
+from guildcore.engine.pool import AgentHandle, AgentStarter, StartFailed
+from guildcore.engine.states import AgentState, TaskState, check_transition
+from guildcore.engine.stream import StreamState
+from guildcore.errors import (
+    AgentDied,
+    GuildError,
+    MemoryLimitExceeded,
+    PoolBroken,
+    RemoteTraceback,
+    SerializationError,
+    ShutdownError,
+    TaskCancelled,
+    TaskError,
+    TaskTimeout,
+    describe_exitcode,
+    format_bytes,
+)
+
+log = logging.getLogger("guildcore.supervisor")
+
+# After SIGTERM, how long an agent gets before SIGKILL.
+_KILL_GRACE_S = 1.0
+# Consecutive agents that die before READY before the pool gives up on
+# agents and runs tasks inline (sequential fallback).
+_MAX_START_FAILURES = 3
+# How long shutdown waits for an agent to exit after SHUTDOWN before killing it.
+_STOP_DEADLINE_S = 5.0
+
+
+@dataclass(eq=False)
+class Task:
+    """One submitted unit of work (a call, or a chunk of a map)."""
+
+    id: int
+    fn_name: str
+    spec: str | bytes
+    mode: int
+    payload: Any
+    future: Future[Any]
+    priority: int = 0
+    timeout_s: float | None = None
+    retries: int = 0
+    n_items: int = 1
+    ctx_ref: Any = None
+    on_done: Callable[[Task], None] | None = None
+    stream: StreamState | None = None
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0
+    agent_kills: int = 0
+    future_started: bool = False
+    started_at: float | None = None
+
+    def set_state(self, new: TaskState) -> None:
+        check_transition(f"task {self.id}", self.state, new, _TASK_TABLE)
+        self.state = new
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.fn_name} {self.state.name}>"
+
+
+from guildcore.engine.states import TASK_TRANSITIONS as _TASK_TABLE  # noqa: E402
+
+_ENDED = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """The parts of Config the owner loop reads, resolved to plain values."""
+
+    min_agents: int
+    max_agents: int
+    idle_timeout_s: float
+    scale_up_queue_length: int
+    balancing: str
+    prefetch: int
+    max_tasks_per_agent: int | None
+    quarantine_after: int
+    limit_bytes: int | None
+    sample_interval_s: float
+    timeout_grace_s: float
+    stream_window: int
+    parallel: bool
+
+
+@dataclass
+class _Counters:
+    submitted: int = 0
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    retried: int = 0
+    agents_started: int = 0
+    agents_died: int = 0
+    agents_replaced_memory: int = 0
+    agents_replaced_timeout: int = 0
+    peak_private_bytes: dict[int, int] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Owns the pool; every public method may be called from any thread."""
+
+    def __init__(self, settings: SupervisorSettings, starter: AgentStarter) -> None:
+        self.settings = settings
+        self._starter = starter
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._wake_pending = threading.Event()
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._front_seq = itertools.count(-1, -1)
+        self._closed = False  # no new submissions (caller-visible)
+        self._thread: threading.Thread | None = None
+        # --- owner-thread state below; nothing else touches it ---
+        self._queue: list[tuple[int, int, Task]] = []
+        self._agents: dict[int, AgentHandle] = {}
+        self._agent_ids = itertools.count(1)
+        self._last_rr = -1
+        self._stopping = False
+        self._kill_on_stop = False
+        self._broken: PoolBroken | None = None
+        self._inline = not settings.parallel
+        self._inline_warned = False
+        self._start_failures = 0
+        self._next_sample = 0.0
+        self._next_scale_check: float | None = None
+        self.counters = _Counters()
+        self._finished = threading.Event()
+
+    # ------------------------------------------------------------ caller side
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="guild-supervisor", daemon=True)
+        self._thread.start()
+
+    def new_task_id(self) -> int:
+        return next(self._ids)
+
+    def submit(self, tasks: list[Task]) -> None:
+        if self._closed:
+            raise ShutdownError("cannot submit: this Guild is shut down; create a new Guild")
+        self._post("submit", tasks)
+
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` in the owner thread (to read or change pool state safely)."""
+        fut: Future[Any] = Future()
+        self._post("call", (fn, fut))
+        return fut
+
+    def grant_credit(self, task: Task, n: int) -> None:
+        self._post("credit", (task, n))
+
+    def cancel_stream(self, task: Task) -> None:
+        self._post("cancel", task)
+
+    def shutdown(self, *, wait: bool, cancel_futures: bool, kill: bool = False) -> None:
+        self._closed = True
+        self._post("shutdown", (cancel_futures, kill))
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def _post(self, kind: str, payload: Any) -> None:
+        self._inbox.append((kind, payload))
+        # Race: the flag may be cleared by the owner right after we test it;
+        # then we write a byte we did not need. Never the other way round,
+        # because the owner clears the flag before draining the inbox.
+        if not self._wake_pending.is_set():
+            self._wake_pending.set()
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass
+
+    # ------------------------------------------------------------- owner loop
+
+    def _run(self) -> None:
+        try:
+            self._scale(time.monotonic())
+            while True:
+                self._drain_inbox()
+                if self._stopping and self._ready_to_exit():
+                    break
+                now = time.monotonic()
+                self._dispatch(now)
+                self._check_timers(now)
+                self._scale(now)
+                self._wait(self._next_deadline(time.monotonic()))
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            log.exception("guildcore supervisor loop crashed")
+            self._fail_everything(GuildError(f"the supervisor loop crashed ({type(exc).__name__}: {exc}); this is a bug in guildcore"))
+        finally:
+            self._teardown()
+            self._finished.set()
+
+    def _wait(self, timeout: float | None) -> None:
+        owners: dict[Any, AgentHandle] = {}
+        for handle in self._agents.values():
+            owners[handle.conn] = handle
+            owners[handle.sentinel] = handle
+        ready = mp_connection.wait([self._wake_r, *owners], timeout)
+        for obj in ready:
+            if obj == self._wake_r:
+                self._wake_pending.clear()
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            agent = owners[obj]
+            if agent.state in (AgentState.DEAD, AgentState.STOPPED):
+                continue  # already handled through its other waitable
+            if obj is agent.conn:
+                self._read_frames(agent)
+            else:
+                self._on_agent_exit(agent)
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            kind, payload = self._inbox.popleft()
+            if kind == "submit":
+                for task in payload:
+                    self._enqueue(task)
+            elif kind == "call":
+                fn, fut = payload
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:
+                        fut.set_exception(exc)
+            elif kind == "credit":
+                task, n = payload
+                self._send_credit(task, n)
+            elif kind == "cancel":
+                self._cancel_stream(payload)
+            elif kind == "shutdown":
+                cancel_futures, kill = payload
+                self._begin_stop(cancel_futures, kill)
+
+    # ------------------------------------------------------------------ queue
+
+    def _enqueue(self, task: Task) -> None:
+        if self._broken is not None:
+            self._finish_error(task, self._broken)
+            return
+        if self._stopping and self._kill_on_stop:
+            self._finish_cancelled(task)
+            return
+        self.counters.submitted += 1
+        heapq.heappush(self._queue, (task.priority, next(self._seq), task))
+
+    def _pop_task(self) -> Task | None:
+        while self._queue:
+            _prio, _seq, task = heapq.heappop(self._queue)
+            if task.state in _ENDED:
+                continue  # cancelled while it waited
+            if not task.future_started:
+                # The caller may have cancelled the future while it waited.
+                if not task.future.set_running_or_notify_cancel():
+                    task.set_state(TaskState.CANCELLED)
+                    self.counters.cancelled += 1
+                    self._task_done(task)
+                    continue
+                task.future_started = True
+            return task
+        return None
+
+    def _peek_is_stream(self) -> bool:
+        return bool(self._queue) and self._queue[0][2].mode == MODE_STREAM
+
+    # --------------------------------------------------------------- dispatch
+
+    def _slots(self) -> list[dispatch.Slot]:
+        return [
+            dispatch.Slot(a.id, len(a.held), streaming=any(t.mode == MODE_STREAM for t in a.held))
+            for a in self._agents.values()
+            if a.state in (AgentState.STARTING, AgentState.IDLE, AgentState.BUSY)
+        ]
+
+    def _dispatch(self, now: float) -> None:
+        if self._inline:
+            self._run_inline_batch()
+            return
+        capacity = 1 + self.settings.prefetch
+        while self._queue:
+            slots = self._slots()
+            if not slots:
+                return
+            agent_id = dispatch.choose(
+                slots,
+                capacity=capacity,
+                strategy=self.settings.balancing,
+                last_id=self._last_rr,
+                for_stream=self._peek_is_stream(),
+            )
+            if agent_id is None:
+                return
+            task = self._pop_task()
+            if task is None:
+                return
+            self._last_rr = agent_id
+            self._send_task(self._agents[agent_id], task, now)
+
+    def _send_task(self, agent: AgentHandle, task: Task, now: float) -> None:
+        task.set_state(TaskState.RUNNING)
+        task.attempts += 1
+        try:
+            frame = codec.encode_frame(Kind.TASK, task.id, task.mode, task.spec, task.payload, task.timeout_s, task.ctx_ref)
+        except SerializationError as exc:
+            self._finish_error(task, SerializationError(f"task {task.id} ({task.fn_name}) cannot be sent to an agent: {exc}"))
+            return
+        if not agent.held:
+            task.started_at = now
+        agent.held.append(task)
+        if agent.state is AgentState.IDLE:
+            agent.set_state(AgentState.BUSY)
+        try:
+            agent.conn.send_bytes(frame)
+            if task.stream is not None:
+                agent.conn.send_bytes(codec.encode_frame(Kind.CREDIT, task.id, task.stream.window))
+        except OSError:
+            # The agent is dying; its sentinel will fire and the task is retried or failed there.
+            pass
+
+    # ----------------------------------------------------------- agent frames
+
+    def _read_frames(self, agent: AgentHandle) -> None:
+        conn = agent.conn
+        try:
+            while True:
+                data = conn.recv_bytes()
+                self._on_frame(agent, data)
+                if agent.state in (AgentState.DEAD, AgentState.STOPPED) or not conn.poll():
+                    return
+        except (EOFError, OSError):
+            if agent.state not in (AgentState.DEAD, AgentState.STOPPED):
+                self._on_agent_exit(agent)
+
+    def _on_frame(self, agent: AgentHandle, data: bytes) -> None:
+        try:
+            kind, task_id, fields = codec.decode_frame(data)
+        except SerializationError as exc:
+            log.error("agent %d sent a malformed frame (%s); replacing it", agent.id, exc)
+            agent.exit_reason = ("malformed", str(exc))
+            self._kill(agent)
+            return
+        if kind == Kind.READY:
+            agent.pid_reported = int(fields[0]) if fields else agent.pid
+            self._start_failures = 0
+            if agent.state is AgentState.STARTING:
+                agent.set_state(AgentState.BUSY if agent.held else AgentState.IDLE)
+                agent.idle_since = time.monotonic()
+            return
+        if kind == Kind.ERROR and task_id == 0:
+            self._on_initializer_failed(agent, fields)
+            return
+        task = agent.find(task_id)
+        if task is None:
+            return  # a late frame for a task already failed or cancelled
+        if kind == Kind.RESULT:
+            self._pop_held(agent, task)
+            self._finish_result(task, fields[0])
+        elif kind == Kind.ERROR:
+            self._pop_held(agent, task)
+            self._on_task_error(agent, task, fields)
+        elif kind == Kind.CHUNK:
+            if task.stream is not None:
+                task.stream.put_chunk(fields[0], fields[1])
+        elif kind == Kind.END:
+            self._pop_held(agent, task)
+            cancelled = bool(fields[1]) if len(fields) > 1 else False
+            if cancelled:
+                self._finish_cancelled(task)
+            else:
+                self._finish_result(task, None)
+
+    def _pop_held(self, agent: AgentHandle, task: Task) -> None:
+        now = time.monotonic()
+        if agent.held and agent.held[0] is task:
+            agent.held.popleft()
+        else:
+            agent.held.remove(task)
+        agent.tasks_done += 1
+        if agent.held:
+            agent.held[0].started_at = now
+        elif agent.state is AgentState.BUSY:
+            agent.set_state(AgentState.IDLE)
+            agent.idle_since = now
+        limit = self.settings.max_tasks_per_agent
+        if limit and agent.tasks_done >= limit and agent.state in (AgentState.IDLE, AgentState.BUSY):
+            self._drain_agent(agent)  # recycle: no new tasks; SHUTDOWN once empty
+        if agent.state is AgentState.DRAINING and not agent.held:
+            self._send_shutdown(agent)
+
+    def _on_task_error(self, agent: AgentHandle, task: Task, fields: list[Any]) -> None:
+        exc_obj, tb, type_name, message, flags = fields
+        if flags & FLAG_MEMORY:
+            limit = self.settings.limit_bytes
+            err: BaseException = MemoryLimitExceeded(
+                f"agent {agent.id} (pid {agent.pid}) ran out of memory under its hard cap of "
+                f"{format_bytes(limits.hard_cap_bytes(limit) if limit else None)} while running task {task.id} "
+                f"({task.fn_name}): {message or 'MemoryError'}; the agent was replaced; "
+                "raise limits.per_agent or lower the task's memory",
+                task_id=task.id,
+                fn=task.fn_name,
+                agent_id=agent.id,
+                pid=agent.pid,
+                limit_bytes=limit,
+                peak_bytes=agent.peak_private,
+            )
+            err.__cause__ = RemoteTraceback(tb)
+            agent.exit_reason = ("memory-reported", None)
+            self._retry_or_fail(task, err, agent_killed=True)
+            return
+        if isinstance(exc_obj, BaseException):
+            err = exc_obj
+        else:
+            err = TaskError(f"task {task.id} ({task.fn_name}) raised {type_name}: {message}", task_id=task.id, fn=task.fn_name)
+        err.__cause__ = RemoteTraceback(tb)
+        if flags & FLAG_TIMEOUT:
+            if isinstance(err, TaskTimeout):
+                err.agent_id = agent.id
+            self._retry_or_fail(task, err, agent_killed=False)
+            return
+        self._finish_error(task, err)
+
+    def _on_initializer_failed(self, agent: AgentHandle, fields: list[Any]) -> None:
+        exc_obj, tb, type_name, message, _flags = fields
+        broken = PoolBroken(
+            f"the agent initializer failed with {type_name}: {message}; agents cannot start, so every "
+            "pending and later task fails; fix the initializer or its initargs"
+        )
+        broken.__cause__ = exc_obj if isinstance(exc_obj, BaseException) else RemoteTraceback(tb)
+        if isinstance(exc_obj, BaseException):
+            exc_obj.__cause__ = RemoteTraceback(tb)
+        self._broken = broken
+        agent.exit_reason = ("initializer", None)
+        self._fail_everything(broken)
+
+    # ------------------------------------------------------------ agent exits
+
+    def _on_agent_exit(self, agent: AgentHandle) -> None:
+        """The agent's process ended: account for every task it held."""
+        # Results it sent before dying are still in the pipe: take them first.
+        try:
+            while agent.conn.poll():
+                self._on_frame(agent, agent.conn.recv_bytes())
+        except (EOFError, OSError):
+            pass
+        agent.process.join(timeout=1.0)
+        exitcode = agent.process.exitcode
+        expected = agent.state is AgentState.DRAINING and agent.shutdown_sent and not agent.held
+        died_starting = agent.state is AgentState.STARTING
+        agent.set_state(AgentState.STOPPED if expected else AgentState.DEAD)
+        agent.close()
+        del self._agents[agent.id]
+        if expected:
+            return
+        self.counters.agents_died += 1
+        if died_starting:
+            self._start_failures += 1
+        held = list(agent.held)
+        agent.held.clear()
+        if held:
+            running, prefetched = held[0], held[1:]
+            self._retry_or_fail(running, self._death_error(agent, running, exitcode), agent_killed=True)
+            for task in prefetched:
+                # Never started: back to the queue without counting an attempt.
+                task.attempts -= 1
+                task.set_state(TaskState.PENDING)
+                self._requeue(task)
+        if self._start_failures >= _MAX_START_FAILURES and not self._inline and self._broken is None:
+            self._go_inline(f"{self._start_failures} agents in a row died before they were ready (last: {describe_exitcode(exitcode)})")
+
+    def _death_error(self, agent: AgentHandle, task: Task, exitcode: int | None) -> BaseException:
+        now = time.monotonic()
+        ran = f"{now - task.started_at:.2f} s" if task.started_at else "an unknown time"
+        reason = agent.exit_reason[0] if agent.exit_reason else None
+        if reason == "memory":
+            self.counters.agents_replaced_memory += 1
+            limit = self.settings.limit_bytes
+            return MemoryLimitExceeded(
+                f"agent {agent.id} (pid {agent.pid}) used {format_bytes(agent.peak_private)} of private memory, "
+                f"over its {format_bytes(limit)} limit, while running task {task.id} ({task.fn_name}); "
+                "it was killed and replaced; raise limits.per_agent or lower the task's memory",
+                task_id=task.id,
+                fn=task.fn_name,
+                agent_id=agent.id,
+                pid=agent.pid,
+                exitcode=exitcode,
+                runtime_s=(now - task.started_at) if task.started_at else None,
+                private_bytes=agent.last_private,
+                limit_bytes=limit,
+                peak_bytes=agent.peak_private,
+            )
+        if reason == "timeout":
+            self.counters.agents_replaced_timeout += 1
+            budget = _budget(task)
+            return TaskTimeout(
+                f"task {task.id} ({task.fn_name}) timed out after {budget:.1f} s (limits.timeout) and did not "
+                f"stop when asked; agent {agent.id} (pid {agent.pid}) was killed ({describe_exitcode(exitcode)}) "
+                "and replaced; raise the timeout or make the task check for interruption",
+                task_id=task.id,
+                fn=task.fn_name,
+                timeout_s=task.timeout_s,
+                agent_id=agent.id,
+            )
+        likely = ""
+        if exitcode == -signal.SIGKILL:
+            likely = "; the OS may have killed it for memory, or something sent it SIGKILL"
+        elif exitcode == -signal.SIGSEGV:
+            likely = "; a C extension probably crashed"
+        return AgentDied(
+            f"agent {agent.id} (pid {agent.pid}) died with {describe_exitcode(exitcode)} while running task "
+            f"{task.id} ({task.fn_name}) for {ran}; last private memory {format_bytes(agent.last_private)}"
+            f"{likely}; the agent was replaced; pass retries=N to retry such tasks",
+            task_id=task.id,
+            fn=task.fn_name,
+            agent_id=agent.id,
+            pid=agent.pid,
+            exitcode=exitcode,
+            runtime_s=(now - task.started_at) if task.started_at else None,
+            private_bytes=agent.last_private,
+        )
+
+    def _retry_or_fail(self, task: Task, err: BaseException, *, agent_killed: bool) -> None:
+        if agent_killed:
+            task.agent_kills += 1
+        quarantined = task.agent_kills >= self.settings.quarantine_after
+        if task.attempts <= task.retries and not quarantined and not self._stopping and task.stream is None:
+            self.counters.retried += 1
+            task.set_state(TaskState.RETRYING)
+            self._requeue(task)
+            return
+        if quarantined and task.attempts <= task.retries and isinstance(err, GuildError):
+            err.args = (
+                f"{err.args[0]}; task {task.id} was quarantined after killing agents {task.agent_kills} times "
+                "(pool.quarantine_after) and is not retried again",
+            )
+        self._finish_error(task, err)
+
+    def _requeue(self, task: Task) -> None:
+        if self._stopping and self._kill_on_stop:
+            self._finish_cancelled(task)
+            return
+        heapq.heappush(self._queue, (task.priority, next(self._front_seq), task))
+
+    # ------------------------------------------------------------------ timers
+
+    def _check_timers(self, now: float) -> None:
+        busy = [a for a in self._agents.values() if a.held and a.state is not AgentState.DEAD]
+        if now >= self._next_sample:
+            self._next_sample = now + self.settings.sample_interval_s
+            limit = self.settings.limit_bytes
+            for agent in busy:
+                private = limits.read_private_bytes(agent.pid)
+                if private is None:
+                    continue
+                agent.last_private = private
+                agent.peak_private = max(agent.peak_private or 0, private)
+                self.counters.peak_private_bytes[agent.id] = agent.peak_private
+                if limit and private > limit and agent.exit_reason is None:
+                    agent.exit_reason = ("memory", private)
+                    self._kill(agent)
+        for agent in busy:
+            head = agent.held[0]
+            if agent.kill_at is not None and now >= agent.kill_at:
+                agent.kill_at = None
+                self._signal(agent, signal.SIGKILL)
+                continue
+            if head.timeout_s is None or head.started_at is None or agent.exit_reason is not None:
+                continue
+            if head.stream is not None and head.stream.waiting_for_consumer():
+                head.started_at = now  # paused by backpressure, not running
+                continue
+            if now >= head.started_at + _budget(head) + self.settings.timeout_grace_s:
+                agent.exit_reason = ("timeout", head.id)
+                self._signal(agent, signal.SIGTERM)
+                agent.kill_at = now + _KILL_GRACE_S
+        for agent in self._agents.values():
+            if agent.state is AgentState.DRAINING and agent.stop_deadline is not None and now >= agent.stop_deadline:
+                agent.stop_deadline = None
+                self._signal(agent, signal.SIGKILL)
+
+    def _next_deadline(self, now: float) -> float | None:
+        deadlines: list[float] = []
+        if self._inbox:
+            return 0.0
+        if self._inline and self._queue:
+            return 0.0
+        for agent in self._agents.values():
+            if agent.held:
+                deadlines.append(self._next_sample)
+                head = agent.held[0]
+                if head.timeout_s is not None and head.started_at is not None:
+                    deadlines.append(head.started_at + _budget(head) + self.settings.timeout_grace_s)
+            if agent.kill_at is not None:
+                deadlines.append(agent.kill_at)
+            if agent.stop_deadline is not None:
+                deadlines.append(agent.stop_deadline)
+        if self._next_scale_check is not None:
+            deadlines.append(self._next_scale_check)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+    # ----------------------------------------------------------------- scaling
+
+    def _scale(self, now: float) -> None:
+        if self._inline or self._broken is not None:
+            return
+        if self._stopping:
+            self._next_scale_check = None
+            if not self._queue and not any(a.held for a in self._agents.values()):
+                for agent in list(self._agents.values()):
+                    if agent.state in (AgentState.STARTING, AgentState.IDLE, AgentState.BUSY):
+                        self._drain_agent(agent)
+            elif self._queue and not self._live_agents():
+                self._start_agent()  # pending work still needs somewhere to run
+            return
+        # Waiting work: the queue plus tasks prefetched behind a running one.
+        waiting = len(self._queue) + sum(max(0, len(a.held) - 1) for a in self._agents.values())
+        view = scaling.PoolView(
+            queued=waiting,
+            agents=[
+                scaling.AgentView(a.id, a.state is AgentState.STARTING, a.idle_since if a.state is AgentState.IDLE else None)
+                for a in self._live_agents()
+            ],
+            min_agents=self.settings.min_agents,
+            max_agents=self.settings.max_agents,
+            scale_up_queue_length=self.settings.scale_up_queue_length,
+            idle_timeout_s=self.settings.idle_timeout_s,
+        )
+        plan = scaling.decide(view, now)
+        for _ in range(plan.start):
+            if not self._start_agent():
+                break
+        for agent_id in plan.stop:
+            self._drain_agent(self._agents[agent_id])
+        self._next_scale_check = plan.next_check_at
+
+    def _live_agents(self) -> list[AgentHandle]:
+        return [a for a in self._agents.values() if a.state in (AgentState.STARTING, AgentState.IDLE, AgentState.BUSY)]
+
+    def _start_agent(self) -> bool:
+        agent_id = next(self._agent_ids)
+        try:
+            agent = self._starter.start(agent_id)
+        except StartFailed as exc:
+            self._start_failures += 1
+            log.warning("agent %d could not start: %s", agent_id, exc)
+            if self._start_failures >= _MAX_START_FAILURES or not self._agents:
+                self._go_inline(str(exc))
+            return False
+        self._agents[agent.id] = agent
+        self.counters.agents_started += 1
+        return True
+
+    def _drain_agent(self, agent: AgentHandle) -> None:
+        agent.set_state(AgentState.DRAINING)
+        if not agent.held:
+            self._send_shutdown(agent)
+
+    def _send_shutdown(self, agent: AgentHandle) -> None:
+        if agent.shutdown_sent:
+            return
+        agent.shutdown_sent = True
+        agent.stop_deadline = time.monotonic() + _STOP_DEADLINE_S
+        try:
+            agent.conn.send_bytes(codec.encode_frame(Kind.SHUTDOWN, 0))
+        except OSError:
+            pass
+
+    def _kill(self, agent: AgentHandle) -> None:
+        self._signal(agent, signal.SIGKILL)
+
+    def _signal(self, agent: AgentHandle, sig: int) -> None:
+        try:
+            os.kill(agent.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # ------------------------------------------------------- inline fallback
+
+    def _go_inline(self, why: str) -> None:
+        self._inline = True
+        if not self._inline_warned:
+            self._inline_warned = True
+            warnings.warn(
+                f"guildcore could not start agents ({why}); running tasks inline in the supervisor "
+                "(sequential fallback). Check pool.start_method and the host's process limits.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _run_inline_batch(self) -> None:
+        """Run queued tasks in this thread, a few at a time so the inbox stays served."""
+        from guildcore.engine.inline import run_inline
+
+        for _ in range(16):
+            task = self._pop_task()
+            if task is None:
+                return
+            task.set_state(TaskState.RUNNING)
+            task.attempts += 1
+            ok, value = run_inline(task)
+            if task.stream is not None:
+                continue  # the consumer drives an inline stream itself
+            if ok:
+                self._finish_result(task, value)
+            else:
+                self._finish_error(task, value)
+
+    # ------------------------------------------------------------ streaming
+
+    def _send_credit(self, task: Task, n: int) -> None:
+        for agent in self._agents.values():
+            if task in agent.held:
+                try:
+                    agent.conn.send_bytes(codec.encode_frame(Kind.CREDIT, task.id, n))
+                except OSError:
+                    pass
+                return
+
+    def _cancel_stream(self, task: Task) -> None:
+        if task.state is TaskState.PENDING:
+            self._finish_cancelled(task)
+            return
+        for agent in self._agents.values():
+            if task in agent.held:
+                try:
+                    agent.conn.send_bytes(codec.encode_frame(Kind.CANCEL, task.id))
+                except OSError:
+                    pass
+                return
+
+    # ------------------------------------------------------------ finishing
+
+    def _finish_result(self, task: Task, value: Any) -> None:
+        task.set_state(TaskState.DONE)
+        self.counters.done += 1
+        if task.stream is not None:
+            task.stream.finish(None)
+        if not task.future.done():
+            task.future.set_result(value)
+        self._task_done(task)
+
+    def _finish_error(self, task: Task, err: BaseException) -> None:
+        if task.state in _ENDED:
+            return
+        task.set_state(TaskState.FAILED)
+        self.counters.failed += 1
+        if task.stream is not None:
+            task.stream.finish(err)
+        _set_exception(task.future, err)
+        self._task_done(task)
+
+    def _finish_cancelled(self, task: Task) -> None:
+        if task.state in _ENDED:
+            return
+        task.set_state(TaskState.CANCELLED)
+        self.counters.cancelled += 1
+        err = TaskCancelled(f"task {task.id} ({task.fn_name}) was cancelled", task_id=task.id, fn=task.fn_name)
+        if task.stream is not None:
+            task.stream.finish(err)
+        if not task.future.cancel():
+            _set_exception(task.future, err)
+        self._task_done(task)
+
+    def _task_done(self, task: Task) -> None:
+        task.payload = None  # let big arguments go as soon as possible
+        if task.on_done is not None:
+            try:
+                task.on_done(task)
+            except Exception:
+                log.exception("task %d completion hook failed", task.id)
+
+    def _fail_everything(self, err: BaseException) -> None:
+        while self._queue:
+            _p, _s, task = heapq.heappop(self._queue)
+            self._finish_error(task, err)
+        for agent in list(self._agents.values()):
+            for task in list(agent.held):
+                self._finish_error(task, err)
+            agent.held.clear()
+
+    # ------------------------------------------------------------ stopping
+
+    def _begin_stop(self, cancel_futures: bool, kill: bool) -> None:
+        self._stopping = True
+        self._kill_on_stop = self._kill_on_stop or kill
+        if cancel_futures or kill:
+            while self._queue:
+                _p, _s, task = heapq.heappop(self._queue)
+                self._finish_cancelled(task)
+        if kill:
+            for agent in list(self._agents.values()):
+                for task in list(agent.held):
+                    self._finish_cancelled(task)
+                agent.held.clear()
+                agent.exit_reason = ("shutdown", None)
+                if agent.state in (AgentState.STARTING, AgentState.IDLE, AgentState.BUSY):
+                    agent.set_state(AgentState.DRAINING)
+                agent.shutdown_sent = True
+                self._signal(agent, signal.SIGTERM)
+                agent.stop_deadline = time.monotonic() + _KILL_GRACE_S
+
+    def _ready_to_exit(self) -> bool:
+        if self._queue or self._inbox:
+            return False
+        if any(a.held for a in self._agents.values()):
+            return False
+        if self._agents:
+            for agent in list(self._agents.values()):
+                if agent.state in (AgentState.STARTING, AgentState.IDLE, AgentState.BUSY):
+                    self._drain_agent(agent)
+            return False
+        return True
+
+    def _teardown(self) -> None:
+        for agent in list(self._agents.values()):
+            self._signal(agent, signal.SIGKILL)
+            agent.process.join(timeout=2.0)
+            agent.close()
+        self._agents.clear()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        """Pool state for stats (call through ``call`` to read it safely)."""
+        return {
+            "agents": [a.describe() for a in self._agents.values()],
+            "queued": len(self._queue),
+            "inline": self._inline,
+            "counters": {
+                k: v for k, v in vars(self.counters).items() if k != "peak_private_bytes"
+            },
+            "peak_private_bytes": dict(self.counters.peak_private_bytes),
+        }
+
+
+def _budget(task: Task) -> float:
+    """The supervisor's hard time budget of a task: per item for map chunks."""
+    assert task.timeout_s is not None
+    return task.timeout_s * max(1, task.n_items)
+
+
+def _set_exception(future: Future[Any], err: BaseException) -> None:
+    if future.done():
+        return
+    if not future.running() and not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_exception(err)
+    except Exception:
+        pass
