@@ -27,6 +27,8 @@ from guildcore.context import (
     current,
     detach,
     detach_all,
+    enter_task_context,
+    exit_task_context,
     reset_current,
     set_current,
     task_scope,
@@ -277,6 +279,18 @@ def test_current_context_slot(share: Any) -> None:
     with task_scope(view.ref) as ctx:
         assert current()["a"] == 1  # a fresh overlay per task
     with task_scope(None), pytest.raises(ContextError):
+        current()
+
+
+def test_agent_enters_and_exits_a_task_context(share: Any) -> None:
+    view = share({"a": 1})
+    token = enter_task_context(view.ref)
+    try:
+        ctx = current()
+        assert isinstance(ctx, TaskContext) and ctx.base is view and ctx["a"] == 1
+    finally:
+        exit_task_context(token)
+    with pytest.raises(ContextError):
         current()
 
 

@@ -8,8 +8,9 @@ Data flow::
       ContextRegistry.share ── write_context ──> /dev/shm/guild_{pid}_{gen}_{rand}
                                                  (header, index, entries, blobs, buffers)
     dispatch task:                               run task:
-      ref = registry.acquire(task_id) ── ref ──>   with task_scope(ref):  # attach once per gen
-                                                       fn(...)  # guildcore.context() -> overlay
+      ref = registry.acquire(task_id) ── ref ──>   token = enter_task_context(ref)  # attach once per gen
+                                                   fn(...)  # guildcore.context() -> its overlay
+                                                   exit_task_context(token)
     task ended:
       registry.release(task_id)  (unlinks a superseded generation nobody holds)
     shutdown: registry.close()                   shutdown: detach_all()
@@ -22,7 +23,14 @@ context slot (``current``). It does not decide when tasks run or end: the
 engine calls in at the points above.
 """
 
-from guildcore.context.current import current, reset_current, set_current, task_scope
+from guildcore.context.current import (
+    current,
+    enter_task_context,
+    exit_task_context,
+    reset_current,
+    set_current,
+    task_scope,
+)
 from guildcore.context.ref import CONTEXT_REF_EXT, ContextRef
 from guildcore.context.registry import ContextRegistry, sweep_stale
 from guildcore.context.view import ContextView, TaskContext, attach, detach, detach_all
@@ -39,6 +47,8 @@ __all__ = [
     "current",
     "detach",
     "detach_all",
+    "enter_task_context",
+    "exit_task_context",
     "reset_current",
     "set_current",
     "sweep_stale",

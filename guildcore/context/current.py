@@ -1,7 +1,8 @@
 """The task-side accessor: which context the running task sees.
 
-The agent sets the slot around each task (``task_scope(ref)``, or
-``set_current`` / ``reset_current``); task code reads it through
+The agent sets the slot around each task (``enter_task_context(ref)`` /
+``exit_task_context(token)``, or ``with task_scope(ref)``; ``set_current`` /
+``reset_current`` for any Mapping, e.g. inline tasks in the supervisor); task code reads it through
 ``guildcore.context()``, i.e. ``current()``. A ``ContextVar`` keeps the
 slot right for threads and asyncio tasks inside one agent.
 """
@@ -49,3 +50,15 @@ def task_scope(ref: ContextRef | None) -> Iterator[TaskContext | None]:
         yield overlay
     finally:
         _current.reset(token)
+
+
+def enter_task_context(ref: ContextRef) -> contextvars.Token[Mapping[Any, Any] | None]:
+    """Agent, before a task: attach ``ref`` (cached per generation) and make a
+    fresh copy-on-write overlay the task's context; pass the token to
+    ``exit_task_context`` after the task, whatever its outcome."""
+    return _current.set(attach(ref).overlay())
+
+
+def exit_task_context(token: contextvars.Token[Mapping[Any, Any] | None]) -> None:
+    """Agent, after a task: drop the task's overlay."""
+    _current.reset(token)
