@@ -58,7 +58,10 @@ def _cmd_init(args: argparse.Namespace) -> int:
     guild_dir = os.path.join(args.path, GUILD_DIR)
     instructions = os.path.join(guild_dir, "instructions.md")
     if os.path.exists(instructions) and not args.force:
-        print(f"guild: error: {instructions} already exists; pass --force to overwrite it", file=sys.stderr)
+        print(
+            f"guild: error: {instructions} already exists; pass --force to overwrite it",
+            file=sys.stderr,
+        )
         return 1
     os.makedirs(os.path.join(guild_dir, "processes"), exist_ok=True)
     with open(instructions, "w", encoding="utf-8") as f:
@@ -73,8 +76,12 @@ def _add_init_parser(subparsers: _Subparsers) -> None:
         description="Create PATH/.guild/instructions.md (a performance: block with every default) "
         "and an empty PATH/.guild/processes/.",
     )  # fmt: skip
-    parser.add_argument("path", nargs="?", default=".", metavar="PATH", help="project folder (default: .)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing instructions.md")
+    parser.add_argument(
+        "path", nargs="?", default=".", metavar="PATH", help="project folder (default: .)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite an existing instructions.md"
+    )
     parser.set_defaults(func=_cmd_init)
 
 
@@ -87,7 +94,11 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
         table = {key: {"value": _jsonable(values[key]), "source": sources[key]} for key in values}
         print(json.dumps(table, indent=2))
         return 0
-    where = f"{config.guild_dir()}" if config.root is not None else "no .guild folder found; built-in defaults"
+    where = (
+        f"{config.guild_dir()}"
+        if config.root is not None
+        else "no .guild folder found; built-in defaults"
+    )
     print(f"# settings from {where}")
     rendered = {key: render_value(key, value) for key, value in values.items()}
     key_width = max(map(len, values))
@@ -105,7 +116,9 @@ def _add_config_parser(subparsers: _Subparsers) -> None:
     parser = subparsers.add_parser("config", help="inspect settings")
     commands = parser.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     show = commands.add_parser("show", help="the merged settings and where each came from")
-    show.add_argument("--json", action="store_true", help='print {"key": {"value": ..., "source": ...}}')
+    show.add_argument(
+        "--json", action="store_true", help='print {"key": {"value": ..., "source": ...}}'
+    )
     show.set_defaults(func=_cmd_config_show)
 
 
@@ -113,7 +126,9 @@ _COMMAND_GROUPS: tuple[Callable[[_Subparsers], None], ...] = (_add_init_parser, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="guild", description="guildcore: a supervised multiprocessing engine.")
+    parser = argparse.ArgumentParser(
+        prog="guild", description="guildcore: a supervised multiprocessing engine."
+    )
     parser.add_argument("--version", action="version", version=f"guild {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_group in _COMMAND_GROUPS:

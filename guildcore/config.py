@@ -44,12 +44,18 @@ from guildcore.config_values import (
     TEXT,
     Kind,
     Origin,
+    RawMap,
     bad_value,
     choice,
     duration,
+    from_python,
     integer,
     parse_duration,
     parse_size,
+    performance_block,
+    plain,
+    read_text,
+    read_yaml,
     render_scalar,
 )
 from guildcore.errors import ConfigError
@@ -102,8 +108,12 @@ def _setting(default: T, kind: Kind, help: str, *, template: str | None = None) 
 @dataclass(frozen=True, slots=True)
 class ParallelizationConfig:
     enabled: bool = _setting(True, BOOL, "false runs every task inline, in this process")
-    max_parallel: int | None = _setting(None, integer(1, optional=True), "tasks at once; null = pool.max_agents")
-    strategy: str = _setting("auto", choice("auto", "pool", "sequential"), "auto lets the router choose")
+    max_parallel: int | None = _setting(
+        None, integer(1, optional=True), "tasks at once; null = pool.max_agents"
+    )
+    strategy: str = _setting(
+        "auto", choice("auto", "pool", "sequential"), "auto lets the router choose"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +121,33 @@ class PoolConfig:
     min_agents: int = _setting(1, integer(0), "agents kept alive when idle")
     max_agents: int = field(
         default_factory=usable_cpus,
-        metadata={"kind": integer(1, auto=usable_cpus), "help": "auto = usable CPUs", "template": "auto"},
+        metadata={
+            "kind": integer(1, auto=usable_cpus),
+            "help": "auto = usable CPUs",
+            "template": "auto",
+        },
     )
-    idle_timeout: float = _setting(60.0, duration(), "an idle agent above min_agents stops after this")
-    scale_up_queue_length: int = _setting(3, integer(1), "queued tasks per agent before one more starts")
+    idle_timeout: float = _setting(
+        60.0, duration(), "an idle agent above min_agents stops after this"
+    )
+    scale_up_queue_length: int = _setting(
+        3, integer(1), "queued tasks per agent before one more starts"
+    )
     queue_strategy: str = _setting("priority", choice("priority", "fifo"), "order of queued tasks")
-    balancing: str = _setting("least_loaded", choice("least_loaded", "round_robin"), "which agent gets a task")
-    start_method: str = _setting("forkserver", choice("forkserver", "fork", "spawn"), "how agents start")
+    balancing: str = _setting(
+        "least_loaded", choice("least_loaded", "round_robin"), "which agent gets a task"
+    )
+    start_method: str = _setting(
+        "forkserver", choice("forkserver", "fork", "spawn"), "how agents start"
+    )
     prefetch: int = _setting(2, integer(0), "tasks sent ahead to a busy agent")
-    max_tasks_per_agent: int | None = _setting(None, integer(1, optional=True), "recycle an agent after N tasks")
+    max_tasks_per_agent: int | None = _setting(
+        None, integer(1, optional=True), "recycle an agent after N tasks"
+    )
     retries: int = _setting(0, integer(0), "times a task is retried after its agent died")
-    quarantine_after: int = _setting(2, integer(1), "a task that killed this many agents fails for good")
+    quarantine_after: int = _setting(
+        2, integer(1), "a task that killed this many agents fails for good"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +173,39 @@ class NamespacePolicy:
     scope: str = _setting("persistent", choice("session", "persistent"), "session or persistent")
 
 
+class FrozenMap(Mapping[str, NamespacePolicy]):
+    """A read-only, hashable, picklable mapping of namespace policies.
+
+    Not MappingProxyType: that cannot be pickled, and a Config travels to agents.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, NamespacePolicy] | None = None) -> None:
+        self._data = dict(data or {})
+
+    def __getitem__(self, key: str) -> NamespacePolicy:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[dict[str, NamespacePolicy]]]:
+        return (FrozenMap, (self._data,))
+
+
 # Built-in namespaces. `result` (and any namespace declared without a ttl)
 # follows caching.ttl; its entry here shows the default of 1 h.
-_BUILTIN_NAMESPACES: Mapping[str, NamespacePolicy] = MappingProxyType({
+_BUILTIN_NAMESPACES = FrozenMap({
     "process": NamespacePolicy(None, 100, "session"),
     "agent": NamespacePolicy(None, None, "persistent"),
     "research": NamespacePolicy(3600.0, 50, "persistent"),
@@ -157,7 +213,7 @@ _BUILTIN_NAMESPACES: Mapping[str, NamespacePolicy] = MappingProxyType({
     "result": NamespacePolicy(3600.0, None, "persistent"),
 })  # fmt: skip
 _FOLLOWS_TTL = "result"
-_NAMESPACE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_NAMESPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: keys are dotted paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +239,9 @@ class StreamingConfig:
 class MonitoringConfig:
     enabled: bool = _setting(True, BOOL, "watch memory and load")
     check_interval: float = _setting(1.0, duration(), "how often the monitor samples")
-    warning_threshold: float = _setting(0.80, FRACTION, "of limits: log, evict L1/L2, recycle idle agents")
+    warning_threshold: float = _setting(
+        0.80, FRACTION, "of limits: log, evict L1/L2, recycle idle agents"
+    )
     critical_threshold: float = _setting(0.95, FRACTION, "of limits: caching off, one agent")
     alerts: bool = _setting(True, BOOL, "log an alert on each threshold crossing")
 
@@ -243,11 +301,20 @@ class Config:
         return out
 
 
-SECTIONS: Mapping[str, type[Any]] = MappingProxyType({f.name: f.default_factory for f in fields(Config) if f.name != "root"})  # type: ignore[misc]
+# Section name -> its dataclass, in the order of Config's fields.
+SECTIONS: Mapping[str, type[Any]] = MappingProxyType({
+    "parallelization": ParallelizationConfig, "pool": PoolConfig, "limits": LimitsConfig,
+    "caching": CachingConfig, "streaming": StreamingConfig, "monitoring": MonitoringConfig,
+    "optimization": OptimizationConfig,
+})  # fmt: skip
+# Invariant: SECTIONS lists Config's fields but root, in order (checked at import).
+assert list(SECTIONS) == [f.name for f in fields(Config) if f.name != "root"]
 _KINDS: Mapping[str, Kind] = MappingProxyType({
     f"{name}.{f.name}": f.metadata["kind"] for name, cls in SECTIONS.items() for f in fields(cls) if "kind" in f.metadata
 })  # fmt: skip
-_POLICY_KINDS: Mapping[str, Kind] = MappingProxyType({f.name: f.metadata["kind"] for f in fields(NamespacePolicy)})
+_POLICY_KINDS: Mapping[str, Kind] = MappingProxyType(
+    {f.name: f.metadata["kind"] for f in fields(NamespacePolicy)}
+)
 SHORTCUTS: Mapping[str, str] = MappingProxyType({
     "max_agents": "pool.max_agents", "min_agents": "pool.min_agents", "per_agent": "limits.per_agent",
     "timeout": "limits.timeout", "start_method": "pool.start_method",
@@ -271,13 +338,6 @@ def render_value(key: str, value: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Map:
-    """A mapping as read from a source, with the line of each key (None outside files)."""
-
-    items: tuple[tuple[object, object, int | None], ...]
-
-
-@dataclass(frozen=True, slots=True)
 class _Entry:
     key: str  # the setting: pool.max_agents (caching.namespaces.NAME declares a namespace)
     shown: str  # as written in its source: performance.pool.max_agents
@@ -285,33 +345,28 @@ class _Entry:
     origin: Origin
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, _Map):
-        return {str(k): _plain(v) for k, v, _ in value.items}
-    return value
-
-
-def _from_python(value: object) -> object:
-    if isinstance(value, Mapping):
-        return _Map(tuple((k, _from_python(v), None) for k, v in value.items()))
-    return value
-
-
-def _mapping(value: object, shown: str, origin: Origin) -> _Map:
+def _mapping(value: object, shown: str, origin: Origin) -> RawMap:
     if value is None:
-        return _Map(())
-    if not isinstance(value, _Map):
-        raise bad_value(_plain(value), shown, origin, "expected a mapping (key: value lines indented below it)")
+        return RawMap(())
+    if not isinstance(value, RawMap):
+        raise bad_value(
+            plain(value), shown, origin, "expected a mapping (key: value lines indented below it)"
+        )
     return value
 
 
 def _unknown(shown: str, name: str, options: Sequence[str], origin: Origin) -> ConfigError:
     close = difflib.get_close_matches(name, options, n=1)
     fix = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(options)
-    return ConfigError(f"unknown key {shown!r} in {origin}; {fix}", source=origin.source, line=origin.line, key=shown)
+    return ConfigError(
+        f"unknown key {shown!r} in {origin}; {fix}",
+        source=origin.source,
+        line=origin.line,
+        key=shown,
+    )
 
 
-def _items(tree: _Map, prefix: str, source: str) -> Iterator[tuple[str, str, object, Origin]]:
+def _items(tree: RawMap, prefix: str, source: str) -> Iterator[tuple[str, str, object, Origin]]:
     """(name, shown path, value, origin) of each key of ``tree``; a key given twice is an error."""
     seen: dict[str, Origin] = {}
     for name, value, line in tree.items:
@@ -325,108 +380,44 @@ def _items(tree: _Map, prefix: str, source: str) -> Iterator[tuple[str, str, obj
         yield str(name), shown, value, origin
 
 
-def _walk(tree: _Map, prefix: str, source: str, extra: Sequence[str] = ()) -> Iterator[_Entry]:
+def _walk(tree: RawMap, prefix: str, source: str, extra: Sequence[str] = ()) -> Iterator[_Entry]:
     """Entries of a mapping of sections, checked against the table of settings."""
     for name, shown, value, origin in _items(tree, prefix, source):
         if name not in SECTIONS:
             raise _unknown(shown, name, [*SECTIONS, *extra], origin)
         names = [f.name for f in fields(SECTIONS[name])]
-        for fname, fshown, fvalue, forigin in _items(_mapping(value, shown, origin), f"{shown}.", source):
+        for fname, fshown, fvalue, forigin in _items(
+            _mapping(value, shown, origin), f"{shown}.", source
+        ):
             if fname not in names:
                 raise _unknown(fshown, fname, names, forigin)
             if name == "caching" and fname == "namespaces":
                 yield from _walk_namespaces(_mapping(fvalue, fshown, forigin), f"{fshown}.", source)
             else:
-                yield _Entry(f"{name}.{fname}", fshown, _plain(fvalue), forigin)
+                yield _Entry(f"{name}.{fname}", fshown, plain(fvalue), forigin)
 
 
-def _walk_namespaces(tree: _Map, prefix: str, source: str) -> Iterator[_Entry]:
+def _walk_namespaces(tree: RawMap, prefix: str, source: str) -> Iterator[_Entry]:
     for ns, shown, value, origin in _items(tree, prefix, source):
         if not _NAMESPACE_NAME.match(ns):
-            raise bad_value(ns, shown, origin, "a namespace name is letters, digits, _ and -, starting with a letter")
+            raise bad_value(
+                ns,
+                shown,
+                origin,
+                "a namespace name is letters, digits, _ and -, starting with a letter",
+            )
         yield _Entry(f"caching.namespaces.{ns}", shown, None, origin)
-        for pname, pshown, pvalue, porigin in _items(_mapping(value, shown, origin), f"{shown}.", source):
+        for pname, pshown, pvalue, porigin in _items(
+            _mapping(value, shown, origin), f"{shown}.", source
+        ):
             if pname not in _POLICY_KINDS:
                 raise _unknown(pshown, pname, list(_POLICY_KINDS), porigin)
-            yield _Entry(f"caching.namespaces.{ns}.{pname}", pshown, _plain(pvalue), porigin)
-
-
-def _read_text(path: str, source: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {source} ({exc}); check that it is a readable UTF-8 file", source=source) from None
-
-
-def _read_yaml(text: str, source: str, first_line: int) -> object:
-    """Parse YAML keeping key lines; ``first_line`` is the file line of the text's first line."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        return None if node is None else _from_node(node, loader, first_line)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = Origin(source, None if mark is None else first_line + mark.line)
-        raise ConfigError(
-            f"malformed yaml in {where} ({exc.problem or exc.context}); fix the indentation, colons or quotes there",
-            source=source, line=where.line,
-        ) from None  # fmt: skip
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"malformed yaml in {source} ({exc}); fix the yaml syntax", source=source) from None
-    finally:
-        loader.dispose()
-
-
-def _from_node(node: yaml.Node, loader: yaml.SafeLoader, first_line: int) -> object:
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolve `<<:` merge keys
-        return _Map(tuple(
-            (loader.construct_object(k, deep=True), _from_node(v, loader, first_line), first_line + k.start_mark.line)
-            for k, v in node.value
-        ))  # fmt: skip
-    return loader.construct_object(node, deep=True)
-
-
-_FENCE_OPEN = re.compile(r"^(`{3,}|~{3,})\s*([A-Za-z0-9_+-]*)")
-_PERFORMANCE_KEY = re.compile(r"^performance\s*:")
-
-
-def _performance_block(text: str, source: str) -> tuple[str, int]:
-    """The one ```yaml block whose top key is ``performance:``, and its first line."""
-    lines, found, i = text.splitlines(), [], 0
-    while i < len(lines):
-        opened = _FENCE_OPEN.match(lines[i])
-        i += 1
-        if opened is None:
-            continue
-        fence, lang = opened.groups()
-        closing = re.compile(rf"^{re.escape(fence[0])}{{{len(fence)},}}\s*$")
-        start = i
-        while i < len(lines) and not closing.match(lines[i]):
-            i += 1
-        body, i = lines[start:i], i + 1
-        if lang.lower() in ("yaml", "yml") and any(_PERFORMANCE_KEY.match(line) for line in body):
-            found.append((start + 1, body))
-    if not found:
-        raise ConfigError(
-            f"no ```yaml block with the top key 'performance:' in {source}; add one, "
-            "or run 'guild init --force' to write one with every default",
-            source=source,
-        )
-    if len(found) > 1:
-        where = " and ".join(str(first - 1) for first, _ in found)
-        raise ConfigError(
-            f"{len(found)} ```yaml blocks with the top key 'performance:' in {source} (lines {where}); merge them into one",
-            source=source, line=found[1][0] - 1,
-        )  # fmt: skip
-    first, body = found[0]
-    return "\n".join(body), first
+            yield _Entry(f"caching.namespaces.{ns}.{pname}", pshown, plain(pvalue), porigin)
 
 
 def _instructions_entries(path: str, source: str) -> Iterator[_Entry]:
-    block, first = _performance_block(_read_text(path, source), source)
-    doc = _mapping(_read_yaml(block, source, first), "performance", Origin(source, first))
+    block, first = performance_block(read_text(path, source), source)
+    doc = _mapping(read_yaml(block, source, first), "performance", Origin(source, first))
     for name, shown, value, origin in _items(doc, "", source):
         if name != "performance":
             raise _unknown(shown, name, ["performance"], origin)
@@ -434,12 +425,14 @@ def _instructions_entries(path: str, source: str) -> Iterator[_Entry]:
 
 
 def _config_yaml_entries(path: str, source: str) -> Iterator[_Entry]:
-    doc = _mapping(_read_yaml(_read_text(path, source), source, 1), "(top level)", Origin(source))
+    doc = _mapping(read_yaml(read_text(path, source), source, 1), "(top level)", Origin(source))
     for name, shown, value, origin in _items(doc, "", source):
         if name == "performance":
             yield from _walk(_mapping(value, shown, origin), "performance.", source)
         else:
-            yield from _walk(_Map(((name, value, origin.line),)), "", source, extra=["performance"])
+            yield from _walk(
+                RawMap(((name, value, origin.line),)), "", source, extra=["performance"]
+            )
 
 
 def _env_value(text: str) -> object:
@@ -455,15 +448,17 @@ def _env_entries(environ: Mapping[str, str]) -> Iterator[_Entry]:
         if not name.startswith("GUILD_") or "__" not in name:
             continue
         *parents, leaf = name[len("GUILD_") :].lower().split("__")
-        tree = _Map(((leaf, _env_value(environ[name]), None),))
+        tree = RawMap(((leaf, _env_value(environ[name]), None),))
         for part in reversed(parents):
-            tree = _Map(((part, tree, None),))
+            tree = RawMap(((part, tree, None),))
         yield from _walk(tree, "", f"env {name}")
 
 
 def _override_entries(overrides: Mapping[str, Any]) -> Iterator[_Entry]:
-    sections = tuple((name, _from_python(v), None) for name, v in overrides.items() if name not in SHORTCUTS)
-    yield from _walk(_Map(sections), "", KEYWORD.source, extra=list(SHORTCUTS))
+    sections = tuple(
+        (name, from_python(v), None) for name, v in overrides.items() if name not in SHORTCUTS
+    )
+    yield from _walk(RawMap(sections), "", KEYWORD.source, extra=list(SHORTCUTS))
     for name, value in overrides.items():
         if name in SHORTCUTS:  # flat shortcuts win over the same key given by section
             yield _Entry(SHORTCUTS[name], name, value, KEYWORD)
@@ -479,7 +474,10 @@ def _merge(entries: Iterable[_Entry], values: _Values, declared: dict[str, Origi
         if entry.key.count(".") == 2:  # caching.namespaces.NAME
             declared.setdefault(entry.key.split(".")[2], entry.origin)
         else:
-            values[entry.key] = (_kind(entry.key).parse(entry.raw, entry.shown, entry.origin), entry.origin)
+            values[entry.key] = (
+                _kind(entry.key).parse(entry.raw, entry.shown, entry.origin),
+                entry.origin,
+            )
 
 
 def _conflict(values: _Values, a: str, relation: str, b: str, fix: str) -> ConfigError:
@@ -502,7 +500,9 @@ def _check(values: _Values) -> None:
                         "set the warning threshold below the critical one")  # fmt: skip
 
 
-def _build(values: _Values, declared: Mapping[str, Origin], root: str | None) -> tuple[Config, dict[str, str]]:
+def _build(
+    values: _Values, declared: Mapping[str, Origin], root: str | None
+) -> tuple[Config, dict[str, str]]:
     _check(values)
     sources = {key: str(origin) for key, (_, origin) in values.items()}
     namespaces: dict[str, NamespacePolicy] = {}
@@ -513,15 +513,20 @@ def _build(values: _Values, declared: Mapping[str, Origin], root: str | None) ->
             if key in values:
                 policy[pf.name] = values[key][0]
             elif pf.name == "ttl":  # result, and namespaces declared without a ttl
-                policy[pf.name], sources[key] = values["caching.ttl"][0], "default (follows caching.ttl)"
+                policy[pf.name], sources[key] = (
+                    values["caching.ttl"][0],
+                    "default (follows caching.ttl)",
+                )
             else:
                 policy[pf.name], sources[key] = pf.default, str(DEFAULT)
         namespaces[ns] = NamespacePolicy(**policy)
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
-        kwargs = {f.name: values[f"{name}.{f.name}"][0] for f in fields(cls) if f.name != "namespaces"}
+        kwargs = {
+            f.name: values[f"{name}.{f.name}"][0] for f in fields(cls) if f.name != "namespaces"
+        }
         if name == "caching":
-            kwargs["namespaces"] = MappingProxyType(namespaces)
+            kwargs["namespaces"] = FrozenMap(namespaces)
         sections[name] = cls(**kwargs)
     config = Config(**sections, root=root)
     return config, {key: sources[key] for key in config.flat()}
@@ -560,7 +565,10 @@ def explain_config(
     guild_dir = find_guild_dir(start)
     values, declared = _defaults()
     if guild_dir is not None:
-        readers = (("instructions.md", _instructions_entries), ("config.yaml", _config_yaml_entries))
+        readers = (
+            ("instructions.md", _instructions_entries),
+            ("config.yaml", _config_yaml_entries),
+        )
         for filename, read in readers:
             path = os.path.join(guild_dir, filename)
             if os.path.isfile(path):
@@ -596,7 +604,11 @@ def performance_yaml() -> str:
 
 
 def _namespace_lines() -> list[str]:
-    out = [_commented("    namespaces:", "per namespace; add your own: mine: {ttl: 10m, max_entries: 5}")]
+    out = [
+        _commented(
+            "    namespaces:", "per namespace; add your own: mine: {ttl: 10m, max_entries: 5}"
+        )
+    ]
     for ns, policy in _BUILTIN_NAMESPACES.items():
         parts = [
             f"{pf.name}: {_POLICY_KINDS[pf.name].render(getattr(policy, pf.name))}"

@@ -1,11 +1,13 @@
-"""Single setting values: sizes, durations, and the other kinds a setting can have.
+"""Raw setting values: reading them out of text, checking them one by one.
 
-This module covers turning one raw value (from YAML, an environment variable
-or a keyword argument) into the typed value a setting holds, or into a
-``ConfigError`` naming the key, where the value came from, the bad value and
-what to write instead; and rendering typed values back as a user would write
-them (``guild init``, ``guild config show``).
-It does not cover which keys exist or how sources merge: see ``config.py``.
+This module covers reading YAML (alone, or the ``performance:`` block of a
+markdown file) into ``RawMap`` trees that keep the line of every key; turning
+one raw value (from YAML, an environment variable or a keyword argument) into
+the typed value a setting holds, or into a ``ConfigError`` naming the key,
+where the value came from, the bad value and what to write instead; and
+rendering typed values back as a user would write them (``guild init``,
+``guild config show``). It does not know which keys exist or how sources
+merge: see ``config.py``, the only module meant to use this one.
 
 Units. Sizes are int bytes. Decimal units are powers of 1000, binary units
 powers of 1024, and unit names are case-insensitive (``512mb`` is 512 MB):
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -39,8 +41,15 @@ __all__ = [
     "MIB",
     "Kind",
     "Origin",
+    "RawMap",
+    "bad_value",
+    "from_python",
     "parse_duration",
     "parse_size",
+    "performance_block",
+    "plain",
+    "read_text",
+    "read_yaml",
     "render_duration",
     "render_scalar",
     "render_size",
@@ -199,7 +208,9 @@ def render_duration(seconds: float | None) -> str:
 
 
 SIZE = Kind(
-    _to_size, "expected a size above 0 such as 512MB, 1GiB, 100 kB or a number of bytes", render_size
+    _to_size,
+    "expected a size above 0 such as 512MB, 1GiB, 100 kB or a number of bytes",
+    render_size,
 )
 
 
@@ -274,9 +285,13 @@ def _to_names(value: object) -> tuple[str, ...]:
 
 
 BOOL = Kind(_to_bool, "expected true or false", render_scalar)
-FRACTION = Kind(_to_fraction, "expected a fraction above 0 and at most 1, such as 0.8 or 80%", render_scalar)
+FRACTION = Kind(
+    _to_fraction, "expected a fraction above 0 and at most 1, such as 0.8 or 80%", render_scalar
+)
 TEXT = Kind(_to_text, "expected a non-empty string", render_scalar)
-NAMES = Kind(_to_names, "expected a list of module names such as [numpy, mypkg.tasks]", render_scalar)
+NAMES = Kind(
+    _to_names, "expected a list of module names such as [numpy, mypkg.tasks]", render_scalar
+)
 
 
 def choice(*options: str) -> Kind:
@@ -303,3 +318,102 @@ def parse_duration(value: object, key: str = "duration", *, origin: Origin | Non
 
 
 _POSITIVE_DURATION = duration()
+
+
+# -- raw values out of YAML and markdown text, with the line of each key ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RawMap:
+    """A mapping as read from a source, with the line of each key (None outside files)."""
+
+    items: tuple[tuple[object, object, int | None], ...]
+
+
+def plain(value: object) -> object:
+    if isinstance(value, RawMap):
+        return {str(k): plain(v) for k, v, _ in value.items}
+    return value
+
+
+def from_python(value: object) -> object:
+    if isinstance(value, Mapping):
+        return RawMap(tuple((k, from_python(v), None) for k, v in value.items()))
+    return value
+
+
+def read_text(path: str, source: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {source} ({exc}); check that it is a readable UTF-8 file", source=source
+        ) from None
+
+
+def read_yaml(text: str, source: str, first_line: int) -> object:
+    """Parse YAML keeping key lines; ``first_line`` is the file line of the text's first line."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _from_node(node, loader, first_line)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Origin(source, None if mark is None else first_line + mark.line)
+        raise ConfigError(
+            f"malformed yaml in {where} ({exc.problem or exc.context}); fix the indentation, colons or quotes there",
+            source=source, line=where.line,
+        ) from None  # fmt: skip
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"malformed yaml in {source} ({exc}); fix the yaml syntax", source=source
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _from_node(node: yaml.Node, loader: yaml.SafeLoader, first_line: int) -> object:
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolve `<<:` merge keys
+        return RawMap(tuple(
+            (loader.construct_object(k, deep=True), _from_node(v, loader, first_line), first_line + k.start_mark.line)
+            for k, v in node.value
+        ))  # fmt: skip
+    return loader.construct_object(node, deep=True)
+
+
+_FENCE_OPEN = re.compile(r"^(`{3,}|~{3,})\s*([A-Za-z0-9_+-]*)")
+_PERFORMANCE_KEY = re.compile(r"^performance\s*:")
+
+
+def performance_block(text: str, source: str) -> tuple[str, int]:
+    """The one ```yaml block whose top key is ``performance:``, and its first line."""
+    lines, found, i = text.splitlines(), [], 0
+    while i < len(lines):
+        opened = _FENCE_OPEN.match(lines[i])
+        i += 1
+        if opened is None:
+            continue
+        fence, lang = opened.groups()
+        closing = re.compile(rf"^{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+        start = i
+        while i < len(lines) and not closing.match(lines[i]):
+            i += 1
+        body, i = lines[start:i], i + 1
+        if lang.lower() in ("yaml", "yml") and any(_PERFORMANCE_KEY.match(line) for line in body):
+            found.append((start + 1, body))
+    if not found:
+        raise ConfigError(
+            f"no ```yaml block with the top key 'performance:' in {source}; add one, "
+            "or run 'guild init --force' to write one with every default",
+            source=source,
+        )
+    if len(found) > 1:
+        where = " and ".join(str(first - 1) for first, _ in found)
+        raise ConfigError(
+            f"{len(found)} ```yaml blocks with the top key 'performance:' in {source} (lines {where}); merge them into one",
+            source=source, line=found[1][0] - 1,
+        )  # fmt: skip
+    first, body = found[0]
+    return "\n".join(body), first

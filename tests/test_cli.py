@@ -37,7 +37,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_version_as_module_subprocess() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "guildcore", "--version"], capture_output=True, text=True, env=env, timeout=30
+        [sys.executable, "-m", "guildcore", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, f"guild {__version__}\n", "")
 
@@ -55,13 +59,19 @@ def test_init_writes_every_default(tmp_path: Path, capsys: pytest.CaptureFixture
     config, sources = explain_config(cwd=tmp_path, environ={})
     assert config == Config(root=str(tmp_path))  # parses back to exactly the defaults
     # Every setting is written out, except result's ttl which follows caching.ttl.
-    unlisted = {key for key, source in sources.items() if not source.startswith(".guild/instructions.md line ")}
+    unlisted = {
+        key
+        for key, source in sources.items()
+        if not source.startswith(".guild/instructions.md line ")
+    }
     assert unlisted == {"caching.namespaces.result.ttl"}
     text = (guild / "instructions.md").read_text()
     assert text.startswith("# Guild instructions\n") and "max_agents: auto" in text
 
 
-def test_init_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_refuses_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     instructions = tmp_path / ".guild" / "instructions.md"
     instructions.parent.mkdir()
     instructions.write_text("mine\n")
@@ -74,7 +84,9 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.
     assert load_config(cwd=tmp_path, environ={}) == Config(root=str(tmp_path))
 
 
-def test_config_show_text(in_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_show_text(
+    in_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (in_project / ".guild" / "config.yaml").write_text("limits:\n  per_agent: 200MB\n")
     monkeypatch.setenv("GUILD_POOL__MAX_AGENTS", "3")
     assert main(["config", "show"]) == 0
@@ -87,13 +99,21 @@ def test_config_show_text(in_project: Path, monkeypatch: pytest.MonkeyPatch, cap
     assert len(table) == len(Config().flat())
 
 
-def test_config_show_json(in_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_show_json(
+    in_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("GUILD_OPTIMIZATION__PRELOAD", "[json]")
     assert main(["config", "show", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["optimization.preload"] == {"value": ["json"], "source": "env GUILD_OPTIMIZATION__PRELOAD"}
+    assert data["optimization.preload"] == {
+        "value": ["json"],
+        "source": "env GUILD_OPTIMIZATION__PRELOAD",
+    }
     assert data["limits.per_agent"] == {"value": 100_000_000, "source": "default"}
-    assert data["caching.namespaces.result.ttl"] == {"value": 3600.0, "source": "default (follows caching.ttl)"}
+    assert data["caching.namespaces.result.ttl"] == {
+        "value": 3600.0,
+        "source": "default (follows caching.ttl)",
+    }
 
 
 def test_config_error_is_one_line_exit_2(

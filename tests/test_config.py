@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
 import textwrap
 from pathlib import Path
@@ -48,7 +49,9 @@ def load(project: Path, overrides: dict[str, object] | None = None, **environ: s
     return load_config(overrides, cwd=project, environ=environ)
 
 
-def fails(project: Path, message: str, overrides: dict[str, object] | None = None, **environ: str) -> ConfigError:
+def fails(
+    project: Path, message: str, overrides: dict[str, object] | None = None, **environ: str
+) -> ConfigError:
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$") as info:
         load(project, overrides, **environ)
     return info.value
@@ -90,7 +93,16 @@ def test_parse_size_rejects(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30s", 30.0), ("1h", 3600.0), ("250ms", 0.25), ("10m", 600.0), ("2d", 172800.0), (5, 5.0), (0.5, 0.5), ("1.5 h", 5400.0)],
+    [
+        ("30s", 30.0),
+        ("1h", 3600.0),
+        ("250ms", 0.25),
+        ("10m", 600.0),
+        ("2d", 172800.0),
+        (5, 5.0),
+        (0.5, 0.5),
+        ("1.5 h", 5400.0),
+    ],
 )
 def test_parse_duration(text: object, expected: float) -> None:
     assert parse_duration(text) == expected
@@ -108,7 +120,9 @@ def test_render_size_round_trips(size: int) -> None:
     assert parse_size(render_size(size)) == size
 
 
-@pytest.mark.parametrize("seconds", [0.1, 0.25, 1.0, 30.0, 60.0, 90.0, 1800.0, 3600.0, 86400.0, 1.2345])
+@pytest.mark.parametrize(
+    "seconds", [0.1, 0.25, 1.0, 30.0, 60.0, 90.0, 1800.0, 3600.0, 86400.0, 1.2345]
+)
 def test_render_duration_round_trips(seconds: float) -> None:
     assert parse_duration(render_duration(seconds)) == seconds
 
@@ -167,11 +181,23 @@ def test_config_is_frozen() -> None:
         config.caching.namespaces["x"] = NamespacePolicy()  # type: ignore[index]
 
 
+def test_config_pickles_and_hashes(project: Path) -> None:
+    write_md(project, "performance:\n  caching:\n    namespaces:\n      mine: {ttl: 10m}\n")
+    config = load(project)
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy == config and hash(copy) == hash(config)
+    assert copy.caching.namespaces["mine"].ttl == 600.0
+
+
 def test_to_dict_is_json_ready() -> None:
     data = json.loads(json.dumps(Config().to_dict()))
     assert data["limits"]["per_agent"] == 100_000_000
     assert data["optimization"]["preload"] == []
-    assert data["caching"]["namespaces"]["routing"] == {"ttl": 1800.0, "max_entries": 100, "scope": "persistent"}
+    assert data["caching"]["namespaces"]["routing"] == {
+        "ttl": 1800.0,
+        "max_entries": 100,
+        "scope": "persistent",
+    }
 
 
 # -- sources, their order and their descriptions ------------------------------------------
@@ -221,16 +247,28 @@ def test_config_yaml_top_level_or_under_performance(project: Path) -> None:
 
 def test_precedence_env_over_files_keywords_over_env(project: Path) -> None:
     write_yaml(project, "pool: {max_agents: 3}\nlimits: {timeout: 10s}\n")
-    env = {"GUILD_POOL__MAX_AGENTS": "4", "GUILD_LIMITS__PER_AGENT": "200MB", "GUILD_LIMITS__TIMEOUT": "none"}
+    env = {
+        "GUILD_POOL__MAX_AGENTS": "4",
+        "GUILD_LIMITS__PER_AGENT": "200MB",
+        "GUILD_LIMITS__TIMEOUT": "none",
+    }
     config, sources = explain_config(cwd=project, environ=env)
     assert config.pool.max_agents == 4 and config.limits.per_agent == 200 * 10**6
     assert config.limits.timeout is None
     assert sources["pool.max_agents"] == "env GUILD_POOL__MAX_AGENTS"
-    config, sources = explain_config({"pool": {"max_agents": 5, "min_agents": 2}}, cwd=project, environ=env)
+    config, sources = explain_config(
+        {"pool": {"max_agents": 5, "min_agents": 2}}, cwd=project, environ=env
+    )
     assert config.pool.max_agents == 5 and sources["pool.max_agents"] == "keyword argument"
     # A flat shortcut wins over the same key given by section.
-    config = load(project, {"pool": {"max_agents": 5}, "max_agents": 6, "per_agent": "1GB", "timeout": 1})
-    assert (config.pool.max_agents, config.limits.per_agent, config.limits.timeout) == (6, 10**9, 1.0)
+    config = load(
+        project, {"pool": {"max_agents": 5}, "max_agents": 6, "per_agent": "1GB", "timeout": 1}
+    )
+    assert (config.pool.max_agents, config.limits.per_agent, config.limits.timeout) == (
+        6,
+        10**9,
+        1.0,
+    )
     assert load(project, {"start_method": "fork", "min_agents": 0}).pool.start_method == "fork"
 
 
@@ -264,15 +302,23 @@ def test_namespaces_user_defined_and_overridden(project: Path) -> None:
               research: {ttl: 5m}
         """,
     )
-    config, sources = explain_config(cwd=project, environ={"GUILD_CACHING__NAMESPACES__MINE__MAX_ENTRIES": "6"})
+    config, sources = explain_config(
+        cwd=project, environ={"GUILD_CACHING__NAMESPACES__MINE__MAX_ENTRIES": "6"}
+    )
     ns = config.caching.namespaces
     assert ns["mine"] == NamespacePolicy(ttl=600.0, max_entries=6, scope="persistent")
     assert ns["bare"] == NamespacePolicy(ttl=7200.0, max_entries=9, scope="session")
     assert ns["research"] == NamespacePolicy(ttl=300.0, max_entries=50, scope="persistent")
     assert ns["result"].ttl == 7200.0  # follows caching.ttl
-    assert sources["caching.namespaces.mine.max_entries"] == "env GUILD_CACHING__NAMESPACES__MINE__MAX_ENTRIES"
+    assert (
+        sources["caching.namespaces.mine.max_entries"]
+        == "env GUILD_CACHING__NAMESPACES__MINE__MAX_ENTRIES"
+    )
     assert sources["caching.namespaces.bare.ttl"] == "default (follows caching.ttl)"
-    assert load(project, {"caching": {"namespaces": {"kw": None}}}).caching.namespaces["kw"].scope == "persistent"
+    assert (
+        load(project, {"caching": {"namespaces": {"kw": None}}}).caching.namespaces["kw"].scope
+        == "persistent"
+    )
 
 
 # -- bad input: each failure by its whole message ------------------------------------------
@@ -280,13 +326,18 @@ def test_namespaces_user_defined_and_overridden(project: Path) -> None:
 
 def test_unknown_section_suggests(project: Path) -> None:
     write_md(project, "performance:\n  cachng:\n    enabled: true\n")
-    err = fails(project, f"unknown key 'performance.cachng' in {MD} line 7; did you mean 'caching'?")
+    err = fails(
+        project, f"unknown key 'performance.cachng' in {MD} line 7; did you mean 'caching'?"
+    )
     assert (err.source, err.line, err.key) == (MD, 7, "performance.cachng")
 
 
 def test_unknown_field_suggests(project: Path) -> None:
     write_md(project, "performance:\n  pool:\n    min_agents: 1\n    max_agent: 4\n")
-    fails(project, f"unknown key 'performance.pool.max_agent' in {MD} line 9; did you mean 'max_agents'?")
+    fails(
+        project,
+        f"unknown key 'performance.pool.max_agent' in {MD} line 9; did you mean 'max_agents'?",
+    )
 
 
 def test_unknown_key_without_close_match_lists_keys(project: Path) -> None:
@@ -298,7 +349,11 @@ def test_unknown_key_without_close_match_lists_keys(project: Path) -> None:
 def test_unknown_key_in_env_and_keywords(project: Path) -> None:
     fails(project, "unknown key 'pool.max_agnts' in env GUILD_POOL__MAX_AGNTS; did you mean 'max_agents'?",
           GUILD_POOL__MAX_AGNTS="3")  # fmt: skip
-    fails(project, "unknown key 'max_agent' in keyword argument; did you mean 'max_agents'?", {"max_agent": 3})
+    fails(
+        project,
+        "unknown key 'max_agent' in keyword argument; did you mean 'max_agents'?",
+        {"max_agent": 3},
+    )
 
 
 @pytest.mark.parametrize(
@@ -324,7 +379,10 @@ def test_bad_pool_values(project: Path, line: str, message: str) -> None:
 
 def test_bool_given_a_string(project: Path) -> None:
     write_md(project, 'performance:\n  caching:\n    enabled: "yes"\n')
-    fails(project, f"bad value 'yes' for 'performance.caching.enabled' in {MD} line 8; expected true or false")
+    fails(
+        project,
+        f"bad value 'yes' for 'performance.caching.enabled' in {MD} line 8; expected true or false",
+    )
 
 
 @pytest.mark.parametrize("size", ["0", "-5MB", "0 kB"])
@@ -375,18 +433,27 @@ def test_markdown_without_performance_block(project: Path) -> None:
 def test_markdown_with_two_performance_blocks(project: Path) -> None:
     block = "```yaml\nperformance:\n  pool: {max_agents: 2}\n```\n"
     (project / MD).write_text(f"# notes\n{block}\nprose\n{block}")
-    err = fails(project, f"2 ```yaml blocks with the top key 'performance:' in {MD} (lines 2 and 8); merge them into one")
+    err = fails(
+        project,
+        f"2 ```yaml blocks with the top key 'performance:' in {MD} (lines 2 and 8); merge them into one",
+    )
     assert err.line == 8
 
 
 def test_section_must_be_a_mapping(project: Path) -> None:
     write_yaml(project, "pool: 4\n")
-    fails(project, "bad value 4 for 'pool' in .guild/config.yaml line 1; expected a mapping (key: value lines indented below it)")
+    fails(
+        project,
+        "bad value 4 for 'pool' in .guild/config.yaml line 1; expected a mapping (key: value lines indented below it)",
+    )
 
 
 def test_duplicate_key(project: Path) -> None:
     write_yaml(project, "pool:\n  max_agents: 2\n  max_agents: 3\n")
-    fails(project, "duplicate key 'pool.max_agents' in .guild/config.yaml line 3 (first at .guild/config.yaml line 2); keep one of them")
+    fails(
+        project,
+        "duplicate key 'pool.max_agents' in .guild/config.yaml line 3 (first at .guild/config.yaml line 2); keep one of them",
+    )
 
 
 def test_other_top_key_in_performance_block(project: Path) -> None:
@@ -395,8 +462,16 @@ def test_other_top_key_in_performance_block(project: Path) -> None:
 
 
 def test_bad_namespace_policy(project: Path) -> None:
-    write_md(project, "performance:\n  caching:\n    namespaces:\n      mine: {ttl: 10m, max_entry: 5}\n")
-    fails(project, f"unknown key 'performance.caching.namespaces.mine.max_entry' in {MD} line 9; did you mean 'max_entries'?")
+    write_md(
+        project, "performance:\n  caching:\n    namespaces:\n      mine: {ttl: 10m, max_entry: 5}\n"
+    )
+    fails(
+        project,
+        f"unknown key 'performance.caching.namespaces.mine.max_entry' in {MD} line 9; did you mean 'max_entries'?",
+    )
     write_md(project, "performance:\n  caching:\n    namespaces:\n      mine: {scope: forever}\n")
     fails(project, f"bad value 'forever' for 'performance.caching.namespaces.mine.scope' in {MD} line 9; "
           "choose one of session, persistent")  # fmt: skip
+    write_md(project, "performance:\n  caching:\n    namespaces:\n      my.ns: {}\n")
+    fails(project, f"bad value 'my.ns' for 'performance.caching.namespaces.my.ns' in {MD} line 9; "
+          "a namespace name is letters, digits, _ and -, starting with a letter")  # fmt: skip
