@@ -18,7 +18,6 @@ traceback); 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -91,6 +90,8 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     config, sources = explain_config()
     values = config.flat()
     if args.json:
+        import json
+
         table = {key: {"value": _jsonable(values[key]), "source": sources[key]} for key in values}
         print(json.dumps(table, indent=2))
         return 0
