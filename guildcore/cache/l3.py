@@ -1,0 +1,700 @@
+"""L3: one LMDB environment on disk, shared by the supervisor and its agents.
+
+Covers the durable tier: a named database per namespace, TTLs, entry caps,
+tags, sweeping, eviction when the map is full, compaction and statistics.
+Does not cover the in-process tiers (``l1``, ``l2``) or promotion between
+tiers (``tiers``). The byte layout of a stored value is in ``record``.
+
+Databases inside the environment::
+
+    ns:<namespace>   key -> record (see ``record``)
+    __index__        ordering and lookup keys, no payloads:
+                       b"a" ns 0 created(8) key   -> b""        age, oldest first
+                       b"e" expires(8) ns 0 key   -> b""        expiry, soonest first
+                       b"t" tag 0 ns 0 key        -> created(8) entries by tag
+                       b"g" ns 0 key              -> tags       tags of one entry
+                     (times are big-endian float64: positive floats sort as numbers)
+    __meta__         b"format" -> FORMAT; b"stats:<ns>" -> msgpack [hits, misses]
+
+Invariant: an index entry is a hint, checked against the record's header
+before it deletes anything (``created`` or ``expires`` must match). An
+overwrite leaves the old hints behind; they are dropped when reached.
+
+Hazards, in py-lmdb's order:
+- Threads: every use of the environment holds ``self._lock``; write
+  transactions are always ``with`` blocks on the thread that began them.
+- Fork-safety: an environment is never used across fork. The one place that
+  handles it is ``_at_fork_*`` below: before a fork every live store closes
+  its environment (no transaction can be open: we hold its lock), and both
+  sides reopen lazily on next use. ``_env_checked`` also compares the pid,
+  in case a store was created in a way the hooks missed.
+- Durability: commits use ``sync=False, metasync=False``. A crash of any
+  process (SIGKILL included) loses at most its uncommitted transaction, and
+  the store opens clean; a power loss may lose the last commits. Fine for a
+  cache, not for data of record.
+- Growth: ``map_size`` is fixed at open (the file is sparse; the map is
+  address space). A full map evicts the oldest entries and retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import lmdb
+import msgpack
+
+from guildcore.cache import record, storefiles
+from guildcore.cache.policy import CachePolicy, check_namespace
+from guildcore.errors import CacheError, format_bytes
+
+__all__ = ["L3Store"]
+
+log = logging.getLogger("guildcore.cache")
+T = TypeVar("T")
+
+FORMAT = b"guildcore-cache/1"
+MAX_DBS = 126  # namespaces plus our two internal databases
+# Sweep this many expired entries inside every write transaction: cheap,
+# and keeps a store that is only written to from filling with dead entries.
+OPPORTUNISTIC_SWEEP = 4
+MAP_FULL_RETRIES = 6  # each retry evicts twice as much as the one before
+MAP_FULL_EVICT_FRACTION = 0.125  # first retry evicts the oldest 1/8 of entries
+
+_F64 = struct.Struct(">d")
+_pack_f64 = _F64.pack
+_NUL = b"\0"
+
+# Fork-safety: live stores, closed before every fork (see module docstring).
+_LIVE: weakref.WeakSet[L3Store] = weakref.WeakSet()
+
+
+class _Broken(Exception):
+    """The files exist but are not a store we can use."""
+
+
+class L3Store:
+    """An LMDB-backed store of namespaced, expiring, signed records.
+
+    ``policies`` gives each namespace its TTL and entry cap; namespaces not
+    in it have none. ``clock`` is the time source of every TTL decision.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int = 2**30,
+        policies: dict[str, CachePolicy] | None = None,
+        compress: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self.map_size = int(map_size)
+        self.policies = dict(policies or {})
+        self.compress = compress and record.compression_available()
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._env: Any = None
+        self._dbs: dict[str, Any] = {}
+        self._pid = -1
+        self._lock_fd = -1
+        self._closed = False
+        storefiles.ensure_dir(self.path)
+        self._secret = storefiles.load_secret(self.path)
+        with self._lock:
+            self._open()
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"pid={self._pid}"
+        return f"<L3Store {self.path} {state}>"
+
+    # ------------------------------------------------------------ open/close
+
+    def _open(self) -> None:
+        """Open (or reopen) the environment; move a broken store aside once."""
+        if self._lock_fd < 0 or self._pid != os.getpid():
+            self._lock_fd = storefiles.open_lock(self.path)
+        for attempt in (1, 2):
+            try:
+                self._env = self._open_env()
+                break
+            except (lmdb.Error, _Broken) as exc:
+                if attempt == 2:
+                    raise CacheError(
+                        f"cache store {self.path} cannot be opened even after moving the old "
+                        f"one aside: {exc}; check the folder's permissions and free space"
+                    ) from exc
+                storefiles.move_aside(self.path, f"{type(exc).__name__}: {exc}")
+        self._pid = os.getpid()
+        self._dbs = {}
+        wanted = {n for n, p in self.policies.items() if p.persistent}
+        for name in sorted(wanted | set(self._names())):
+            self._db(name)
+
+    def _open_env(self) -> Any:
+        data = os.path.join(self.path, "data.mdb")
+        env = lmdb.open(
+            self.path,
+            map_size=self.map_size,
+            max_dbs=MAX_DBS,
+            mode=storefiles.FILE_MODE,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            max_spare_txns=0,
+        )
+        try:
+            info, st = env.info(), env.stat()
+            # A truncated file would be mapped past its end and SIGBUS on read.
+            needed = (info["last_pgno"] + 1) * st["psize"]
+            if os.path.getsize(data) < needed:
+                raise _Broken(f"data.mdb is {os.path.getsize(data)} bytes, its pages need {needed}")
+            with env.begin(write=True) as txn:
+                meta = env.open_db(b"__meta__", txn=txn)
+                fmt = txn.get(b"format", db=meta)
+                if fmt is None:
+                    foreign = [k for k, _ in txn.cursor() if not k.startswith((b"ns:", b"__"))]
+                    if foreign:
+                        raise _Broken(f"not a guildcore cache (found database {foreign[0]!r})")
+                    txn.put(b"format", FORMAT, db=meta)
+                elif fmt != FORMAT:
+                    raise _Broken(f"format {bytes(fmt)!r}, expected {FORMAT!r}")
+                env.open_db(b"__index__", txn=txn)
+            self._meta = env.open_db(b"__meta__")
+            self._index = env.open_db(b"__index__")
+        except BaseException:
+            env.close()
+            raise
+        for name in ("data.mdb", "lock.mdb"):
+            storefiles.tighten(os.path.join(self.path, name), storefiles.FILE_MODE)
+        return env
+
+    def _env_checked(self) -> Any:
+        """The environment, reopened if this is a new process. Call under ``_lock``."""
+        if self._pid != os.getpid() or self._env is None:
+            if self._closed:
+                raise CacheError(f"cache store {self.path} is closed; open a new one")
+            self._open()
+        return self._env
+
+    def _db(self, namespace: str) -> Any:
+        """The database of a namespace, created if needed.
+
+        Invariant: called under ``_lock`` and outside any transaction of this
+        thread (opening a database takes LMDB's write lock, and a handle
+        opened inside a transaction that aborts would be dead).
+        """
+        db = self._dbs.get(namespace)
+        if db is None:
+            check_namespace(namespace)
+            db = self._dbs[namespace] = self._env_checked().open_db(b"ns:" + namespace.encode())
+        return db
+
+    def _names(self) -> list[str]:
+        with self._env.begin() as txn:
+            return sorted(k[3:].decode() for k, _ in txn.cursor() if k.startswith(b"ns:"))
+
+    def _refresh_dbs(self) -> None:
+        """Open the databases other agents created since we opened the store."""
+        self._env_checked()
+        for name in self._names():
+            self._db(name)
+
+    def _close_env(self) -> None:
+        if self._env is not None and self._pid == os.getpid():
+            self._env.close()
+        self._env = None
+        self._dbs = {}
+
+    def close(self) -> None:
+        """Close the environment and release the open lock. Idempotent."""
+        with self._lock:
+            self._close_env()
+            self._closed = True
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+        _LIVE.discard(self)
+
+    # ------------------------------------------------------------ reads
+
+    def lookup(self, namespace: str, key: bytes) -> tuple[Any, float, int] | None:
+        """``(value, expires, nbytes)`` of a live entry, else ``None``; bad entries are removed."""
+        ns = namespace.encode()
+        with self._lock:
+            db = self._dbs.get(namespace) if self._pid == os.getpid() else None
+            if db is None:
+                db = self._db(namespace)
+            with self._env.begin(db=db) as txn:
+                raw = txn.get(key)
+            if raw is None:
+                return None
+            return self._unpack(ns, namespace, key, raw)
+
+    def get(self, namespace: str, key: bytes, default: Any = None) -> Any:
+        hit = self.lookup(namespace, key)
+        return default if hit is None else hit[0]
+
+    def get_many(
+        self, namespace: str, keys: Iterable[bytes]
+    ) -> dict[bytes, tuple[Any, float, int]]:
+        """Live entries among ``keys``, read in one transaction."""
+        ns = namespace.encode()
+        with self._lock:
+            db = self._db(namespace)
+            with self._env.begin(db=db) as txn:
+                found = [(k, raw) for k in keys if (raw := txn.get(k)) is not None]
+            out = {}
+            for k, raw in found:
+                hit = self._unpack(ns, namespace, k, raw)
+                if hit is not None:
+                    out[k] = hit
+            return out
+
+    def _unpack(
+        self, ns: bytes, namespace: str, key: bytes, raw: bytes
+    ) -> tuple[Any, float, int] | None:
+        try:
+            _, expires = record.peek_times(raw)
+            if expires and expires <= self.clock():
+                return None  # expired: a miss; the sweep removes it
+            return record.unpack(raw, namespace=ns, key=key, secret=self._secret), expires, len(raw)
+        except record.BadRecord as exc:
+            log.warning(
+                "cache entry %s/%s is unusable (%s); %s",
+                namespace,
+                key.hex(),
+                exc,
+                "removed it" if exc.remove else "kept it",
+            )
+            if exc.remove:
+                db = self._db(namespace)
+                self._write(lambda txn: self._remove(txn, ns, key, db))
+            return None
+
+    # ------------------------------------------------------------ writes
+
+    def _write(self, fn: Callable[[Any], T]) -> T | None:
+        """Run ``fn(txn)`` in a write transaction; on a full map evict and retry."""
+        with self._lock:
+            env = self._env_checked()
+            for attempt in range(MAP_FULL_RETRIES):
+                try:
+                    with env.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError:
+                    if not self._evict_for_space(MAP_FULL_EVICT_FRACTION * 2**attempt):
+                        break
+            log.warning(
+                "cache store %s is full (map_size %s) and eviction did not free enough; "
+                "the write was dropped; raise caching.disk_cache",
+                self.path,
+                format_bytes(self.map_size),
+            )
+            return None
+
+    def set(
+        self,
+        namespace: str,
+        key: bytes,
+        value: Any,
+        *,
+        ttl_s: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> int:
+        """Store one value; return its stored size. ``ttl_s=None`` means the namespace's TTL."""
+        return self.set_many(namespace, [(key, value)], ttl_s=ttl_s, tags=tags)[0]
+
+    def set_many(
+        self,
+        namespace: str,
+        items: Iterable[tuple[bytes, Any]],
+        *,
+        ttl_s: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> list[int]:
+        """Store many values in one transaction; return their stored sizes, in order.
+
+        Raises ``SerializationError`` (before writing anything) if a value
+        cannot be encoded.
+        """
+        ns = namespace.encode()
+        now = self.clock()
+        ttl = self._ttl(namespace, ttl_s)
+        expires = now + ttl if ttl else 0.0
+        tag_list = [t.encode() for t in tags]
+        if any(_NUL in t or not t for t in tag_list):
+            raise ValueError(f"tags must be non-empty and contain no NUL: {tag_list!r}")
+        secret, compress = self._secret, self.compress
+        rows = [
+            (
+                k,
+                record.pack(
+                    v,
+                    namespace=ns,
+                    key=k,
+                    created=now,
+                    expires=expires,
+                    secret=secret,
+                    compress=compress,
+                ),
+            )
+            for k, v in items
+        ]
+        if not rows:
+            return []
+        prefix_a = b"a" + ns + _NUL + _pack_f64(now)
+        prefix_e = _pack_f64(expires) + ns + _NUL if expires else b""
+        tag_blob = msgpack.packb(tag_list) if tag_list else b""
+
+        def write(txn: Any) -> None:
+            db = self._dbs[namespace]
+            cur = txn.cursor(db)
+            for k, raw in rows:
+                old = cur.replace(k, raw)
+                if old is not None:
+                    self._drop_hints(txn, ns, k, old)
+            icur = txn.cursor(self._index)
+            hints = [(prefix_a + k, b"") for k, _ in rows]
+            if expires:
+                hints += [(b"e" + prefix_e + k, b"") for k, _ in rows]
+            if tag_list:
+                created = _pack_f64(now)
+                for k, _ in rows:
+                    hints.append((b"g" + ns + _NUL + k, tag_blob))
+                    hints += [(b"t" + t + _NUL + ns + _NUL + k, created) for t in tag_list]
+            icur.putmulti(hints)
+            self._enforce_cap(txn, namespace, db)
+            self._sweep_in(txn, now, OPPORTUNISTIC_SWEEP)
+
+        with self._lock:
+            self._db(namespace)
+            self._write(write)
+        return [len(raw) for _, raw in rows]
+
+    def _ttl(self, namespace: str, ttl_s: float | None) -> float:
+        if ttl_s is None:
+            policy = self.policies.get(namespace)
+            ttl_s = policy.ttl_s if policy is not None else None
+        if ttl_s is None or ttl_s == float("inf"):
+            return 0.0
+        if ttl_s <= 0:
+            raise ValueError(
+                f"ttl must be positive, None (the namespace's) or math.inf, not {ttl_s!r}"
+            )
+        return float(ttl_s)
+
+    def delete(self, namespace: str, key: bytes) -> bool:
+        """Remove one entry; return whether it was there."""
+        ns = namespace.encode()
+        with self._lock:
+            db = self._db(namespace)
+            return bool(self._write(lambda txn: self._remove(txn, ns, key, db)))
+
+    def clear(self, namespace: str | None = None) -> None:
+        """Remove every entry of one namespace, or of all of them."""
+        with self._lock:
+            self._refresh_dbs()
+            names = [namespace] if namespace is not None else list(self._dbs)
+            dbs = [self._db(name) for name in names]
+
+            def write(txn: Any) -> None:
+                for name, db in zip(names, dbs, strict=True):
+                    txn.drop(db, delete=False)
+                    self._drop_index_of(txn, name.encode())
+
+            self._write(write)
+
+    def invalidate_tag(self, tag: str) -> list[tuple[str, bytes]]:
+        """Remove every entry set with ``tag``; return their ``(namespace, key)``."""
+        prefix = b"t" + tag.encode() + _NUL
+        with self._lock:
+            self._refresh_dbs()
+            return self._write(lambda txn: self._invalidate_in(txn, prefix)) or []
+
+    def _invalidate_in(self, txn: Any, prefix: bytes) -> list[tuple[str, bytes]]:
+        removed = []
+        cur = txn.cursor(self._index)
+        hits = []
+        if cur.set_range(prefix):
+            for k, created in cur:
+                if not k.startswith(prefix):
+                    break
+                hits.append((k, created))
+        for k, created in hits:
+            ns, _, key = k[len(prefix) :].partition(_NUL)
+            db = self._dbs.get(ns.decode())
+            if db is None:
+                continue
+            txn.delete(k, db=self._index)
+            raw = txn.get(key, db=db)
+            if raw is not None and _pack_f64(record.peek_times(raw)[0]) == created:
+                self._remove(txn, ns, key, db)
+                removed.append((ns.decode(), key))
+        return removed
+
+    # ------------------------------------------------------------ removal
+
+    def _remove(self, txn: Any, ns: bytes, key: bytes, db: Any) -> bool:
+        raw = txn.pop(key, db=db)
+        if raw is None:
+            return False
+        self._drop_hints(txn, ns, key, raw)
+        return True
+
+    def _drop_hints(self, txn: Any, ns: bytes, key: bytes, raw: bytes) -> None:
+        """Delete the index entries of a record that was just removed or replaced."""
+        index = self._index
+        try:
+            created, expires = record.peek_times(raw)
+        except record.BadRecord:
+            return  # too short to name its hints; they are dropped when reached
+        txn.delete(b"a" + ns + _NUL + _pack_f64(created) + key, db=index)
+        if expires:
+            txn.delete(b"e" + _pack_f64(expires) + ns + _NUL + key, db=index)
+        tags = txn.pop(b"g" + ns + _NUL + key, db=index)
+        for t in msgpack.unpackb(tags) if tags else ():
+            txn.delete(b"t" + t + _NUL + ns + _NUL + key, db=index)
+
+    def _drop_index_of(self, txn: Any, ns: bytes) -> None:
+        cur = txn.cursor(self._index)
+        for prefix in (b"a" + ns + _NUL, b"g" + ns + _NUL):
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    if not cur.delete():
+                        break
+        # Expiry and tag hints of the namespace are dropped when reached.
+
+    def _oldest(self, txn: Any, ns: bytes, n: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``n`` age hints of a namespace, oldest first: ``(created8, key)``."""
+        prefix = b"a" + ns + _NUL
+        cur = txn.cursor(self._index)
+        out: list[tuple[bytes, bytes]] = []
+        if cur.set_range(prefix):
+            for k in cur.iternext(values=False):
+                if not k.startswith(prefix) or len(out) >= n:
+                    break
+                out.append((k[len(prefix) : len(prefix) + 8], k[len(prefix) + 8 :]))
+        return out
+
+    def _evict_oldest(self, txn: Any, namespace: str, db: Any, n: int) -> int:
+        """Remove the ``n`` oldest entries of one namespace (stale hints are dropped)."""
+        ns = namespace.encode()
+        removed = 0
+        while removed < n:
+            batch = self._oldest(txn, ns, max(n - removed, 16))
+            if not batch:
+                break
+            for created8, key in batch:
+                raw = txn.get(key, db=db)
+                if raw is not None and _pack_f64(record.peek_times(raw)[0]) == created8:
+                    self._remove(txn, ns, key, db)
+                    removed += 1
+                    if removed >= n:
+                        break
+                else:
+                    txn.delete(b"a" + ns + _NUL + created8 + key, db=self._index)
+        return removed
+
+    def _enforce_cap(self, txn: Any, namespace: str, db: Any) -> None:
+        policy = self.policies.get(namespace)
+        if policy is None or policy.max_entries is None:
+            return
+        extra = txn.stat(db)["entries"] - policy.max_entries
+        if extra > 0:
+            self._evict_oldest(txn, namespace, db, extra)
+
+    def _evict_for_space(self, fraction: float) -> bool:
+        """Evict the oldest ``fraction`` of every namespace; False if nothing was left."""
+        self._refresh_dbs()
+        with self._env.begin(write=True) as txn:
+            total = 0
+            for name, db in list(self._dbs.items()):
+                count = txn.stat(db)["entries"]
+                if count:
+                    total += self._evict_oldest(
+                        txn, name, db, max(1, int(count * min(fraction, 1.0)))
+                    )
+        log.info("cache store %s: map full, evicted %d oldest entries", self.path, total)
+        return total > 0
+
+    # ------------------------------------------------------------ sweeping
+
+    def sweep(self, limit: int | None = None) -> int:
+        """Remove expired entries (up to ``limit``); return how many. Call on a timer."""
+        now = self.clock()
+        with self._lock:
+            self._refresh_dbs()
+            return self._write(lambda txn: self._sweep_in(txn, now, limit)) or 0
+
+    def _sweep_in(self, txn: Any, now: float, limit: int | None) -> int:
+        cur = txn.cursor(self._index)
+        if not cur.set_range(b"e"):
+            return 0
+        due: list[bytes] = []
+        bound = _pack_f64(now)
+        for k in cur.iternext(values=False):
+            if k[:1] != b"e" or k[1:9] > bound or (limit is not None and len(due) >= limit):
+                break
+            due.append(k)
+        for k in due:
+            ns, _, key = k[9:].partition(_NUL)
+            db = self._dbs.get(ns.decode())
+            if db is None:
+                continue  # a namespace opened elsewhere since; the timed sweep gets it
+            txn.delete(k, db=self._index)
+            raw = txn.get(key, db=db)
+            if raw is not None and _pack_f64(record.peek_times(raw)[1]) == k[1:9]:
+                self._remove(txn, ns, key, db)
+        return len(due)
+
+    # ------------------------------------------------------------ space, stats
+
+    def namespaces(self) -> list[str]:
+        """Namespaces that have a database in this store (written by any agent)."""
+        with self._lock:
+            self._env_checked()
+            return self._names()
+
+    def entries(self, namespace: str) -> Iterator[tuple[bytes, float, float, int]]:
+        """``(key, created, expires, nbytes)`` of every entry, for inspection tools."""
+        with self._lock:
+            db = self._db(namespace)
+            with self._env.begin(db=db) as txn:
+                rows = [(k, *record.peek_times(v), len(v)) for k, v in txn.cursor()]
+        yield from rows
+
+    def file_bytes(self) -> int:
+        try:
+            return os.path.getsize(os.path.join(self.path, "data.mdb"))
+        except FileNotFoundError:
+            return 0
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the store without free pages; return file sizes before and after.
+
+        Ownership: only a store that no other agent has open is compacted;
+        swapping the file under a live reader would hand it the wrong pages.
+        """
+        with self._lock:
+            env = self._env_checked()
+            before = self.file_bytes()
+            if not storefiles.try_exclusive(self._lock_fd):
+                raise CacheError(
+                    f"cache store {self.path} is open in another process; "
+                    "compact it when no guild is running"
+                )
+            tmp = os.path.join(self.path, "compact.tmp")
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.mkdir(tmp, storefiles.DIR_MODE)
+                env.copy(tmp, compact=True)
+                self._close_env()
+                storefiles.tighten(os.path.join(tmp, "data.mdb"), storefiles.FILE_MODE)
+                # Invariant: the swap is one rename; a crash leaves old or new, never half.
+                os.replace(os.path.join(tmp, "data.mdb"), os.path.join(self.path, "data.mdb"))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.path, "lock.mdb"))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if self._env is None:
+                    self._open()
+                storefiles.back_to_shared(self._lock_fd)
+            return before, self.file_bytes()
+
+    def stats(self) -> dict[str, Any]:
+        """Entries and bytes per namespace, and the file's size and use."""
+        with self._lock:
+            self._refresh_dbs()
+            env = self._env
+            out: dict[str, Any] = {
+                "path": self.path,
+                "map_size": self.map_size,
+                "file_bytes": self.file_bytes(),
+                "namespaces": {},
+            }
+            with env.begin() as txn:
+                for name, db in sorted(self._dbs.items()):
+                    st = txn.stat(db)
+                    pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                    out["namespaces"][name] = {
+                        "entries": st["entries"],
+                        "bytes": pages * st["psize"],
+                    }
+                info, st = env.info(), env.stat()
+                out["used_bytes"] = (info["last_pgno"] + 1) * st["psize"]
+            return out
+
+    def add_counters(self, deltas: dict[str, tuple[int, int]]) -> None:
+        """Add per-namespace ``(hits, misses)`` to the totals kept in the store."""
+        if not deltas:
+            return
+
+        def write(txn: Any) -> None:
+            for name, (hits, misses) in deltas.items():
+                k = b"stats:" + name.encode()
+                old = txn.get(k, db=self._meta)
+                h, m = msgpack.unpackb(old) if old else (0, 0)
+                txn.put(k, msgpack.packb([h + hits, m + misses]), db=self._meta)
+
+        self._write(write)
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Per-namespace ``(hits, misses)`` kept in the store by every agent that closed."""
+        with self._lock:
+            env = self._env_checked()
+            with env.begin(db=self._meta) as txn:
+                return {
+                    k[6:].decode(): tuple(msgpack.unpackb(v))
+                    for k, v in txn.cursor()
+                    if k.startswith(b"stats:")
+                }
+
+    # ------------------------------------------------------------ fork
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()
+        self._close_env()
+
+    def _after_fork_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_child(self) -> None:
+        self._lock = threading.RLock()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # the parent's hold; we take our own on reopen
+            self._lock_fd = -1
+
+
+_FORKING: list[L3Store] = []  # stores locked by _at_fork_before, for the after hooks
+
+
+def _at_fork_before() -> None:
+    for store in list(_LIVE):
+        store._before_fork()
+        _FORKING.append(store)
+
+
+def _at_fork_parent() -> None:
+    while _FORKING:
+        _FORKING.pop()._after_fork_parent()
+
+
+def _at_fork_child() -> None:
+    while _FORKING:
+        _FORKING.pop()._after_fork_child()
+
+
+os.register_at_fork(
+    before=_at_fork_before, after_in_parent=_at_fork_parent, after_in_child=_at_fork_child
+)

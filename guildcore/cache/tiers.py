@@ -1,0 +1,407 @@
+"""The tiered cache: L1 → L2 → L3, promotion on hit, write-through on set.
+
+Covers the one object the rest of guildcore talks to: lookups that try the
+in-process tiers before the disk, writes that go through all three, batch
+calls for the supervisor (``get_many``/``set_many``: one LMDB transaction
+per batch), namespaces and their policies, invalidation, statistics. Does
+not cover the tiers' internals (``l1``, ``l2``, ``l3``) or memoizing
+functions (``cached``).
+
+Data flow::
+
+    get(ns, key) ──► L1 dict ──miss──► L2 LRU ──miss──► L3 LMDB ──miss──► default
+                      ▲  hit             │ hit            │ hit (decoded once)
+                      └──── promote ─────┴──── promote ───┘
+    set(ns, key, v) ──► encode + L3 write ──► L2 ──► L1   (session namespaces skip L3)
+
+L1 and L2 are per process: an entry deleted or invalidated by another agent
+stays visible here until it expires or is evicted from memory. L3 is opened
+lazily, in the process that first needs it (never inherited across fork;
+see ``l3``). Values are returned as stored: treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import xxhash
+
+from guildcore.cache.l1 import MISS, L1Cache
+from guildcore.cache.l2 import SESSION_VALUE_BYTES, L2Cache
+from guildcore.cache.l3 import L3Store
+from guildcore.cache.policy import (
+    DEFAULT_POLICIES,
+    CachePolicy,
+    check_namespace,
+    policies_from_config,
+)
+
+__all__ = ["Key", "TieredCache"]
+
+log = logging.getLogger("guildcore.cache")
+
+Key = bytes | str
+MAX_KEY_BYTES = 400  # LMDB keys stop at 511 bytes; longer keys are hashed
+# L1 holds only small values: it has no byte budget of its own.
+L1_MAX_VALUE_BYTES = 64 * 1024
+L1_SHARE = 8  # L1 keeps memory_entries / L1_SHARE entries; L2 keeps them all
+
+
+def _norm(key: Key) -> bytes:
+    if type(key) is bytes and len(key) <= MAX_KEY_BYTES:
+        return key
+    if isinstance(key, str):
+        key = key.encode()
+    elif not isinstance(key, bytes | bytearray | memoryview):
+        raise TypeError(f"cache keys are bytes or str, not {type(key).__name__}")
+    key = bytes(key)
+    return key if len(key) <= MAX_KEY_BYTES else b"#" + xxhash.xxh3_128_digest(key)
+
+
+class TieredCache:
+    """Three tiers behind one API; safe to share between the threads of one process.
+
+    ``ttl`` arguments: ``None`` means the namespace's TTL, ``math.inf`` never.
+    ``memory_bytes`` bounds L2 (L1 holds only values under 64 kB),
+    ``memory_entries`` the count of L2 (L1 keeps an eighth of it).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int = 2**30,
+        memory_bytes: int = 64 * 2**20,
+        memory_entries: int = 10_000,
+        policies: Mapping[str, CachePolicy] | None = None,
+        compress: bool = True,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.map_size = map_size
+        self.compress = compress
+        self.enabled = enabled
+        self.clock = clock
+        self.policies: dict[str, CachePolicy] = dict(
+            DEFAULT_POLICIES if policies is None else policies
+        )
+        for name in self.policies:
+            check_namespace(name)
+        self._l1 = L1Cache(max(1, memory_entries // L1_SHARE))
+        self._l2 = L2Cache(max(1, memory_entries), memory_bytes)
+        self._l3: L3Store | None = None
+        self._mem_lock = threading.Lock()  # guards L2 (several steps per call)
+        self._open_lock = threading.Lock()
+        # namespace -> [l1 hits, l2 hits, l3 hits, misses]; flushed deltas kept apart
+        self._counts: dict[str, list[int]] = {}
+        self._flushed: dict[str, tuple[int, int]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, clock: Callable[[], float] = time.time) -> TieredCache:
+        """Build from a ``guildcore.config.Config`` (``caching`` and ``optimization``)."""
+        caching = cfg.caching
+        return cls(
+            cfg.cache_path(),
+            map_size=caching.disk_cache,
+            memory_bytes=caching.memory_cache,
+            memory_entries=caching.memory_entries,
+            policies=policies_from_config(caching),
+            compress=bool(getattr(cfg.optimization, "compression", True)),
+            enabled=caching.enabled,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        state = "open" if self._l3 is not None else "L3 not opened"
+        return f"<TieredCache {self.path} {state} l1={len(self._l1)} l2={len(self._l2)}>"
+
+    def __enter__(self) -> TieredCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def declare(self, namespace: str, policy: CachePolicy) -> None:
+        """Add (or change) a namespace and its policy."""
+        self.policies[check_namespace(namespace)] = policy
+        if self._l3 is not None:
+            self._l3.policies[namespace] = policy
+
+    def _policy(self, namespace: str) -> CachePolicy:
+        policy = self.policies.get(namespace)
+        if policy is None:
+            raise ValueError(
+                f"unknown cache namespace {namespace!r}; declare it with "
+                f"declare({namespace!r}, CachePolicy(...)) or under caching.namespaces"
+            )
+        return policy
+
+    @property
+    def l3(self) -> L3Store:
+        """The disk tier, opened on first use in this process."""
+        store = self._l3
+        if store is None:
+            with self._open_lock:
+                if self._l3 is None:
+                    self._l3 = L3Store(
+                        self.path,
+                        map_size=self.map_size,
+                        policies=self.policies,
+                        compress=self.compress,
+                        clock=self.clock,
+                    )
+                store = self._l3
+        return store
+
+    def _count(self, namespace: str) -> list[int]:
+        counts = self._counts.get(namespace)
+        if counts is None:
+            counts = self._counts.setdefault(namespace, [0, 0, 0, 0])
+        return counts
+
+    def _expires(self, policy: CachePolicy, ttl: float | None, now: float) -> float:
+        ttl = policy.ttl_s if ttl is None else ttl
+        return 0.0 if ttl is None or ttl == math.inf else now + ttl
+
+    # ------------------------------------------------------------ reads
+
+    def get(self, namespace: str, key: Key, default: Any = None) -> Any:
+        """The value cached under ``key``, or ``default``. Never raises for a bad entry."""
+        if not self.enabled:
+            return default
+        nk = (namespace, _norm(key))
+        now = self.clock()
+        value = self._l1.get(nk, now)
+        counts = self._count(namespace)
+        if value is not MISS:
+            counts[0] += 1
+            return value
+        with self._mem_lock:
+            entry = self._l2.entry(nk, now)
+        if entry is not None:
+            counts[1] += 1
+            if entry[2] <= L1_MAX_VALUE_BYTES:
+                self._l1.set(nk, entry[0], entry[1])
+            return entry[0]
+        if not self._policy(namespace).persistent:
+            counts[3] += 1
+            return default
+        hit = self.l3.lookup(namespace, nk[1])
+        if hit is None:
+            counts[3] += 1
+            return default
+        counts[2] += 1
+        self._promote(nk, *hit)
+        return hit[0]
+
+    def _promote(self, nk: tuple[str, bytes], value: Any, expires: float, nbytes: int) -> None:
+        with self._mem_lock:
+            self._l2.set(nk, value, expires, nbytes)
+        if nbytes <= L1_MAX_VALUE_BYTES:
+            self._l1.set(nk, value, expires)
+
+    def get_many(self, namespace: str, keys: Iterable[Key]) -> dict[Key, Any]:
+        """``{key: value}`` for the keys that hit; the L3 part is one transaction."""
+        if not self.enabled:
+            return {}
+        now = self.clock()
+        counts = self._count(namespace)
+        out: dict[Key, Any] = {}
+        missing: dict[bytes, Key] = {}
+        for key in keys:
+            nk = (namespace, _norm(key))
+            value = self._l1.get(nk, now)
+            if value is not MISS:
+                counts[0] += 1
+                out[key] = value
+                continue
+            with self._mem_lock:
+                entry = self._l2.entry(nk, now)
+            if entry is not None:
+                counts[1] += 1
+                out[key] = entry[0]
+            else:
+                missing[nk[1]] = key
+        if missing and self._policy(namespace).persistent:
+            for k, hit in self.l3.get_many(namespace, missing).items():
+                self._promote((namespace, k), *hit)
+                out[missing.pop(k)] = hit[0]
+                counts[2] += 1
+        counts[3] += len(missing)
+        return out
+
+    def __contains__(self, ns_key: tuple[str, Key]) -> bool:
+        sentinel = object()
+        return self.get(ns_key[0], ns_key[1], sentinel) is not sentinel
+
+    # ------------------------------------------------------------ writes
+
+    def set(
+        self,
+        namespace: str,
+        key: Key,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> None:
+        """Write through all tiers. Raises ``SerializationError`` if L3 cannot encode it."""
+        self.set_many(namespace, [(key, value)], ttl=ttl, tags=tags)
+
+    def set_many(
+        self,
+        namespace: str,
+        items: Mapping[Key, Any] | Iterable[tuple[Key, Any]],
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> None:
+        """Write many values: one L3 transaction for the whole batch."""
+        if not self.enabled:
+            return
+        policy = self._policy(namespace)
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        rows = [((namespace, _norm(k)), v) for k, v in pairs]
+        now = self.clock()
+        expires = self._expires(policy, ttl, now)
+        if policy.persistent:
+            sizes = self.l3.set_many(
+                namespace, [(nk[1], v) for nk, v in rows], ttl_s=ttl, tags=tuple(tags)
+            )
+        else:
+            sizes = [SESSION_VALUE_BYTES] * len(rows)
+        for (nk, value), nbytes in zip(rows, sizes, strict=True):
+            self._promote(nk, value, expires, nbytes)
+
+    def delete(self, namespace: str, key: Key) -> bool:
+        """Remove one entry from every tier; return whether L3 had it."""
+        nk = (namespace, _norm(key))
+        self._l1.delete(nk)
+        with self._mem_lock:
+            self._l2.delete(nk)
+        if self._policy(namespace).persistent:
+            return self.l3.delete(namespace, nk[1])
+        return False
+
+    def clear(self, namespace: str | None = None) -> None:
+        """Remove every entry of one namespace (or all) from every tier."""
+        self._l1.clear(namespace)
+        with self._mem_lock:
+            self._l2.clear(namespace)
+        if namespace is None or self._policy(namespace).persistent:
+            self.l3.clear(namespace)
+
+    def invalidate_tag(self, tag: str) -> int:
+        """Remove every entry set with ``tags=(tag, ...)``; return how many."""
+        removed = self.l3.invalidate_tag(tag)
+        for nk in removed:
+            self._l1.delete(nk)
+            with self._mem_lock:
+                self._l2.delete(nk)
+        return len(removed)
+
+    def evict_memory(self) -> None:
+        """Drop L1 and L2 (the monitor's cleanup under memory pressure)."""
+        self._l1.clear()
+        with self._mem_lock:
+            self._l2.clear()
+
+    def sweep(self, limit: int | None = None) -> int:
+        """Remove expired L3 entries; the owner calls this on a timer."""
+        swept = self.l3.sweep(limit)
+        self.flush_stats()
+        return swept
+
+    def compact(self) -> tuple[int, int]:
+        """Reclaim L3 file space; ``(bytes_before, bytes_after)``."""
+        return self.l3.compact()
+
+    # ------------------------------------------------------------ stats
+
+    def flush_stats(self) -> None:
+        """Add this process's hits and misses since the last flush to the store's totals."""
+        if self._l3 is None:
+            return
+        deltas = {}
+        for name, c in list(self._counts.items()):
+            hits, misses = c[0] + c[1] + c[2], c[3]
+            old = self._flushed.get(name, (0, 0))
+            if (hits, misses) != old:
+                deltas[name] = (hits - old[0], misses - old[1])
+                self._flushed[name] = (hits, misses)
+        self._l3.add_counters(deltas)
+
+    def stats(self) -> dict[str, Any]:
+        """Hits, misses, hit rate, entries and bytes, per tier and per namespace.
+
+        Hits and misses are this process's; ``stored`` has the totals that
+        every agent flushed into the store when it closed.
+        """
+        l3 = self.l3.stats()
+        names = sorted(set(self.policies) | set(self._counts) | set(l3["namespaces"]))
+        per_ns: dict[str, Any] = {}
+        totals = [0, 0, 0, 0]
+        for name in names:
+            c = self._counts.get(name, [0, 0, 0, 0])
+            totals = [a + b for a, b in zip(totals, c, strict=True)]
+            l2_entries, l2_bytes = self._l2.usage(name)
+            disk = l3["namespaces"].get(name, {"entries": 0, "bytes": 0})
+            per_ns[name] = {
+                **_rates(c[0] + c[1] + c[2], c[3]),
+                "l1": {"hits": c[0], "entries": self._l1.count(name)},
+                "l2": {"hits": c[1], "entries": l2_entries, "bytes": l2_bytes},
+                "l3": {"hits": c[2], **disk},
+            }
+        lookups = sum(totals)
+        tiers = {
+            "l1": {
+                **_rates(totals[0], lookups - totals[0]),
+                "entries": len(self._l1),
+                "max_entries": self._l1.max_entries,
+            },
+            "l2": {
+                **_rates(totals[1], lookups - totals[0] - totals[1]),
+                "entries": len(self._l2),
+                "bytes": self._l2.nbytes,
+                "max_bytes": self._l2.max_bytes,
+            },
+            "l3": {
+                **_rates(totals[2], totals[3]),
+                "entries": sum(n["entries"] for n in l3["namespaces"].values()),
+                "bytes": l3["used_bytes"],
+                "file_bytes": l3["file_bytes"],
+                "map_size": l3["map_size"],
+            },
+        }
+        stored = {n: dict(_rates(h, m)) for n, (h, m) in self.l3.counters().items()}
+        return {
+            **_rates(totals[0] + totals[1] + totals[2], totals[3]),
+            "path": l3["path"],
+            "tiers": tiers,
+            "namespaces": per_ns,
+            "stored": stored,
+        }
+
+    def close(self) -> None:
+        """Flush statistics and close L3 (memory tiers are dropped). Idempotent."""
+        if self._l3 is not None:
+            try:
+                self.flush_stats()
+            except Exception as exc:  # closing must not fail on a stats write
+                log.warning("cache %s: could not save statistics: %s", self.path, exc)
+            self._l3.close()
+            self._l3 = None
+        self.evict_memory()
+
+
+def _rates(hits: int, misses: int) -> dict[str, Any]:
+    total = hits + misses
+    return {"hits": hits, "misses": misses, "hit_rate": hits / total if total else 0.0}
