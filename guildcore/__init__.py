@@ -4,6 +4,8 @@ The public API lives here and only here; every other module may change.
 """
 
 from guildcore._version import __version__
+from guildcore.config import Config, load_config
+from guildcore.engine.executor import Guild, GuildExecutor
 from guildcore.errors import (
     AgentDied,
     AgentError,
@@ -24,9 +26,12 @@ __all__ = [
     "AgentDied",
     "AgentError",
     "CacheError",
+    "Config",
     "ConfigError",
     "ContextError",
+    "Guild",
     "GuildError",
+    "GuildExecutor",
     "MemoryLimitExceeded",
     "PoolBroken",
     "SerializationError",
@@ -35,4 +40,5 @@ __all__ = [
     "TaskError",
     "TaskTimeout",
     "__version__",
+    "load_config",
 ]

@@ -36,17 +36,12 @@ def _interpreter_helpers() -> set[int]:
 
 
 def _children() -> set[int]:
-    me = psutil.Process()
+    """Live descendants: agents started through the forkserver are its children."""
     helpers = _interpreter_helpers()
     alive = set()
-    for child in me.children(recursive=False):
+    for child in psutil.Process().children(recursive=True):
         try:
             if child.pid in helpers or child.status() == psutil.STATUS_ZOMBIE:
-                # A zombie is reaped by whoever owns the Popen object; what
-                # matters is that no child still runs.
-                if child.pid in helpers:
-                    continue
-                alive.add(child.pid)
                 continue
             alive.add(child.pid)
         except psutil.NoSuchProcess:

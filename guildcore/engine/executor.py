@@ -17,6 +17,7 @@ import itertools
 import math
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -116,6 +117,13 @@ class Guild:
             initargs=tuple(initargs),
             preload=tuple(self.config.optimization.preload),
         )
+        if not self._settings.parallel:
+            warnings.warn(
+                "parallelization is disabled (parallelization.enabled: false or strategy: sequential); "
+                "tasks run inline in the supervisor (sequential fallback), one at a time",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._supervisor = Supervisor(self._settings, starter)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False

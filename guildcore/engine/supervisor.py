@@ -167,7 +167,7 @@ class Supervisor:
         self._kill_on_stop = False
         self._broken: PoolBroken | None = None
         self._inline = not settings.parallel
-        self._inline_warned = False
+        self._inline_warned = not settings.parallel  # the Guild warned already
         self._start_failures = 0
         self._next_sample = 0.0
         self._next_scale_check: float | None = None

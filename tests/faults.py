@@ -1,0 +1,138 @@
+"""Helpers that run inside an agent to make it fail on purpose.
+
+Each is a module-level function so it travels by reference. Tests wait for
+``signal_started`` through a FIFO (a real event, no sleeping) before they
+kill an agent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import time
+
+
+def make_fifo(path: str) -> str:
+    os.mkfifo(path)
+    return path
+
+
+def signal_started(fifo: str) -> None:
+    """Tell the test this task is running (blocks until the test listens)."""
+    fd = os.open(fifo, os.O_WRONLY)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def wait_started(fifo: str, timeout_s: float = 20.0) -> int:
+    """Wait for ``signal_started``; returns the agent's pid."""
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        deadline = time.monotonic() + timeout_s
+        data = b""
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"task did not signal start on {fifo} within {timeout_s} s")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 64)
+                if not chunk:
+                    # Writer not connected yet (EOF on a FIFO with no writer):
+                    # reopen blocking-free and wait again.
+                    os.close(fd)
+                    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+                    select.select([fd], [], [], min(0.01, max(remaining, 0)))
+                data += chunk
+        return int(data.strip())
+    finally:
+        os.close(fd)
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def hang(fifo: str | None = None) -> None:
+    """Sleep until killed (interruptible: a soft timeout stops it)."""
+    if fifo:
+        signal_started(fifo)
+    while True:
+        time.sleep(3600)
+
+
+def hang_stubborn(fifo: str | None = None) -> None:
+    """Ignore soft timeouts: only SIGTERM/SIGKILL stops this task."""
+    if fifo:
+        signal_started(fifo)
+    while True:
+        try:
+            time.sleep(3600)
+        except BaseException:
+            pass
+
+
+def sleep_then(seconds: float, value: object) -> object:
+    time.sleep(seconds)
+    return value
+
+
+def finally_marker(path: str) -> None:
+    """Sleeps past its timeout; writes ``path`` in ``finally`` (proves it ran)."""
+    try:
+        time.sleep(3600)
+    finally:
+        with open(path, "w") as f:
+            f.write("finally ran")
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def allocate(nbytes: int, fifo: str | None = None) -> int:
+    """Allocate and touch ``nbytes`` of private memory, then hold it."""
+    block = bytearray(nbytes)
+    for i in range(0, nbytes, 4096):
+        block[i] = 1
+    if fifo:
+        signal_started(fifo)
+        while True:
+            time.sleep(3600)
+    return len(block)
+
+
+def record(path: str, value: object) -> object:
+    """Append ``value`` to ``path`` (one line): the order tasks ran in."""
+    with open(path, "a") as f:
+        f.write(f"{value}\n")
+    return value
+
+
+def unencodable_result() -> object:
+    import threading
+
+    return threading.Lock()
+
+
+def gen_numbers(n: int) -> object:
+    yield from range(n)

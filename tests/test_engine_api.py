@@ -1,0 +1,205 @@
+"""The Guild API: submit, map, starmap, imap, exceptions, priorities, start methods."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from concurrent.futures import Future
+
+import faults
+import pytest
+
+import guildcore
+from guildcore import Guild, SerializationError, ShutdownError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def guild() -> Guild:
+    with Guild(max_agents=2, min_agents=1) as g:
+        yield g
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_submit_and_map_under_each_start_method(method: str) -> None:
+    with Guild(start_method=method, max_agents=2) as g:
+        assert g.submit(faults.add, 2, b=3).result(timeout=30) == 5
+        assert g.map(faults.inc, range(100)) == list(range(1, 101))
+        assert g.starmap(faults.add, [(1, 2), (3, 4)]) == [3, 7]
+
+
+def test_map_keeps_order_and_types(guild: Guild) -> None:
+    items = [(1, "a"), {"k": {1, 2}}, b"bytes", 2**80, None]
+    assert guild.map(_identity, items) == items
+    assert [type(x) for x in guild.map(_identity, items)] == [type(x) for x in items]
+
+
+def _identity(x: object) -> object:
+    return x
+
+
+def test_map_chunksize_choices(guild: Guild) -> None:
+    assert guild.map(faults.inc, range(50), chunksize=1) == list(range(1, 51))
+    assert guild.map(faults.inc, range(50), chunksize=7) == list(range(1, 51))
+    assert guild.map(faults.inc, []) == []
+    with pytest.raises(guildcore.ConfigError, match="chunksize must be 'auto' or a whole number"):
+        guild.map(faults.inc, range(3), chunksize=0)
+
+
+def test_exception_keeps_type_and_remote_traceback(guild: Guild) -> None:
+    with pytest.raises(ValueError, match="broken input") as info:
+        guild.submit(faults.fail, "broken input").result(timeout=30)
+    cause = info.value.__cause__
+    assert cause is not None and "faults.py" in str(cause) and "in fail" in str(cause)
+    # One failure does not poison the pool.
+    assert guild.submit(faults.inc, 1).result(timeout=30) == 2
+
+
+def test_map_raises_first_failing_item(guild: Guild) -> None:
+    with pytest.raises(ValueError, match="x"):
+        guild.map(faults.fail, ["x", "y"])
+
+
+def test_unencodable_result_is_a_serialization_error(guild: Guild) -> None:
+    with pytest.raises(SerializationError, match=r"result of task \d+ .*cannot be sent back"):
+        guild.submit(faults.unencodable_result).result(timeout=30)
+    assert guild.submit(faults.inc, 1).result(timeout=30) == 2
+
+
+def test_lambda_and_closure_travel_by_value(guild: Guild) -> None:
+    pytest.importorskip("cloudpickle")
+    offset = 10
+    assert guild.submit(lambda x: x + offset, 1).result(timeout=30) == 11
+
+    def local(x: int) -> int:
+        return x * offset
+
+    assert guild.map(local, [1, 2]) == [10, 20]
+
+
+def test_lambda_without_cloudpickle_says_how_to_fix(guild: Guild, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guildcore.engine import functions
+
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
+    functions._spec_cache.clear()
+    with pytest.raises(SerializationError, match=r"install cloudpickle"):
+        guild.submit(lambda x: x, 1)
+
+
+def test_priority_lower_number_runs_first(tmp_path: object) -> None:
+    log = os.path.join(str(tmp_path), "order.txt")
+    fifo = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    with Guild(max_agents=1, min_agents=1, pool={"prefetch": 0}) as g:
+        blocker = g.submit(faults.signal_started, fifo)
+        faults.wait_started(fifo)
+        # The single agent is busy: these queue up and run by priority, FIFO within one.
+        futs = [
+            g.submit(faults.record, log, "low-1", priority=5),
+            g.submit(faults.record, log, "high-1", priority=-1),
+            g.submit(faults.record, log, "mid", priority=0),
+            g.submit(faults.record, log, "high-2", priority=-1),
+            g.submit(faults.record, log, "low-2", priority=5),
+        ]
+        blocker.result(timeout=30)
+        for f in futs:
+            f.result(timeout=30)
+    with open(log) as f:
+        assert f.read().split() == ["high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+def test_imap_consumes_an_infinite_generator_lazily(guild: Guild) -> None:
+    consumed = itertools.count()
+
+    def source() -> object:
+        for i in itertools.count():
+            next(consumed)
+            yield i
+
+    it = guild.imap(faults.inc, source(), window=4)
+    first = list(itertools.islice(it, 50))
+    assert first == list(range(1, 51))
+    it.close()
+    # Only a bounded read-ahead was pulled from the infinite input.
+    assert next(consumed) < 50 + 4 * 8192
+
+
+def test_imap_ordered_and_unordered(guild: Guild) -> None:
+    assert list(guild.imap(faults.inc, range(30), chunksize=4)) == list(range(1, 31))
+    assert sorted(guild.imap_unordered(faults.inc, iter(range(30)))) == list(range(1, 31))
+
+
+def test_submit_after_shutdown_raises() -> None:
+    g = Guild(max_agents=1)
+    g.shutdown()
+    with pytest.raises(ShutdownError, match="shut down") as info:
+        g.submit(faults.inc, 1)
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_shutdown_with_pending_work_finishes_it_or_cancels_it(tmp_path: object) -> None:
+    fifo = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    g = Guild(max_agents=1, min_agents=1, pool={"prefetch": 0})
+    first = g.submit(faults.sleep_then, 0.0, "first")
+    blocker = g.submit(faults.signal_started, fifo)
+    faults.wait_started(fifo)
+    pending = [g.submit(faults.inc, i) for i in range(5)]
+    g.shutdown(wait=True, cancel_futures=True)
+    assert first.result() == "first"
+    assert blocker.result() is None
+    assert all(f.cancelled() for f in pending)
+
+    g2 = Guild(max_agents=1)
+    futs = [g2.submit(faults.inc, i) for i in range(10)]
+    g2.shutdown(wait=True)
+    assert [f.result() for f in futs] == list(range(1, 11))
+
+
+def test_futures_are_stdlib_futures(guild: Guild) -> None:
+    fut = guild.submit(faults.inc, 41)
+    assert isinstance(fut, Future)
+    assert fut.result(timeout=30) == 42
+
+
+def test_sequential_fallback_when_parallelization_is_disabled() -> None:
+    with pytest.warns(RuntimeWarning, match="sequential fallback"), Guild(parallelization={"enabled": False}) as g:
+        assert g.map(faults.inc, range(10)) == list(range(1, 11))
+        assert g.submit(faults.pid).result(timeout=30) == os.getpid()
+        with pytest.raises(ValueError, match="inline"):
+            g.submit(faults.fail, "inline").result(timeout=30)
+
+
+def test_sequential_fallback_when_agents_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guildcore.engine import pool
+
+    def refuse(self: object, agent_id: int) -> object:
+        raise pool.StartFailed("OSError: [Errno 11] Resource temporarily unavailable")
+
+    monkeypatch.setattr(pool.AgentStarter, "start", refuse)
+    with pytest.warns(RuntimeWarning, match="could not start agents"), Guild(max_agents=2) as g:
+        assert g.map(faults.inc, range(5)) == [1, 2, 3, 4, 5]
+        assert g.stats()["inline"] is True
+
+
+def test_initializer_runs_once_per_agent(tmp_path: object) -> None:
+    log = os.path.join(str(tmp_path), "init.txt")
+    with Guild(max_agents=1, min_agents=1, initializer=faults.record, initargs=(log, "init")) as g:
+        g.map(faults.inc, range(20), chunksize=1)
+    with open(log) as f:
+        assert f.read().split() == ["init"]
+
+
+def test_stats_report_agents_and_counters(guild: Guild) -> None:
+    guild.map(faults.inc, range(10))
+    stats = guild.stats()
+    assert stats["counters"]["done"] >= 1
+    assert stats["agents"] and all(a["state"] in {"IDLE", "BUSY", "STARTING"} for a in stats["agents"])
+
+
+def test_recycling_after_max_tasks_per_agent() -> None:
+    with Guild(max_agents=1, min_agents=1, pool={"max_tasks_per_agent": 3}) as g:
+        pids = [g.submit(faults.pid).result(timeout=30) for _ in range(7)]
+    # Three tasks per agent: agents 1, 2 and 3.
+    assert len(set(pids)) == 3
+    assert pids[0] == pids[1] == pids[2] and pids[3] == pids[4] == pids[5]
