@@ -230,16 +230,22 @@ class L3Store:
 
     def lookup(self, namespace: str, key: bytes) -> tuple[Any, float, int] | None:
         """``(value, expires, nbytes)`` of a live entry, else ``None``; bad entries are removed."""
-        ns = namespace.encode()
         with self._lock:
             db = self._dbs.get(namespace) if self._pid == os.getpid() else None
             if db is None:
                 db = self._db(namespace)
-            with self._env.begin(db=db) as txn:
+            # Zero-copy: ``raw`` is a view of the map, valid only inside the
+            # transaction, so the value is checked and decoded in here.
+            with self._env.begin(db=db, buffers=True) as txn:
                 raw = txn.get(key)
-            if raw is None:
-                return None
-            return self._unpack(ns, namespace, key, raw)
+                if raw is None:
+                    return None
+                try:
+                    return self._check(namespace, key, raw, self.clock())
+                except record.BadRecord as exc:
+                    bad = exc
+            self._drop_bad(namespace, key, bad)
+            return None
 
     def get(self, namespace: str, key: bytes, default: Any = None) -> Any:
         hit = self.lookup(namespace, key)
@@ -249,38 +255,42 @@ class L3Store:
         self, namespace: str, keys: Iterable[bytes]
     ) -> dict[bytes, tuple[Any, float, int]]:
         """Live entries among ``keys``, read in one transaction."""
-        ns = namespace.encode()
+        out = {}
+        bad = []
         with self._lock:
             db = self._db(namespace)
-            with self._env.begin(db=db) as txn:
-                found = [(k, raw) for k in keys if (raw := txn.get(k)) is not None]
-            out = {}
-            for k, raw in found:
-                hit = self._unpack(ns, namespace, k, raw)
-                if hit is not None:
-                    out[k] = hit
-            return out
+            now = self.clock()
+            with self._env.begin(db=db, buffers=True) as txn:
+                for k in keys:
+                    raw = txn.get(k)
+                    if raw is not None:
+                        try:
+                            hit = self._check(namespace, k, raw, now)
+                        except record.BadRecord as exc:
+                            bad.append((k, exc))
+                            continue
+                        if hit is not None:
+                            out[k] = hit
+            for k, problem in bad:
+                self._drop_bad(namespace, k, problem)
+        return out
 
-    def _unpack(
-        self, ns: bytes, namespace: str, key: bytes, raw: bytes
+    def _check(
+        self, namespace: str, key: bytes, raw: memoryview, now: float
     ) -> tuple[Any, float, int] | None:
-        try:
-            _, expires = record.peek_times(raw)
-            if expires and expires <= self.clock():
-                return None  # expired: a miss; the sweep removes it
-            return record.unpack(raw, namespace=ns, key=key, secret=self._secret), expires, len(raw)
-        except record.BadRecord as exc:
-            log.warning(
-                "cache entry %s/%s is unusable (%s); %s",
-                namespace,
-                key.hex(),
-                exc,
-                "removed it" if exc.remove else "kept it",
-            )
-            if exc.remove:
-                db = self._db(namespace)
-                self._write(lambda txn: self._remove(txn, ns, key, db))
-            return None
+        _, expires = record.peek_times(raw)
+        if expires and expires <= now:
+            return None  # expired: a miss; the sweep removes it
+        value = record.unpack(raw, namespace=namespace.encode(), key=key, secret=self._secret)
+        return value, expires, len(raw)
+
+    def _drop_bad(self, namespace: str, key: bytes, exc: record.BadRecord) -> None:
+        """Log an unusable entry and remove it (unless it may be fine for another agent)."""
+        action = "removed it" if exc.remove else "kept it"
+        log.warning("cache entry %s/%s is unusable (%s); %s", namespace, key.hex(), exc, action)
+        if exc.remove:
+            db = self._db(namespace)
+            self._write(lambda txn: self._remove(txn, namespace.encode(), key, db))
 
     # ------------------------------------------------------------ writes
 
@@ -347,6 +357,7 @@ class L3Store:
                     expires=expires,
                     secret=secret,
                     compress=compress,
+                    tagged=bool(tag_list),
                 ),
             )
             for k, v in items
@@ -354,7 +365,11 @@ class L3Store:
         if not rows:
             return []
         prefix_a = b"a" + ns + _NUL + _pack_f64(now)
-        prefix_e = _pack_f64(expires) + ns + _NUL if expires else b""
+        # Entries on the namespace's own TTL expire in age order: the age
+        # hint finds them. Only a different TTL needs its own expiry hint.
+        policy = self.policies.get(namespace)
+        own_ttl = policy is not None and ttl == (policy.ttl_s or 0.0)
+        prefix_e = _pack_f64(expires) + ns + _NUL if expires and not own_ttl else b""
         tag_blob = msgpack.packb(tag_list) if tag_list else b""
 
         def write(txn: Any) -> None:
@@ -366,7 +381,7 @@ class L3Store:
                     self._drop_hints(txn, ns, k, old)
             icur = txn.cursor(self._index)
             hints = [(prefix_a + k, b"") for k, _ in rows]
-            if expires:
+            if prefix_e:
                 hints += [(b"e" + prefix_e + k, b"") for k, _ in rows]
             if tag_list:
                 created = _pack_f64(now)
@@ -375,7 +390,7 @@ class L3Store:
                     hints += [(b"t" + t + _NUL + ns + _NUL + k, created) for t in tag_list]
             icur.putmulti(hints)
             self._enforce_cap(txn, namespace, db)
-            self._sweep_in(txn, now, OPPORTUNISTIC_SWEEP)
+            self._sweep_in(txn, now, OPPORTUNISTIC_SWEEP, only=namespace)
 
         with self._lock:
             self._db(namespace)
@@ -462,6 +477,8 @@ class L3Store:
         txn.delete(b"a" + ns + _NUL + _pack_f64(created) + key, db=index)
         if expires:
             txn.delete(b"e" + _pack_f64(expires) + ns + _NUL + key, db=index)
+        if not record.is_tagged(raw):
+            return
         tags = txn.pop(b"g" + ns + _NUL + key, db=index)
         for t in msgpack.unpackb(tags) if tags else ():
             txn.delete(b"t" + t + _NUL + ns + _NUL + key, db=index)
@@ -537,7 +554,20 @@ class L3Store:
             self._refresh_dbs()
             return self._write(lambda txn: self._sweep_in(txn, now, limit)) or 0
 
-    def _sweep_in(self, txn: Any, now: float, limit: int | None) -> int:
+    def _sweep_in(self, txn: Any, now: float, limit: int | None, only: str | None = None) -> int:
+        """Remove expired entries: those with their own expiry hint, then, per
+        namespace with a TTL, the oldest entries (``only``: just that one)."""
+        removed = self._sweep_hinted(txn, now, limit)
+        for name, policy in self.policies.items():
+            if limit is not None and removed >= limit:
+                break
+            db = self._dbs.get(name)
+            if policy.ttl_s and db is not None and only in (None, name):
+                left = None if limit is None else limit - removed
+                removed += self._sweep_aged(txn, name.encode(), db, now, now - policy.ttl_s, left)
+        return removed
+
+    def _sweep_hinted(self, txn: Any, now: float, limit: int | None) -> int:
         cur = txn.cursor(self._index)
         if not cur.set_range(b"e"):
             return 0
@@ -557,6 +587,37 @@ class L3Store:
             if raw is not None and _pack_f64(record.peek_times(raw)[1]) == k[1:9]:
                 self._remove(txn, ns, key, db)
         return len(due)
+
+    def _sweep_aged(
+        self, txn: Any, ns: bytes, db: Any, now: float, cutoff: float, limit: int | None
+    ) -> int:
+        """Remove entries created before ``cutoff`` whose expiry has passed."""
+        done = 0
+        bound = _pack_f64(cutoff)
+        prefix = b"a" + ns + _NUL
+        head = txn.cursor(self._index)
+        # The common case, on every write: the oldest entry is not due yet.
+        if not head.set_range(prefix) or head.key()[len(prefix) : len(prefix) + 8] > bound:
+            return 0
+        skipped = 0
+        step = 64 if limit is None else min(limit, 64)
+        while limit is None or done < limit:
+            batch = self._oldest(txn, ns, step + skipped)[skipped:]
+            if not batch or batch[0][0] > bound:
+                break
+            for created8, key in batch:
+                if created8 > bound or (limit is not None and done >= limit):
+                    return done
+                raw = txn.get(key, db=db)
+                if raw is None or _pack_f64(record.peek_times(raw)[0]) != created8:
+                    txn.delete(b"a" + ns + _NUL + created8 + key, db=self._index)  # stale hint
+                    done += 1
+                elif 0 < record.peek_times(raw)[1] <= now:
+                    self._remove(txn, ns, key, db)
+                    done += 1
+                else:
+                    skipped += 1  # a longer TTL of its own: its expiry hint gets it later
+        return done
 
     # ------------------------------------------------------------ space, stats
 

@@ -8,7 +8,8 @@ Layout of one stored value (little-endian)::
 
     # - 1 byte:  format version, RECORD_VERSION
     # - 1 byte:  flags: bit 0 = payload is LZ4-block compressed,
-    #                   bit 1 = payload went through pickle and is signed
+    #                   bit 1 = payload went through pickle and is signed,
+    #                   bit 2 = the entry has tags (their index lists them)
     # - 2 bytes: reserved, zero
     # - 4 bytes: payload length in bytes, as stored (after compression)
     # - 8 bytes: creation time, float64 seconds since the epoch
@@ -58,6 +59,7 @@ __all__ = [
     "RECORD_VERSION",
     "BadRecord",
     "compression_available",
+    "is_tagged",
     "pack",
     "peek_times",
     "unpack",
@@ -66,7 +68,8 @@ __all__ = [
 RECORD_VERSION = 1
 FLAG_LZ4 = 0x01
 FLAG_SIGNED = 0x02
-_KNOWN_FLAGS = FLAG_LZ4 | FLAG_SIGNED
+FLAG_TAGGED = 0x04
+_KNOWN_FLAGS = FLAG_LZ4 | FLAG_SIGNED | FLAG_TAGGED
 
 HEADER = struct.Struct("<BBHIdd")  # version, flags, reserved, length, created, expires
 _CHECKSUM = struct.Struct("<Q")
@@ -98,7 +101,9 @@ def _checksum(head: bytes, key: bytes, payload: bytes | memoryview) -> int:
     return _xxh3_64(payload, seed=_xxh3_64(head + key))
 
 
-def _sign(secret: bytes, namespace: bytes, key: bytes, head: bytes, payload: bytes) -> bytes:
+def _sign(
+    secret: bytes, namespace: bytes, key: bytes, head: bytes, payload: bytes | memoryview
+) -> bytes:
     mac = hashlib.blake2b(key=secret, digest_size=SIGNATURE_BYTES)
     mac.update(len(namespace).to_bytes(2, "little") + namespace)
     mac.update(len(key).to_bytes(2, "little") + key)
@@ -116,6 +121,7 @@ def pack(
     expires: float | None,
     secret: bytes,
     compress: bool,
+    tagged: bool = False,
 ) -> bytes:
     """Encode ``value`` into stored bytes. Raises ``SerializationError`` if unencodable."""
     payload, pickled = codec.encode_checked(value)
@@ -126,6 +132,8 @@ def pack(
             payload, flags = packed, FLAG_LZ4
     if pickled:
         flags |= FLAG_SIGNED
+    if tagged:
+        flags |= FLAG_TAGGED
     head = HEADER.pack(RECORD_VERSION, flags, 0, len(payload), created, expires or 0.0)
     check = _CHECKSUM.pack(_checksum(head, key, payload))
     if pickled:
@@ -141,7 +149,11 @@ def peek_times(raw: bytes | memoryview) -> tuple[float, float]:
     return created, expires
 
 
-def unpack(raw: bytes, *, namespace: bytes, key: bytes, secret: bytes) -> Any:
+def is_tagged(raw: bytes | memoryview) -> bool:
+    return len(raw) >= HEADER.size and bool(raw[1] & FLAG_TAGGED)
+
+
+def unpack(raw: bytes | memoryview, *, namespace: bytes, key: bytes, secret: bytes) -> Any:
     """Check and decode stored bytes; raise :class:`BadRecord` on any failure."""
     if len(raw) < HEADER_BYTES:
         raise BadRecord(f"value is {len(raw)} bytes, shorter than the {HEADER_BYTES}-byte header")
@@ -155,8 +167,8 @@ def unpack(raw: bytes, *, namespace: bytes, key: bytes, secret: bytes) -> Any:
         raise BadRecord(
             f"value is {len(raw)} bytes, its header says {start + length}: truncated or torn"
         )
-    head = raw[: HEADER.size]
-    payload = raw[start:]
+    head = bytes(raw[: HEADER.size])
+    payload = raw[start:]  # a view when ``raw`` is one: the 1 MB case copies once, in decode
     (check,) = _CHECKSUM.unpack_from(raw, HEADER.size)
     if _checksum(head, key, payload) != check:
         raise BadRecord("checksum mismatch: the value was changed or corrupted")
