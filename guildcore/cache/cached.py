@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
+from guildcore import keys
 from guildcore.cache.tiers import TieredCache
 
 __all__ = ["cached", "close_default_cache", "configure_default_cache", "default_cache"]
@@ -114,8 +115,6 @@ def cached(
     """
 
     def decorate(f: Callable[P, R]) -> Callable[P, R]:
-        from guildcore import keys
-
         fingerprint: list[str] = []  # computed once per process, on first call
 
         @functools.wraps(f)
