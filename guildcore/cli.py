@@ -3,6 +3,7 @@
     guild --version
     guild init [--force] [PATH]     write .guild/instructions.md (every default) and processes/
     guild config show [--json]      the merged settings, each with its source
+    guild cache stats [--json] | clear [NAMESPACE] | compact
 
 Adding a command group: write one ``_add_xxx_parser(subparsers)`` function that
 adds its parser(s) and sets ``func`` (a handler taking the parsed arguments and
@@ -123,7 +124,55 @@ def _add_config_parser(subparsers: _Subparsers) -> None:
     show.set_defaults(func=_cmd_config_show)
 
 
-_COMMAND_GROUPS: tuple[Callable[[_Subparsers], None], ...] = (_add_init_parser, _add_config_parser)
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from guildcore.cache import cache_clear, cache_compact, cache_stats
+    from guildcore.config import load_config
+    from guildcore.errors import format_bytes
+
+    cfg = load_config()
+    if args.cache_command == "stats":
+        stats = cache_stats(cfg)
+        if args.json:
+            import json
+
+            print(json.dumps(stats, indent=2))
+        elif not stats["exists"]:
+            print(f"no cache store at {stats['path']}")
+        else:
+            print(f"# {stats['path']}: {format_bytes(stats['tiers']['l3']['file_bytes'])} on disk")
+            for name, ns in stats["namespaces"].items():
+                saved = stats["stored"].get(name, {"hits": 0, "misses": 0, "hit_rate": 0.0})
+                print(f"{name:<16} {ns['l3']['entries']:>9} entries {format_bytes(ns['l3']['bytes']):>10}"
+                      f"  hits {saved['hits']}  misses {saved['misses']}  hit rate {saved['hit_rate']:.0%}")  # fmt: skip
+    elif args.cache_command == "clear":
+        try:
+            cache_clear(cfg, args.namespace)
+        except ValueError as exc:
+            print(f"guild: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"cleared {args.namespace or 'every namespace'} in {cfg.cache_path()}")
+    else:
+        before, after = cache_compact(cfg)
+        print(f"compacted {cfg.cache_path()}: {format_bytes(before)} -> {format_bytes(after)}")
+    return 0
+
+
+def _add_cache_parser(subparsers: _Subparsers) -> None:
+    parser = subparsers.add_parser("cache", help="inspect, clear or compact the result cache")
+    commands = parser.add_subparsers(dest="cache_command", metavar="COMMAND", required=True)
+    stats = commands.add_parser("stats", help="entries, bytes and hit rates per namespace")
+    stats.add_argument("--json", action="store_true", help="print every statistic as JSON")
+    clear = commands.add_parser("clear", help="remove the entries of one namespace, or all")
+    clear.add_argument("namespace", nargs="?", metavar="NAMESPACE", help="default: all")
+    commands.add_parser("compact", help="reclaim disk space (no guild may be running)")
+    parser.set_defaults(func=_cmd_cache)
+
+
+_COMMAND_GROUPS: tuple[Callable[[_Subparsers], None], ...] = (
+    _add_init_parser,
+    _add_config_parser,
+    _add_cache_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
