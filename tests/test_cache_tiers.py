@@ -142,7 +142,9 @@ def test_session_namespace_stays_in_memory(cache: TieredCache) -> None:
 
 
 def test_unknown_namespace_says_how_to_declare(cache: TieredCache) -> None:
-    with pytest.raises(ValueError, match=r"unknown cache namespace 'mine'; declare it with declare\('mine'"):
+    with pytest.raises(
+        ValueError, match=r"unknown cache namespace 'mine'; declare it with declare\('mine'"
+    ):
         cache.set("mine", b"k", 1)
     cache.declare("mine", CachePolicy(ttl_s=5, max_entries=2))
     cache.set("mine", b"k", 1)
@@ -196,3 +198,13 @@ def test_stats_are_flushed_into_the_store(tmp_path: Path) -> None:
         c.get("result", b"nope")
     with TieredCache(path) as c:
         assert c.stats()["stored"]["result"] == {"hits": 1, "misses": 1, "hit_rate": 0.5}
+
+
+def test_sweep_finds_namespace_ttl_entries_by_age(cache: TieredCache, clock: FakeClock) -> None:
+    cache.set_many("routing", [(bytes([i]), i) for i in range(5)])  # 1800 s, no hint of its own
+    cache.set("routing", b"long", "kept", ttl=7200)
+    clock.advance(1801)
+    assert cache.sweep() == 5
+    cache.evict_memory()
+    assert cache.get("routing", b"long") == "kept"
+    assert cache.l3.stats()["namespaces"]["routing"]["entries"] == 1

@@ -390,7 +390,7 @@ class L3Store:
                     hints += [(b"t" + t + _NUL + ns + _NUL + k, created) for t in tag_list]
             icur.putmulti(hints)
             self._enforce_cap(txn, namespace, db)
-            self._sweep_in(txn, now, OPPORTUNISTIC_SWEEP, only=namespace)
+            self._sweep_some(txn, icur, now, namespace)
 
         with self._lock:
             self._db(namespace)
@@ -553,6 +553,18 @@ class L3Store:
         with self._lock:
             self._refresh_dbs()
             return self._write(lambda txn: self._sweep_in(txn, now, limit)) or 0
+
+    def _sweep_some(self, txn: Any, cur: Any, now: float, namespace: str) -> None:
+        """The per-write sweep: two cursor probes when nothing is due, which is usual."""
+        bound = _pack_f64(now)
+        due = cur.set_range(b"e") and cur.key()[:1] == b"e" and cur.key()[1:9] <= bound
+        policy = self.policies.get(namespace)
+        if not due and policy is not None and policy.ttl_s:
+            prefix = b"a" + namespace.encode() + _NUL
+            cutoff = _pack_f64(now - policy.ttl_s)
+            due = bool(cur.set_range(prefix)) and cur.key()[len(prefix) : len(prefix) + 8] <= cutoff
+        if due:
+            self._sweep_in(txn, now, OPPORTUNISTIC_SWEEP, only=namespace)
 
     def _sweep_in(self, txn: Any, now: float, limit: int | None, only: str | None = None) -> int:
         """Remove expired entries: those with their own expiry hint, then, per

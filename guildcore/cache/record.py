@@ -83,6 +83,8 @@ COMPRESS_MIN_BYTES = 4096
 _COMPRESS_KEEP_RATIO = 0.9
 
 _xxh3_64 = xxhash.xxh3_64_intdigest
+_pack_header = HEADER.pack
+_pack_checksum = _CHECKSUM.pack
 
 
 class BadRecord(Exception):
@@ -134,8 +136,8 @@ def pack(
         flags |= FLAG_SIGNED
     if tagged:
         flags |= FLAG_TAGGED
-    head = HEADER.pack(RECORD_VERSION, flags, 0, len(payload), created, expires or 0.0)
-    check = _CHECKSUM.pack(_checksum(head, key, payload))
+    head = _pack_header(RECORD_VERSION, flags, 0, len(payload), created, expires or 0.0)
+    check = _pack_checksum(_xxh3_64(payload, seed=_xxh3_64(head + key)))
     if pickled:
         return b"".join((head, check, _sign(secret, namespace, key, head, payload), payload))
     return b"".join((head, check, payload))

@@ -278,8 +278,13 @@ class TieredCache:
             )
         else:
             sizes = [SESSION_VALUE_BYTES] * len(rows)
+        l1_set, l2_set = self._l1.set, self._l2.set
+        with self._mem_lock:
+            for (nk, value), nbytes in zip(rows, sizes, strict=True):
+                l2_set(nk, value, expires, nbytes)
         for (nk, value), nbytes in zip(rows, sizes, strict=True):
-            self._promote(nk, value, expires, nbytes)
+            if nbytes <= L1_MAX_VALUE_BYTES:
+                l1_set(nk, value, expires)
 
     def delete(self, namespace: str, key: Key) -> bool:
         """Remove one entry from every tier; return whether L3 had it."""
