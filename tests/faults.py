@@ -109,15 +109,13 @@ def exit_hard(code: int) -> None:
     os._exit(code)
 
 
-def allocate(nbytes: int, fifo: str | None = None) -> int:
-    """Allocate and touch ``nbytes`` of private memory, then hold it."""
+def allocate(nbytes: int, hold: bool = False) -> int:
+    """Allocate and touch ``nbytes`` of private memory; with ``hold``, keep it until killed."""
     block = bytearray(nbytes)
     for i in range(0, nbytes, 4096):
         block[i] = 1
-    if fifo:
-        signal_started(fifo)
-        while True:
-            time.sleep(3600)
+    while hold:
+        time.sleep(3600)
     return len(block)
 
 
@@ -136,3 +134,22 @@ def unencodable_result() -> object:
 
 def gen_numbers(n: int) -> object:
     yield from range(n)
+
+
+def block(started: str, release: str) -> str:
+    """Signal start, then wait until the test calls ``release(release)``."""
+    signal_started(started)
+    fd = os.open(release, os.O_RDONLY)
+    try:
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+    return "released"
+
+
+def release(fifo: str) -> None:
+    fd = os.open(fifo, os.O_WRONLY)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)

@@ -90,10 +90,11 @@ def test_lambda_without_cloudpickle_says_how_to_fix(guild: Guild, monkeypatch: p
 
 def test_priority_lower_number_runs_first(tmp_path: object) -> None:
     log = os.path.join(str(tmp_path), "order.txt")
-    fifo = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
     with Guild(max_agents=1, min_agents=1, pool={"prefetch": 0}) as g:
-        blocker = g.submit(faults.signal_started, fifo)
-        faults.wait_started(fifo)
+        blocker = g.submit(faults.block, started, release)
+        faults.wait_started(started)
         # The single agent is busy: these queue up and run by priority, FIFO within one.
         futs = [
             g.submit(faults.record, log, "low-1", priority=5),
@@ -102,6 +103,7 @@ def test_priority_lower_number_runs_first(tmp_path: object) -> None:
             g.submit(faults.record, log, "high-2", priority=-1),
             g.submit(faults.record, log, "low-2", priority=5),
         ]
+        faults.release(release)
         blocker.result(timeout=30)
         for f in futs:
             f.result(timeout=30)
@@ -139,21 +141,22 @@ def test_submit_after_shutdown_raises() -> None:
 
 
 def test_shutdown_with_pending_work_finishes_it_or_cancels_it(tmp_path: object) -> None:
-    fifo = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
     g = Guild(max_agents=1, min_agents=1, pool={"prefetch": 0})
-    first = g.submit(faults.sleep_then, 0.0, "first")
-    blocker = g.submit(faults.signal_started, fifo)
-    faults.wait_started(fifo)
+    blocker = g.submit(faults.block, started, release)
+    faults.wait_started(started)
     pending = [g.submit(faults.inc, i) for i in range(5)]
-    g.shutdown(wait=True, cancel_futures=True)
-    assert first.result() == "first"
-    assert blocker.result() is None
-    assert all(f.cancelled() for f in pending)
+    g.shutdown(wait=False, cancel_futures=True)
+    faults.release(release)
+    g.shutdown(wait=True)
+    assert blocker.result() == "released"  # running work finishes
+    assert all(f.cancelled() for f in pending)  # queued work is cancelled
 
     g2 = Guild(max_agents=1)
     futs = [g2.submit(faults.inc, i) for i in range(10)]
     g2.shutdown(wait=True)
-    assert [f.result() for f in futs] == list(range(1, 11))
+    assert [f.result() for f in futs] == list(range(1, 11))  # without cancel: all run
 
 
 def test_futures_are_stdlib_futures(guild: Guild) -> None:

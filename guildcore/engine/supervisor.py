@@ -458,7 +458,13 @@ class Supervisor:
                 peak_bytes=agent.peak_private,
             )
             err.__cause__ = RemoteTraceback(tb)
+            # The agent exits by itself after this report (its heap is at the
+            # cap): send it nothing more; what it holds goes back to the queue.
             agent.exit_reason = ("memory-reported", None)
+            if agent.state in (AgentState.STARTING, AgentState.IDLE, AgentState.BUSY):
+                agent.set_state(AgentState.DRAINING)
+            agent.shutdown_sent = True
+            agent.stop_deadline = time.monotonic() + _STOP_DEADLINE_S
             self._retry_or_fail(task, err, agent_killed=True)
             return
         if isinstance(exc_obj, BaseException):
@@ -498,12 +504,17 @@ class Supervisor:
             pass
         agent.process.join(timeout=1.0)
         exitcode = agent.process.exitcode
-        expected = agent.state is AgentState.DRAINING and agent.shutdown_sent and not agent.held
+        expected = agent.state is AgentState.DRAINING and agent.shutdown_sent
         died_starting = agent.state is AgentState.STARTING
         agent.set_state(AgentState.STOPPED if expected else AgentState.DEAD)
         agent.close()
         del self._agents[agent.id]
         if expected:
+            # Invariant: an agent told to stop runs nothing more; whatever it
+            # still held had not started, so it goes back to the queue.
+            for task in list(agent.held):
+                self._unsend(task)
+            agent.held.clear()
             return
         self.counters.agents_died += 1
         if died_starting:
@@ -514,12 +525,15 @@ class Supervisor:
             running, prefetched = held[0], held[1:]
             self._retry_or_fail(running, self._death_error(agent, running, exitcode), agent_killed=True)
             for task in prefetched:
-                # Never started: back to the queue without counting an attempt.
-                task.attempts -= 1
-                task.set_state(TaskState.PENDING)
-                self._requeue(task)
+                self._unsend(task)
         if self._start_failures >= _MAX_START_FAILURES and not self._inline and self._broken is None:
             self._go_inline(f"{self._start_failures} agents in a row died before they were ready (last: {describe_exitcode(exitcode)})")
+
+    def _unsend(self, task: Task) -> None:
+        """A task sent to an agent that never started it: back to the queue, no attempt counted."""
+        task.attempts -= 1
+        task.set_state(TaskState.PENDING)
+        self._requeue(task)
 
     def _death_error(self, agent: AgentHandle, task: Task, exitcode: int | None) -> BaseException:
         now = time.monotonic()

@@ -1,0 +1,104 @@
+"""GuildExecutor honours the concurrent.futures contract of ProcessPoolExecutor."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import BrokenExecutor, CancelledError, Executor, as_completed, wait
+from concurrent.futures.process import BrokenProcessPool
+
+import faults
+import pytest
+
+from guildcore import GuildExecutor
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_is_an_executor_with_the_stdlib_constructor() -> None:
+    with GuildExecutor(2, multiprocessing.get_context("spawn"), None, (), max_tasks_per_child=5) as ex:
+        assert isinstance(ex, Executor)
+        assert ex.submit(faults.add, 1, 2).result(timeout=30) == 3
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        GuildExecutor(0)
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        GuildExecutor(1, initializer=42)  # type: ignore[arg-type]
+
+
+def test_map_with_timeout_and_chunksize() -> None:
+    with GuildExecutor(max_workers=2) as ex:
+        assert list(ex.map(faults.add, range(10), range(10))) == [2 * i for i in range(10)]
+        assert list(ex.map(faults.add, range(10), range(10), chunksize=3)) == [2 * i for i in range(10)]
+        with pytest.raises(ValueError, match="chunksize must be >= 1"):
+            ex.map(faults.inc, [1], chunksize=0)
+        with pytest.raises(TimeoutError):
+            list(ex.map(faults.sleep_then, [5.0], ["late"], timeout=0.05))
+
+
+def test_runtime_error_after_shutdown() -> None:
+    ex = GuildExecutor(max_workers=1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        ex.submit(faults.inc, 1)
+
+
+def test_futures_can_be_cancelled_before_they_start(tmp_path: object) -> None:
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
+    with GuildExecutor(max_workers=1, pool={"prefetch": 0}) as ex:
+        running = ex.submit(faults.block, started, release)
+        faults.wait_started(started)
+        queued = ex.submit(faults.inc, 1)
+        assert queued.cancel()
+        assert not running.cancel()
+        faults.release(release)
+        assert running.result(timeout=30) == "released"
+        with pytest.raises(CancelledError):
+            queued.result()
+
+
+def test_shutdown_cancel_futures(tmp_path: object) -> None:
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
+    ex = GuildExecutor(max_workers=1, pool={"prefetch": 0})
+    running = ex.submit(faults.block, started, release)
+    faults.wait_started(started)
+    queued = [ex.submit(faults.inc, i) for i in range(3)]
+    ex.shutdown(wait=False, cancel_futures=True)
+    faults.release(release)
+    ex.shutdown(wait=True)
+    assert running.result() == "released"
+    assert all(f.cancelled() for f in queued)
+
+
+def test_as_completed_and_wait_work() -> None:
+    with GuildExecutor(max_workers=2) as ex:
+        futs = [ex.submit(faults.inc, i) for i in range(8)]
+        assert sorted(f.result() for f in as_completed(futs, timeout=30)) == list(range(1, 9))
+        done, not_done = wait(futs, timeout=30)
+        assert len(done) == 8 and not not_done
+
+
+def test_dead_worker_fails_only_its_future_and_the_executor_survives(tmp_path: object) -> None:
+    # The deliberate difference from the stdlib: the pool is not broken for good.
+    with GuildExecutor(max_workers=2) as ex:
+        doomed = ex.submit(faults.exit_hard, 7)
+        with pytest.raises(BrokenProcessPool, match="exit code 7"):
+            doomed.result(timeout=30)
+        assert ex.submit(faults.inc, 1).result(timeout=30) == 2
+
+
+def test_failing_initializer_breaks_the_executor_at_once() -> None:
+    ex = GuildExecutor(max_workers=2, initializer=faults.fail, initargs=("cannot init",))
+    try:
+        with pytest.raises(BrokenExecutor, match="cannot init"):
+            ex.submit(faults.inc, 1).result(timeout=30)
+        with pytest.raises(BrokenExecutor):
+            ex.submit(faults.inc, 2).result(timeout=30)
+    finally:
+        ex.shutdown()
+
+
+def test_tasks_have_no_timeout_by_default() -> None:
+    with GuildExecutor(max_workers=1) as ex:
+        assert ex._guild.config.limits.timeout is None
