@@ -1,0 +1,142 @@
+"""Lifecycle from the outside: scripts run in a fresh interpreter.
+
+Interpreter exit with a live Guild, Ctrl-C mid-batch, functions defined in a
+script's ``__main__``, a Guild made by a process that already runs threads,
+and no leaked file descriptors or threads after shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import faults
+import psutil
+import pytest
+
+from guildcore import Guild
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_script(tmp_path: object, body: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    script = os.path.join(str(tmp_path), "script.py")
+    with open(script, "w") as f:
+        f.write(textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path)
+    )
+
+
+def test_functions_defined_in_main_of_a_script(tmp_path: object) -> None:
+    proc = _run_script(
+        tmp_path,
+        """
+        from guildcore import Guild
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with Guild(max_agents=2) as g:
+                print(sum(g.map(square, range(100))))
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(sum(x * x for x in range(100)))
+
+
+def test_interpreter_exit_with_a_live_guild_does_not_hang(tmp_path: object) -> None:
+    proc = _run_script(
+        tmp_path,
+        """
+        import os, time
+        from guildcore import Guild
+
+        def slow(x):
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            g = Guild(max_agents=2, min_agents=2)
+            print(g.submit(os.getpid).result(timeout=30) != os.getpid(), flush=True)
+            g.submit(slow, 1)
+            # no shutdown: exit must still be prompt and leave no agent behind
+        """,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+    assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_cancels_pending_work_and_stops_agents(tmp_path: object) -> None:
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    script = os.path.join(str(tmp_path), "script.py")
+    with open(script, "w") as f:
+        f.write(
+            textwrap.dedent(
+                f"""
+                import sys, time
+                sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+                import faults
+                from guildcore import Guild
+
+                if __name__ == "__main__":
+                    try:
+                        with Guild(max_agents=2, min_agents=2, timeout=None) as g:
+                            g.submit(faults.hang, {started!r})
+                            g.map(faults.sleep_then, [30.0] * 8, chunksize=1) if False else g.map(faults.hang, [None] * 8, chunksize=1)
+                    except KeyboardInterrupt:
+                        print("interrupted", flush=True)
+                """
+            )
+        )
+    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        faults.wait_started(started)
+        agents = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.strip() == "interrupted"
+    gone, alive = psutil.wait_procs(agents, timeout=10)
+    assert not alive
+
+
+def test_guild_from_a_process_that_runs_threads() -> None:
+    stop = threading.Event()
+    busy = [threading.Thread(target=stop.wait, name=f"busy-{i}") for i in range(4)]
+    for t in busy:
+        t.start()
+    try:
+        for method in ("forkserver", "spawn"):
+            with Guild(max_agents=2, start_method=method) as g:
+                assert g.map(faults.inc, range(20)) == list(range(1, 21))
+    finally:
+        stop.set()
+        for t in busy:
+            t.join()
+
+
+def test_no_leaked_fds_or_threads_after_shutdown() -> None:
+    before_fds = set(os.listdir("/proc/self/fd"))
+    before_threads = set(threading.enumerate())
+    with Guild(max_agents=2, min_agents=2) as g:
+        g.map(faults.inc, range(1000))
+        with pytest.raises(Exception):  # noqa: B017 - any failure; the point is cleanup
+            g.submit(faults.exit_hard, 1).result(timeout=30)
+    leaked_threads = [t for t in set(threading.enumerate()) - before_threads if t.is_alive()]
+    assert not leaked_threads
+    after_fds = set(os.listdir("/proc/self/fd"))
+    # The forkserver's alive-pipe is opened once per interpreter, on first use.
+    assert len(after_fds - before_fds) <= 1, sorted(after_fds - before_fds)
