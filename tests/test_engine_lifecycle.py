@@ -109,7 +109,7 @@ def test_ctrl_c_cancels_pending_work_and_stops_agents(tmp_path: object) -> None:
             proc.wait()
     assert proc.returncode == 0, err
     assert out.strip() == "interrupted"
-    gone, alive = psutil.wait_procs(agents, timeout=10)
+    _gone, alive = psutil.wait_procs(agents, timeout=10)
     assert not alive
 
 
