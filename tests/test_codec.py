@@ -486,3 +486,26 @@ def test_a_failed_encode_leaves_the_packer_usable() -> None:
     with pytest.raises(SerializationError):
         encode([1, 2, threading.Lock()])
     assert_same(roundtrip([1, 2, (3,)]), [1, 2, (3,)])
+
+
+def test_big_bytes_are_plain_msgpack_bin() -> None:
+    blob = bytes(range(256)) * 1024  # 256 KiB: framed by hand
+    data = encode(blob)
+    assert msgpack.unpackb(data) == blob
+    assert_same(decode(data), blob)
+    assert_same(roundtrip([blob, (blob,)]), [blob, (blob,)])
+
+
+def test_short_tuples_with_surrogates_take_the_general_path() -> None:
+    value = ("ok", "\udc80", 1)
+    data, pickled = encode_checked(value)
+    assert pickled is False
+    assert_same(decode(data), value)
+
+
+def test_a_packer_that_made_a_huge_frame_is_not_kept() -> None:
+    encode([1])  # at least one idle packer in this thread
+    idle = len(codec._state.free)
+    encode([b"x" * (2 << 20)])  # 2 MiB through one packer, whose buffer grew to match
+    assert len(codec._state.free) == idle - 1
+    assert roundtrip([1]) == [1]
