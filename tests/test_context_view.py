@@ -354,3 +354,18 @@ def test_plain_contexts_never_import_numpy() -> None:
         check=True,
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_segment_that_is_not_a_context_is_refused() -> None:
+    from multiprocessing.shared_memory import SharedMemory
+
+    shm = SharedMemory(name=f"guild_{os.getpid()}_9_feedf00d", create=True, size=4096)
+    try:
+        with pytest.raises(
+            ContextError,
+            match=r"^segment guild_\d+_9_feedf00d is not a guildcore context of format 1",
+        ):
+            attach(ContextRef(shm.name, 9, 4096))
+    finally:
+        shm.close()
+        shm.unlink()

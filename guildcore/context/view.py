@@ -60,6 +60,10 @@ class ContextView(Mapping[Any, Any]):
         self.decode_count = 0
         self.closed = False
         self._mmap: mmap.mmap | None = mm
+        if len(mm) < layout.HEADER_SIZE:
+            raise ContextError(
+                f"segment {ref.name} is {len(mm)} bytes, too short for a context header"
+            )
         mv = memoryview(mm)
         (
             magic,
@@ -104,11 +108,7 @@ class ContextView(Mapping[Any, Any]):
 
     def _find(self, key: Any) -> int:
         """Entry number of ``key``, or -1. Touches only the index and that entry."""
-        if self.closed:
-            raise ContextError(
-                f"context generation {self.generation} (segment {self.name}) was "
-                "detached in this agent; attach(ref) again"
-            )
+        self._check_open()
         try:
             kb = codec.encode(key)
         except Exception:
@@ -130,6 +130,13 @@ class ContextView(Mapping[Any, Any]):
                 if eh == h and self._mv[key_off : key_off + key_len] == kb:
                     return int(i)
             slot = (slot + 1) & mask
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ContextError(
+                f"context generation {self.generation} (segment {self.name}) was "
+                "detached in this agent; attach(ref) again"
+            )
 
     def _entry(self, i: int) -> tuple[int, int, int, int, int, int, int]:
         e: tuple[int, int, int, int, int, int, int] = layout.ENTRY.unpack_from(
@@ -171,6 +178,7 @@ class ContextView(Mapping[Any, Any]):
         return int(self._n)
 
     def __iter__(self) -> Iterator[Any]:
+        self._check_open()
         if self._keys is None:
             keys = []
             for i in range(self._n):
@@ -272,7 +280,7 @@ def attach(ref: ContextRef) -> ContextView:
             "a newer g.share() and released, or its supervisor closed; pass the current context "
             "(the value g.share() last returned) to new tasks"
         ) from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: mmap of an empty segment
         raise ContextError(
             f"cannot attach context generation {ref.generation} (segment {ref.name}): {exc}"
         ) from exc
