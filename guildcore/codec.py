@@ -214,7 +214,7 @@ def _default(obj: object) -> msgpack.ExtType:
                 data = _encode_items(items)  # a lone surrogate: the general path
             else:
                 free.append(packer)
-            return _ext(EXT_TUPLE, data)
+            return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, data))  # _ext, inlined
     encoder = _ENCODERS.get(type(obj))
     if encoder is not None:
         return encoder(obj)
@@ -356,7 +356,11 @@ def encode_checked(obj: object) -> tuple[bytes, bool]:
 
 def encode_frame(kind: int, task_id: int, *fields: object) -> bytes:
     """Encode one frame: a msgpack array ``[kind, task_id, *fields]``, fields type-faithful."""
-    return encode([int(kind), int(task_id), *fields])
+    frame = [int(kind), int(task_id), *fields]
+    try:
+        return _encode(frame)  # the common case without encode()'s extra call
+    except Exception:
+        return encode(frame)  # again, with encode()'s fallbacks and messages
 
 
 # ---------------------------------------------------------------- decoding
