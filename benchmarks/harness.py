@@ -274,8 +274,10 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError, AttributeError):
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "cpu": cpu,
+        "load_1m": round(load, 2) if load is not None else None,  # others' work skews numbers
         "cores": os.cpu_count(),
         "usable_cores": affinity,
         "ram_gb": round(ram_bytes / 2**30, 1) if ram_bytes else None,
@@ -305,7 +307,7 @@ def write_index(out_dir: Path) -> Path:
         "# Benchmark results",
         "",
         f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['ram_gb']} GB RAM",
-        f"- {m['implementation']} {m['python']} on {m['os']}",
+        f"- {m['implementation']} {m['python']} on {m['os']}; load average {m['load_1m']} when written",
         f"- written {m['date']}",
         "",
     ]
