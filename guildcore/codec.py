@@ -32,8 +32,9 @@ itself codec bytes where it holds values:
 
 A ``memoryview`` comes back as ``bytes``. Shared references and cycles inside
 plain containers are not preserved (a cycle makes the whole value go through
-pickle). A ``msgpack.ExtType`` passed as a value is pickled, so it cannot be
-mistaken for one of ours.
+pickle), and so are tuples and sets nested more than ``MAX_EXT_DEPTH`` (32)
+deep. A ``msgpack.ExtType`` passed as a value is pickled, so it cannot be
+mistaken for one of ours (as a dict key it is not supported).
 
 This module covers encoding values and frames. It does not cover compression,
 signing (the cache signs payloads for which ``encode_checked`` reports pickle),
