@@ -38,7 +38,7 @@ from typing import Any
 
 from guildcore import codec
 from guildcore.codec import Kind
-from guildcore.engine import limits
+from guildcore.engine import limits, shmbuf
 from guildcore.engine.functions import FnSpec, FunctionCache
 from guildcore.errors import SerializationError, TaskTimeout
 
@@ -64,6 +64,10 @@ class AgentSettings:
     initargs: tuple[Any, ...] = ()
     preload: tuple[str, ...] = ()
     cache_env: dict[str, str] = field(default_factory=dict)
+    # Results encoding to more than this many bytes travel through a
+    # shared-memory segment named after the supervisor (shmbuf.result_name).
+    result_threshold: int | None = None
+    supervisor_pid: int = 0
 
 
 class _Control:
@@ -254,57 +258,85 @@ class Agent:
             return True
         finally:
             _exit_context(token)
+        threshold = self.settings.result_threshold
+        raw = threshold is not None and type(result) in (bytes, bytearray) and len(result) > threshold
+        if raw and self._send_big_result(task_id, result, None):
+            return True
         try:
             frame = codec.encode_frame(Kind.RESULT, task_id, result)
         except SerializationError as exc:
             err = SerializationError(f"the result of task {task_id} ({fn_name}) cannot be sent back: {exc}")
             self._send_error(task_id, err, fn_name, flags=0)
             return True
+        if threshold is not None and len(frame) > threshold and self._send_big_result(task_id, result, frame):
+            return True
         del result
         with self.write_lock:
             self.conn.send_bytes(frame)
         return True
 
+    def _send_big_result(self, task_id: int, result: Any, frame: bytes | None) -> bool:
+        """Send a big result through shared memory; False to fall back to the pipe."""
+        fields = shmbuf.write_result(self.settings.supervisor_pid, task_id, result, frame)
+        if fields is None:
+            return False
+        self.send(Kind.RESULT, task_id, *fields)
+        return True
+
     def _run_stream(
         self, task_id: int, fn: Callable[..., Any], fn_name: str, payload: list[Any], timeout_s: float | None
     ) -> bool:
-        args, kwargs = payload
+        # payload = [args, kwargs] or [args, kwargs, ring]: the supervisor adds
+        # its shared-memory ring for big chunks (see shmbuf.Ring).
+        args, kwargs = payload[0], payload[1]
+        ring = shmbuf.RingWriter(payload[2] if len(payload) > 2 else None)
         index = 0
         gen: Iterator[Any] | None = None
+        # The timeout budgets production only: the timer runs while the
+        # generator computes a value, and stops while the agent waits for a
+        # credit (a slow consumer does not time the task out).
+        budget_s = timeout_s
         try:
-            self.timer.arm(task_id, fn_name, timeout_s)
             try:
                 gen = iter(fn(*args, **kwargs))
                 while True:
+                    t0 = time.monotonic()
+                    self.timer.arm(task_id, fn_name, budget_s)
                     try:
                         value = next(gen)
                     except StopIteration:
                         break
-                    self.timer.disarm()
-                    try:
-                        frame = codec.encode_frame(Kind.CHUNK, task_id, index, value)
-                    except SerializationError as exc:
-                        raise SerializationError(
-                            f"chunk {index} of stream task {task_id} ({fn_name}) cannot be encoded: {exc}"
-                        ) from exc
+                    finally:
+                        self.timer.disarm()
+                    if budget_s is not None:
+                        budget_s = max(1e-3, budget_s - (time.monotonic() - t0))
                     if not self._wait_credit(task_id):
                         gen_close = getattr(gen, "close", None)
                         if gen_close is not None:
                             gen_close()
                         self.send(Kind.END, task_id, index, True)
                         return True
+                    frame = self._chunk_frame(task_id, fn_name, index, value, ring)
                     with self.write_lock:
                         self.conn.send_bytes(frame)
                     del frame, value
                     index += 1
-                    self.timer.arm(task_id, fn_name, timeout_s)
             finally:
                 self.timer.disarm()
+                ring.close()
         except MemoryError as exc:
             self._send_error(task_id, exc, fn_name, flags=FLAG_MEMORY)
             return False
-        except TaskTimeout as exc:
-            self._send_error(task_id, exc, fn_name, flags=FLAG_TIMEOUT)
+        except TaskTimeout:
+            err = TaskTimeout(
+                f"stream task {task_id} ({fn_name}) timed out after {timeout_s or 0:.1f} s of production "
+                "(limits.timeout; time spent waiting for the consumer does not count); "
+                "raise the timeout or split the work",
+                task_id=task_id,
+                fn=fn_name,
+                timeout_s=timeout_s,
+            )
+            self._send_error(task_id, err, fn_name, flags=FLAG_TIMEOUT)
             return True
         except Exception as exc:
             self._send_error(task_id, exc, fn_name, flags=0)
@@ -315,6 +347,23 @@ class Agent:
                 self.control.cancelled.discard(task_id)
         self.send(Kind.END, task_id, index, False)
         return True
+
+    def _chunk_frame(self, task_id: int, fn_name: str, index: int, value: Any, ring: shmbuf.RingWriter) -> bytes:
+        """The CHUNK frame of one value: a ring slot reference, or the value itself.
+
+        Called only with a credit in hand, so the value's slot is free.
+        """
+        kind = ring.fits(value)
+        if kind != shmbuf.RAW_NONE:
+            where = ring.write(index, value)
+            if where is not None:
+                return codec.encode_frame(Kind.CHUNK, task_id, index, None, where[0], where[1], kind)
+        try:
+            return codec.encode_frame(Kind.CHUNK, task_id, index, value)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"chunk {index} of stream task {task_id} ({fn_name}) cannot be encoded: {exc}"
+            ) from exc
 
     def _wait_credit(self, task_id: int) -> bool:
         """Block until the consumer grants a credit; False if the stream was cancelled."""

@@ -10,6 +10,7 @@ decide when to start or stop agents (``scaling``) nor which agent gets a task
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -100,6 +101,7 @@ class AgentStarter:
         initargs: tuple[Any, ...] = (),
         preload: tuple[str, ...] = (),
         cache_env: dict[str, str] | None = None,
+        result_threshold: int | None = None,
     ) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"unknown start method {start_method!r}; choose one of {', '.join(START_METHODS)}")
@@ -113,6 +115,7 @@ class AgentStarter:
         self.initargs = initargs
         self.preload = preload
         self.cache_env = dict(cache_env or {})
+        self.result_threshold = result_threshold
 
     def start(self, agent_id: int) -> AgentHandle:
         settings = AgentSettings(
@@ -122,6 +125,8 @@ class AgentStarter:
             initargs=self.initargs,
             preload=self.preload,
             cache_env=self.cache_env,
+            result_threshold=self.result_threshold,
+            supervisor_pid=os.getpid(),
         )
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(  # type: ignore[attr-defined]

@@ -43,7 +43,7 @@ from typing import Any
 
 from guildcore import codec
 from guildcore.codec import Kind
-from guildcore.engine import dispatch, limits, scaling
+from guildcore.engine import dispatch, limits, scaling, shmbuf
 from guildcore.engine.agent import FLAG_MEMORY, FLAG_TIMEOUT, MODE_STREAM
 from guildcore.engine.pool import AgentHandle, AgentStarter, StartFailed
 from guildcore.engine.states import AgentState, TaskState, check_transition
@@ -90,6 +90,7 @@ class Task:
     n_items: int = 1
     ctx_ref: Any = None
     on_done: Callable[[Task], None] | None = None
+    raw_result: bool = False  # submit(stream_result=True): the future gets a shmbuf.ResultStream
     stream: StreamState | None = None
     state: TaskState = TaskState.PENDING
     attempts: int = 0
@@ -354,7 +355,10 @@ class Supervisor:
         task.set_state(TaskState.RUNNING)
         task.attempts += 1
         try:
-            frame = codec.encode_frame(Kind.TASK, task.id, task.mode, task.spec, task.payload, task.timeout_s, task.ctx_ref)
+            payload = task.payload
+            if task.stream is not None and task.stream.ring is not None:
+                payload = [*payload, task.stream.ring.describe()]  # the agent's shm ring for big chunks
+            frame = codec.encode_frame(Kind.TASK, task.id, task.mode, task.spec, payload, task.timeout_s, task.ctx_ref)
         except SerializationError as exc:
             self._finish_error(task, SerializationError(f"task {task.id} ({task.fn_name}) cannot be sent to an agent: {exc}"))
             return
@@ -405,8 +409,13 @@ class Supervisor:
             return
         task = agent.find(task_id)
         if task is None:
+            if kind == Kind.RESULT and len(fields) > 1:
+                shmbuf.discard_result(os.getpid(), task_id)  # Ownership: nobody else will unlink it
             return  # a late frame for a task already failed or cancelled
-        if kind == Kind.RESULT:
+        if kind == Kind.RESULT and (len(fields) > 1 or task.raw_result):
+            self._pop_held(agent, task)
+            self._on_big_result(task, fields)
+        elif kind == Kind.RESULT:
             self._pop_held(agent, task)
             self._finish_result(task, fields[0])
         elif kind == Kind.ERROR:
@@ -414,7 +423,7 @@ class Supervisor:
             self._on_task_error(agent, task, fields)
         elif kind == Kind.CHUNK:
             if task.stream is not None:
-                task.stream.put_chunk(fields[0], fields[1])
+                task.stream.put_chunk(fields[0], fields[1], fields[2:], now=time.monotonic())
         elif kind == Kind.END:
             self._pop_held(agent, task)
             cancelled = bool(fields[1]) if len(fields) > 1 else False
@@ -422,6 +431,18 @@ class Supervisor:
                 self._finish_cancelled(task)
             else:
                 self._finish_result(task, None)
+
+    def _on_big_result(self, task: Task, fields: list[Any]) -> None:
+        """A RESULT through shared memory, or any result the caller wants as a stream."""
+        try:
+            if len(fields) > 1:
+                value = shmbuf.take_result(os.getpid(), task.id, fields, raw=task.raw_result)
+            else:
+                value = shmbuf.stream_for(fields[0])
+        except (SerializationError, OSError) as exc:
+            self._finish_error(task, SerializationError(f"the result of task {task.id} ({task.fn_name}) could not be read: {exc}"))
+            return
+        self._finish_result(task, value)
 
     def _pop_held(self, agent: AgentHandle, task: Task) -> None:
         now = time.monotonic()
@@ -523,6 +544,7 @@ class Supervisor:
         agent.held.clear()
         if held:
             running, prefetched = held[0], held[1:]
+            shmbuf.discard_result(os.getpid(), running.id)  # a big result it may have been writing
             self._retry_or_fail(running, self._death_error(agent, running, exitcode), agent_killed=True)
             for task in prefetched:
                 self._unsend(task)
@@ -633,8 +655,8 @@ class Supervisor:
                 continue
             if head.timeout_s is None or head.started_at is None or agent.exit_reason is not None:
                 continue
-            if head.stream is not None and head.stream.waiting_for_consumer():
-                head.started_at = now  # paused by backpressure, not running
+            if head.stream is not None and head.stream.paused_since is not None:
+                continue  # paused by backpressure, not running: resume() moves started_at on
                 continue
             if now >= head.started_at + _budget(head) + self.settings.timeout_grace_s:
                 agent.exit_reason = ("timeout", head.id)
@@ -655,7 +677,8 @@ class Supervisor:
             if agent.held:
                 deadlines.append(self._next_sample)
                 head = agent.held[0]
-                if head.timeout_s is not None and head.started_at is not None:
+                paused = head.stream is not None and head.stream.paused_since is not None
+                if head.timeout_s is not None and head.started_at is not None and not paused:
                     deadlines.append(head.started_at + _budget(head) + self.settings.timeout_grace_s)
             if agent.kill_at is not None:
                 deadlines.append(agent.kill_at)
@@ -777,6 +800,10 @@ class Supervisor:
     # ------------------------------------------------------------ streaming
 
     def _send_credit(self, task: Task, n: int) -> None:
+        if task.stream is not None:
+            paused_s = task.stream.resume(n, time.monotonic())
+            if task.started_at is not None:
+                task.started_at += paused_s  # time waiting for the consumer is not run time
         for agent in self._agents.values():
             if task in agent.held:
                 try:
@@ -852,6 +879,16 @@ class Supervisor:
     def _begin_stop(self, cancel_futures: bool, kill: bool) -> None:
         self._stopping = True
         self._kill_on_stop = self._kill_on_stop or kill
+        # A stream's consumer is usually the thread that is shutting down
+        # (leaving the with block): waiting for the stream would deadlock, so
+        # every stream still running or queued is cancelled.
+        for _p, _s, task in self._queue:
+            if task.stream is not None:
+                self._finish_cancelled(task)
+        for agent in self._agents.values():
+            for task in list(agent.held):
+                if task.stream is not None:
+                    self._cancel_stream(task)
         if cancel_futures or kill:
             while self._queue:
                 _p, _s, task = heapq.heappop(self._queue)
@@ -886,6 +923,7 @@ class Supervisor:
             agent.process.join(timeout=2.0)
             agent.close()
         self._agents.clear()
+        shmbuf.sweep_results(os.getpid())  # Ownership: results of agents killed while stopping
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
