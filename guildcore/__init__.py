@@ -4,7 +4,10 @@ The public API lives here and only here; every other module may change.
 """
 
 from guildcore._version import __version__
+from guildcore.cache import TieredCache, cached
 from guildcore.config import Config, load_config
+from guildcore.context import ContextRef
+from guildcore.context import current as context
 from guildcore.engine.executor import Guild, GuildExecutor
 from guildcore.errors import (
     AgentDied,
@@ -29,6 +32,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ContextError",
+    "ContextRef",
     "Guild",
     "GuildError",
     "GuildExecutor",
@@ -39,6 +43,9 @@ __all__ = [
     "TaskCancelled",
     "TaskError",
     "TaskTimeout",
+    "TieredCache",
     "__version__",
+    "cached",
+    "context",
     "load_config",
 ]

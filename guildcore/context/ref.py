@@ -8,6 +8,7 @@ segment: an agent turns it into a view with ``attach(ref)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,14 @@ CONTEXT_REF_EXT = 16  # reserved in guildcore.codec for context references
 
 
 @dataclass(frozen=True, slots=True)
-class ContextRef:
-    """Names one context segment: ``name`` in /dev/shm, its ``generation`` and ``size`` in bytes."""
+class ContextRef(Mapping[Any, Any]):
+    """Names one context segment: ``name`` in /dev/shm, its ``generation`` and ``size`` in bytes.
+
+    It is also a read-only Mapping over that generation, so a task that
+    receives the reference as an argument reads it directly
+    (``def task(ctx, key): return ctx[key]``); the first access maps the
+    segment in this process (once per generation).
+    """
 
     name: str
     generation: int
@@ -34,6 +41,18 @@ class ContextRef:
         from guildcore.context.view import attach
 
         return attach(self)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.attach()[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.attach())
+
+    def __len__(self) -> int:
+        return len(self.attach())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.attach()
 
 
 def _ref_to_bytes(ref: Any) -> bytes:

@@ -411,7 +411,7 @@ def _apply(fn: Callable[..., Any], mode: int, payload: Any, timer: _Timer) -> An
     raise SerializationError(f"unknown task mode {mode!r}")
 
 
-def _enter_context(ctx_ref: Any) -> object:
+def _enter_context(ctx_ref: Any) -> Any:
     """Make ``guildcore.context()`` return the task's context (if any)."""
     if ctx_ref is None:
         return None
@@ -420,7 +420,7 @@ def _enter_context(ctx_ref: Any) -> object:
     return enter_task_context(ctx_ref)
 
 
-def _exit_context(token: object) -> None:
+def _exit_context(token: Any) -> None:
     if token is None:
         return
     from guildcore.context import exit_task_context
@@ -428,8 +428,30 @@ def _exit_context(token: object) -> None:
     exit_task_context(token)
 
 
+def _drop_forkserver_alive_fd() -> None:
+    """Close the forkserver's liveness pipe that multiprocessing hands every child.
+
+    The forkserver exits when every holder of that pipe's write end is gone;
+    an agent holding it keeps the forkserver alive after the supervisor is
+    SIGKILLed, and the forkserver alive keeps the agent from its parent-death
+    signal: both would outlive the supervisor. Agents do not start processes
+    through the supervisor's forkserver, so they let go of it.
+    """
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver  # type: ignore[attr-defined]
+        fd = getattr(server, "_forkserver_alive_fd", None)
+        if fd is not None:
+            setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the stdlib
+            os.close(fd)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 def agent_main(conn: Any, settings: AgentSettings) -> None:
     """Entry point of an agent process (the target of ``Process``)."""
+    _drop_forkserver_alive_fd()
     # The supervisor decides when agents stop; Ctrl-C in the terminal reaches
     # the whole process group, and an agent must not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

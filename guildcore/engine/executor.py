@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
 import warnings
@@ -24,11 +25,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+from guildcore.cache import TieredCache
 from guildcore.config import Config, load_config
+from guildcore.context import ContextRef, ContextRegistry, sweep_stale
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
+from guildcore.engine.resultcache import MISS, ResultCache
+from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings, Task
 from guildcore.errors import ConfigError, ShutdownError
@@ -116,7 +121,16 @@ class Guild:
             initializer=initializer,
             initargs=tuple(initargs),
             preload=tuple(self.config.optimization.preload),
+            result_threshold=_result_threshold(self.config),
+            # Agents open the same L3 store as this Guild for @cached inside tasks.
+            cache_env={"GUILD_CACHING__PATH": self.config.cache_path()},
         )
+        self._results: ResultCache | None = None
+        self._results_lock = threading.Lock()
+        self._contexts = ContextRegistry()
+        self._context_digest: bytes | None = None
+        # Segments of supervisors that died without cleaning up (SIGKILL).
+        sweep_stale()
         if not self._settings.parallel:
             warnings.warn(
                 "parallelization is disabled (parallelization.enabled: false or strategy: sequential); "
@@ -157,8 +171,13 @@ class Guild:
         retries: Any = _DEFAULT,
         n_items: int = 1,
     ) -> Task:
+        task_id = self._supervisor.new_task_id()
+        # The task holds the context generation current at submit time.
+        ctx_ref = self._contexts.acquire(task_id) if self._contexts.current is not None else None
         return Task(
-            id=self._supervisor.new_task_id(),
+            id=task_id,
+            ctx_ref=ctx_ref,
+            on_done=self._release_context if ctx_ref is not None else None,
             fn_name=describe(fn),
             spec=spec_for(fn),
             mode=mode,
@@ -169,6 +188,33 @@ class Guild:
             retries=self._retries(retries),
             n_items=n_items,
         )
+
+    def _release_context(self, task: Task) -> None:
+        self._contexts.release(task.id)
+
+    # ---------------------------------------------------------- context
+
+    def share(self, mapping: Mapping[Any, Any]) -> ContextRef:
+        """Write ``mapping`` once into shared memory for every agent to read.
+
+        Returns a small reference that may be passed as a task argument;
+        inside a task ``guildcore.context()`` returns the context current
+        when the task was submitted. Calling ``share`` again makes a new
+        generation: tasks submitted afterwards see it, tasks in flight keep
+        theirs, and the old segment goes once no task holds it.
+        """
+        self._check_open()
+        handle = self._contexts.share(mapping)
+        self._context_digest = handle.digest
+        return handle.ref
+
+    # ----------------------------------------------------------- caching
+
+    def _result_cache(self) -> ResultCache:
+        with self._results_lock:
+            if self._results is None:
+                self._results = ResultCache(TieredCache.from_config(self.config))
+            return self._results
 
     def _check_open(self) -> None:
         if self._is_shutdown:
@@ -182,11 +228,38 @@ class Guild:
         priority: int = 0,
         timeout: float | None = _DEFAULT,
         retries: int | None = None,
+        cache: bool = False,
+        stream_result: bool = False,
         **kwargs: Any,
     ) -> Future[R]:
-        """Run ``fn(*args, **kwargs)`` in an agent; lower ``priority`` runs first."""
+        """Run ``fn(*args, **kwargs)`` in an agent; lower ``priority`` runs first.
+
+        With ``stream_result=True`` the future's result is a readable binary
+        stream (``io.RawIOBase``) instead of the value: the raw bytes of a
+        ``bytes``/``bytearray`` result, the codec encoding of anything else.
+        A result bigger than ``streaming.stream_threshold`` is then read
+        straight out of shared memory; close the stream to release it.
+
+        With ``cache=True`` a result cached for the same function code,
+        arguments and context is returned without running anything.
+        """
         self._check_open()
-        task = self._make_task(fn, MODE_CALL, [args, kwargs], priority=priority, timeout=timeout, retries=retries)
+        payload = [args, kwargs]
+        item_keys: list[bytes | None] = []
+        if cache:
+            rc = self._result_cache()
+            item_keys = rc.keys_for(fn, MODE_CALL, [payload], self._context_digest)
+            hit = rc.lookup(item_keys)[0]
+            if hit is not MISS:
+                done: Future[R] = Future()
+                done.set_result(hit)
+                return done
+        if stream_result and cache:
+            raise ConfigError("stream_result=True cannot be combined with cache=True; cache the value instead", key="stream_result")
+        task = self._make_task(fn, MODE_CALL, payload, priority=priority, timeout=timeout, retries=retries)
+        task.raw_result = stream_result
+        if cache:
+            self._result_cache().store_when_done(task.future, item_keys, single=True)
         self._supervisor.submit([task])
         return task.future
 
@@ -213,14 +286,18 @@ class Guild:
         priority: int = 0,
         timeout: float | None = _DEFAULT,
         retries: int | None = None,
+        cache: bool = False,
     ) -> list[R]:
         """``[fn(x) for x in iterable]`` across the agents, in input order.
 
         ``chunksize='auto'`` sends items in batches so per-item overhead stays
         small; ``timeout`` applies to each item. The first failing item's
-        exception is raised; Ctrl-C cancels the rest of the batch.
+        exception is raised; Ctrl-C cancels the rest of the batch. With
+        ``cache=True`` items already computed (by this or an earlier run) are
+        not dispatched, and each finished chunk is stored at once, so an
+        interrupted batch resumes where it stopped.
         """
-        return self._map(fn, iterable, MODE_MAP, chunksize, progress, priority, timeout, retries)
+        return self._map(fn, iterable, MODE_MAP, chunksize, progress, priority, timeout, retries, cache)
 
     def starmap(
         self,
@@ -232,10 +309,11 @@ class Guild:
         priority: int = 0,
         timeout: float | None = _DEFAULT,
         retries: int | None = None,
+        cache: bool = False,
     ) -> list[R]:
         """``[fn(*args) for args in iterable]`` across the agents, in input order."""
         items = [tuple(a) for a in iterable]
-        return self._map(fn, items, MODE_STARMAP, chunksize, progress, priority, timeout, retries)
+        return self._map(fn, items, MODE_STARMAP, chunksize, progress, priority, timeout, retries, cache)
 
     def _map(
         self,
@@ -247,14 +325,20 @@ class Guild:
         priority: int,
         timeout: Any,
         retries: Any,
+        cache: bool = False,
     ) -> list[Any]:
         self._check_open()
         items = iterable if isinstance(iterable, list) else list(iterable)
         if not items:
             return []
+        if cache:
+            return self._map_cached(fn, items, mode, chunksize, progress, priority, timeout, retries)
         size = self._resolve_chunksize(chunksize, len(items))
         tasks = self._chunk_tasks(fn, items, size, mode, priority=priority, timeout=timeout, retries=retries)
-        bar = Progress(len(items), enabled=progress, label=describe(fn))
+        return self._gather(tasks, Progress(len(items), enabled=progress, label=describe(fn)))
+
+    def _gather(self, tasks: list[Task], bar: Progress) -> list[Any]:
+        """Submit chunk tasks and concatenate their results in order."""
         if bar.enabled:
             for task in tasks:
                 task.future.add_done_callback(_advance_by(bar, task.n_items))
@@ -269,6 +353,38 @@ class Guild:
             raise
         finally:
             bar.close()
+        return out
+
+    def _map_cached(
+        self,
+        fn: Callable[..., Any],
+        items: list[Any],
+        mode: int,
+        chunksize: int | str,
+        progress: bool,
+        priority: int,
+        timeout: Any,
+        retries: Any,
+    ) -> list[Any]:
+        rc = self._result_cache()
+        item_keys = rc.keys_for(fn, mode, items, self._context_digest)
+        out = rc.lookup(item_keys)
+        todo = [i for i, value in enumerate(out) if value is MISS]
+        if not todo:
+            return out
+        size = self._resolve_chunksize(chunksize, len(todo))
+        tasks: list[Task] = []
+        for start in range(0, len(todo), size):
+            index = todo[start : start + size]
+            task = self._make_task(
+                fn, mode, [items[i] for i in index], n_items=len(index),
+                priority=priority, timeout=timeout, retries=retries,
+            )
+            rc.store_when_done(task.future, [item_keys[i] for i in index], single=False)
+            tasks.append(task)
+        computed = self._gather(tasks, Progress(len(todo), enabled=progress, label=describe(fn)))
+        for i, value in zip(todo, computed, strict=True):
+            out[i] = value
         return out
 
     def _resolve_chunksize(self, chunksize: int | str, n: int) -> int:
@@ -334,16 +450,27 @@ class Guild:
     def stream(self, fn: Callable[..., Iterable[R]], /, *args: Any, timeout: float | None = _DEFAULT, **kwargs: Any) -> _Stream[R]:
         """Iterate what generator ``fn(*args, **kwargs)`` yields, as it yields it.
 
-        Backpressure: at most ``streaming.window`` chunks are in flight; close
-        the iterator (or leave a ``with`` block) to cancel the task.
+        Backpressure: at most ``streaming.window`` chunks are in flight (the
+        agent pauses, and its pause does not count against ``timeout``); close
+        the iterator (or leave a ``with`` block) to cancel the task and free
+        the agent: the generator's ``finally`` runs when it next yields.
+        Dropping the iterator cancels too, and so does shutting the Guild down.
+        Chunks that are ``bytes``/``bytearray``/``memoryview`` of 64 KiB up to
+        ``streaming.chunk_size`` travel through a shared-memory ring and each
+        arrives as a new ``bytes`` (``bytearray`` for a bytearray).
         """
         self._check_open()
         task = self._make_task(fn, MODE_STREAM, [args, kwargs], timeout=timeout, retries=0)
         sup = self._supervisor
+        window = self._settings.stream_window
+        ring = None
+        if self._settings.parallel:
+            ring = Ring.create(os.getpid(), task.id, window, self.config.streaming.chunk_size)
         task.stream = StreamState(
-            self._settings.stream_window,
+            window,
             grant=lambda n: sup.grant_credit(task, n),
             cancel=lambda: sup.cancel_stream(task),
+            ring=ring,
         )
         sup.submit([task])
         return _Stream(task.stream, task.future)
@@ -351,10 +478,17 @@ class Guild:
     # -------------------------------------------------------------- lifecycle
 
     def stats(self) -> dict[str, Any]:
-        """Pool counters, agents, and per-agent peak private memory."""
+        """Pool counters, agents, per-agent peak private memory, cache and context."""
         if self._supervisor.join(0):
             return {"closed": True}
         snap: dict[str, Any] = self._supervisor.call(self._supervisor.snapshot).result(timeout=10)
+        snap["cache"] = self._results.stats() if self._results is not None else None
+        current = self._contexts.current
+        snap["context"] = {
+            "generation": self._contexts.generation,
+            "bytes": current.size if current is not None else 0,
+            "live_generations": self._contexts.live_generations(),
+        }
         return snap
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, _kill: bool = False) -> None:
@@ -366,7 +500,22 @@ class Guild:
             self._supervisor.shutdown(wait=False, cancel_futures=cancel_futures, kill=_kill)
         if wait:
             self._supervisor.join()
+            self._close_resources()
+        else:
+            # Resources go when the owner loop ends, not before: tasks still run.
+            threading.Thread(target=self._close_after_join, name="guild-closer", daemon=True).start()
         _live.discard(self)
+
+    def _close_after_join(self) -> None:
+        self._supervisor.join()
+        self._close_resources()
+
+    def _close_resources(self) -> None:
+        with self._results_lock:
+            results, self._results = self._results, None
+        if results is not None:
+            results.close()
+        self._contexts.close()
 
     def __enter__(self) -> Guild:
         return self
@@ -380,6 +529,13 @@ class Guild:
     def __repr__(self) -> str:
         state = "shut down" if self._is_shutdown else "running"
         return f"<Guild {state} agents={self._settings.min_agents}..{self._settings.max_agents}>"
+
+
+def _result_threshold(config: Config) -> int | None:
+    """Results bigger than this go through shared memory (None: always the pipe)."""
+    if not (config.streaming.enabled and config.optimization.streaming):
+        return None
+    return config.streaming.stream_threshold
 
 
 def _advance_by(bar: Progress, n: int) -> Callable[[Future[Any]], None]:
