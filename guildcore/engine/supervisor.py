@@ -154,6 +154,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._wake_pending = threading.Event()
+        self._wake_lock = threading.Lock()
+        self._loop_ended = False
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._front_seq = itertools.count(-1, -1)
@@ -211,16 +213,24 @@ class Supervisor:
         return self._finished.wait(timeout)
 
     def _post(self, kind: str, payload: Any) -> None:
-        self._inbox.append((kind, payload))
-        # Race: the flag may be cleared by the owner right after we test it;
-        # then we write a byte we did not need. Never the other way round,
-        # because the owner clears the flag before draining the inbox.
-        if not self._wake_pending.is_set():
-            self._wake_pending.set()
-            try:
-                os.write(self._wake_w, b"\0")
-            except (BlockingIOError, OSError):
-                pass
+        with self._wake_lock:
+            if self._loop_ended:
+                # Race: a late caller (a stream dropped by the garbage collector,
+                # a stats() call) after the loop ended. The wake-up fds are
+                # closed and their numbers may belong to another file by now.
+                if kind == "call":
+                    payload[1].set_exception(ShutdownError("this Guild is shut down"))
+                return
+            self._inbox.append((kind, payload))
+            # Race: the flag may be cleared by the owner right after we test it;
+            # then we write a byte we did not need. Never the other way round,
+            # because the owner clears the flag before draining the inbox.
+            if not self._wake_pending.is_set():
+                self._wake_pending.set()
+                try:
+                    os.write(self._wake_w, b"\0")
+                except (BlockingIOError, OSError):
+                    pass
 
     # ------------------------------------------------------------- owner loop
 
@@ -924,6 +934,16 @@ class Supervisor:
             agent.close()
         self._agents.clear()
         shmbuf.sweep_results(os.getpid())  # Ownership: results of agents killed while stopping
+        with self._wake_lock:
+            self._loop_ended = True
+        # Invariant: nothing posted is lost, even what raced with the end.
+        while self._inbox:
+            kind, payload = self._inbox.popleft()
+            if kind == "submit":
+                for task in payload:
+                    self._finish_cancelled(task)
+            elif kind == "call":
+                payload[1].set_exception(ShutdownError("this Guild is shut down"))
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
