@@ -138,3 +138,18 @@ def test_initializer_failure_breaks_the_pool_without_respawning() -> None:
         with pytest.raises(PoolBroken):
             g.submit(faults.inc, 2).result(timeout=30)
         assert g.stats()["counters"]["agents_started"] <= 2
+
+
+def test_forked_agents_are_limited_on_their_own_memory_not_the_parents() -> None:
+    # A parent holding 150 MB forks agents whose RssAnon starts at 150 MB
+    # (shared copy-on-write); the 100 MB limit applies above that baseline.
+    ballast = bytearray(150 * 1000 * 1000)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    try:
+        with Guild(max_agents=1, start_method="fork", per_agent="100MB") as g:
+            assert g.submit(faults.allocate, 20 * 1000 * 1000).result(timeout=30) == 20 * 1000 * 1000
+            with pytest.raises(MemoryLimitExceeded):
+                g.submit(faults.allocate, 130 * 1000 * 1000, True, timeout=None).result(timeout=30)
+    finally:
+        del ballast

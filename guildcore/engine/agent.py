@@ -64,6 +64,7 @@ class AgentSettings:
     initargs: tuple[Any, ...] = ()
     preload: tuple[str, ...] = ()
     cache_env: dict[str, str] = field(default_factory=dict)
+    forked: bool = False  # started with the fork method: memory inherited from the supervisor
     # Results encoding to more than this many bytes travel through a
     # shared-memory segment named after the supervisor (shmbuf.result_name).
     result_threshold: int | None = None
@@ -192,7 +193,10 @@ class Agent:
         signal.signal(signal.SIGALRM, self.timer.on_alarm)
         if not self._initialize():
             return
-        self.send(Kind.READY, 0, os.getpid())
+        # A forked agent starts with the supervisor's private pages (shared
+        # copy-on-write, yet counted in RssAnon): its limit applies above them.
+        baseline = limits.inherited_private_bytes() if self.settings.forked else 0
+        self.send(Kind.READY, 0, os.getpid(), baseline)
         while True:
             item = self.inbox.get()
             if item is None:

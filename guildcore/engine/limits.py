@@ -65,6 +65,23 @@ def _default_probe() -> Callable[[int], int | None]:
 read_private_bytes: Callable[[int], int | None] = _default_probe()
 
 
+def _status_bytes(field: bytes, pid: int | str = "self") -> int:
+    """One ``kB`` field of /proc/PID/status in bytes (0 where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def inherited_private_bytes() -> int:
+    """Private memory an agent has at start; the baseline of a forked agent."""
+    return _status_bytes(b"RssAnon:")
+
+
 def hard_cap_bytes(limit_bytes: int) -> int:
     """The RLIMIT_DATA an agent sets for a sampled limit of ``limit_bytes``."""
     headroom = max(_RLIMIT_HEADROOM_MIN, int(limit_bytes * _RLIMIT_HEADROOM_FRACTION))
@@ -75,7 +92,9 @@ def apply_hard_cap(limit_bytes: int | None) -> None:
     """Cap this process's data segment; a runaway allocation then raises MemoryError."""
     if not limit_bytes:
         return
-    cap = hard_cap_bytes(limit_bytes)
+    # Above what the agent starts with: a forked agent inherits the parent's
+    # whole data segment, which counts against RLIMIT_DATA but is not its own.
+    cap = hard_cap_bytes(limit_bytes) + _status_bytes(b"VmData:")
     try:
         _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
         if hard != resource.RLIM_INFINITY:

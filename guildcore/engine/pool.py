@@ -51,6 +51,7 @@ class AgentHandle:
         self.stop_deadline: float | None = None
         self.shutdown_sent = False
         self.pid_reported: int | None = None
+        self.baseline_private = 0  # private bytes inherited at start (fork only)
 
     def set_state(self, new: AgentState) -> None:
         check_transition(f"agent {self.id}", self.state, new, AGENT_TRANSITIONS)
@@ -127,6 +128,7 @@ class AgentStarter:
             cache_env=self.cache_env,
             result_threshold=self.result_threshold,
             supervisor_pid=os.getpid(),
+            forked=self.ctx.get_start_method() == "fork",
         )
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(  # type: ignore[attr-defined]

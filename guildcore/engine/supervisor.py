@@ -409,6 +409,7 @@ class Supervisor:
             return
         if kind == Kind.READY:
             agent.pid_reported = int(fields[0]) if fields else agent.pid
+            agent.baseline_private = int(fields[1]) if len(fields) > 1 else 0
             self._start_failures = 0
             if agent.state is AgentState.STARTING:
                 agent.set_state(AgentState.BUSY if agent.held else AgentState.IDLE)
@@ -648,9 +649,12 @@ class Supervisor:
             self._next_sample = now + self.settings.sample_interval_s
             limit = self.settings.limit_bytes
             for agent in busy:
+                if agent.state is AgentState.STARTING:
+                    continue  # its baseline arrives with READY; nothing of a task runs yet
                 private = limits.read_private_bytes(agent.pid)
                 if private is None:
                     continue
+                private = max(0, private - agent.baseline_private)
                 agent.last_private = private
                 agent.peak_private = max(agent.peak_private or 0, private)
                 self.counters.peak_private_bytes[agent.id] = agent.peak_private
