@@ -4,6 +4,7 @@
     guild init [--force] [PATH]     write .guild/instructions.md (every default) and processes/
     guild config show [--json]      the merged settings, each with its source
     guild cache stats [--json] | clear [NAMESPACE] | compact
+    guild demo [--path FOLDER] [--rename OLD=NEW] [--write] [--json]   a timed codemod
 
 Adding a command group: write one ``_add_xxx_parser(subparsers)`` function that
 adds its parser(s) and sets ``func`` (a handler taking the parsed arguments and
@@ -168,10 +169,22 @@ def _add_cache_parser(subparsers: _Subparsers) -> None:
     parser.set_defaults(func=_cmd_cache)
 
 
+def _add_demo_parser(subparsers: _Subparsers) -> None:
+    from guildcore.demo.command import configure_parser  # argparse only: light
+
+    configure_parser(subparsers.add_parser(
+        "demo", help="rename an identifier across a codebase: sequential, cold pool, warm cache",
+        description="A CPU-bound refactor over a codebase (default: this Python's standard "
+        "library, tests left out), timed three ways: sequentially (a sample, extrapolated), "
+        "in a cold pool, and again from the on-disk cache. Nothing is written without --write.",
+    ))  # fmt: skip
+
+
 _COMMAND_GROUPS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_init_parser,
     _add_config_parser,
     _add_cache_parser,
+    _add_demo_parser,
 )
 
 

@@ -1,0 +1,69 @@
+"""``guild demo``: a CPU-bound codemod over a real codebase, three ways.
+
+Renames one identifier across a codebase (by default the running Python's
+standard library, test folders left out) with ``ast``: a symbol index built
+in the pool and shared as context lets agents skip files that cannot
+contain the name; every file's new source is hashed, not written, unless
+``--write``. The same work is timed sequentially (a sample, extrapolated),
+in a cold pool against an empty cache, and again warm from the on-disk
+cache (``passes``); ``report`` prints the table or JSON.
+
+Modules: ``sources`` (which files), ``index`` (the symbol index and the
+context layout), ``refactor`` (the per-file task and what a rename
+touches), ``passes`` (timing), ``report`` (output), ``command`` (the CLI).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from guildcore.demo.passes import DemoOptions, pool_pass, sequential_pass, write_changes
+
+__all__ = ["DemoOptions", "clear_store", "run_demo"]
+
+# An L3 store's LMDB files (see guildcore.cache.storefiles); the signing key
+# and the lock file may stay.
+_STORE_FILES = ("data.mdb", "lock.mdb")
+
+
+def clear_store(folder: str) -> None:
+    """Cold means cold: delete the demo store's LMDB files (only those) before a run.
+
+    Deleting, rather than clearing entries, also gives the disk space back.
+    """
+    for name in _STORE_FILES:
+        try:
+            os.unlink(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+
+
+def run_demo(opts: DemoOptions, *, write: bool = False) -> dict[str, Any]:
+    """Run the three passes (and ``--write``); return the report as a JSON-ready dict."""
+    from guildcore.demo.index import summarize
+    from guildcore.demo.report import build_report
+    from guildcore.demo.sources import SKIP_DIRS, discover
+
+    t0 = time.perf_counter()
+    files = discover(opts.root)
+    clear_store(opts.cache_dir)
+    seq = sequential_pass(opts, files)
+    cold, indexes, outcomes = pool_pass("cold", opts, files)
+    warm, _indexes, _outcomes = pool_pass("warm", opts, files)
+    written = write_changes(opts, files, outcomes) if write else None
+    return build_report(
+        codebase={
+            "path": opts.root,
+            "files": len(files),
+            "bytes": sum(s.size for s in files),
+            "skipped_dirs": sorted(SKIP_DIRS),
+        },
+        rename={"old": opts.old, "new": opts.new},
+        index=summarize(indexes, opts.old, opts.new),
+        passes=[seq, cold, warm],
+        cache_dir=opts.cache_dir,
+        write=written,
+        total_s=time.perf_counter() - t0,
+    )

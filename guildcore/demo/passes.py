@@ -1,0 +1,168 @@
+"""The demo's three timed passes, and ``--write``.
+
+1. ``sequential``: a sample of the files indexed and refactored in this
+   process, one after the other; its time is scaled up to all files by
+   bytes (the cost of parsing grows with source size) and marked
+   extrapolated unless the sample is every file;
+2. ``cold``: a Guild indexes every file in the pool (``cache=True``),
+   shares the index as context, and refactors every file (``cache=True``),
+   against a cache that was just cleared;
+3. ``warm``: the same with a new Guild, so every result comes from the
+   on-disk L3 store, not from the first Guild's memory.
+
+A pass's wall time runs from creating its Guild to the end of its shutdown.
+This module does not print; ``report`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from guildcore.demo.index import FileIndex, context_mapping, index_file, index_item
+from guildcore.demo.refactor import CHANGED, Outcome, refactor_file, refactor_path, rewrite_file
+from guildcore.demo.sources import SourceFile
+
+__all__ = ["DemoOptions", "PassResult", "pool_pass", "sequential_pass", "write_changes"]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    root: str
+    old: str
+    new: str
+    cache_dir: str
+    agents: int | None = None  # None: the configured pool.max_agents (usable CPUs)
+    sample: int = 60  # files in the sequential sample; 0 = every file
+    per_agent: str = "1GB"  # parsing a big module takes tens of MB; leave room
+    progress: bool = True
+
+
+@dataclass
+class PassResult:
+    name: str
+    wall_s: float
+    files: int
+    extrapolated: bool = False
+    sample_files: int = 0
+    hit_rate: float | None = None
+    agents_used: int = 0
+    peak_private_bytes: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    changes: int = 0
+    digest: str = ""  # over every file's outcome: equal passes agree file by file
+
+
+def _summarize(outcomes: Sequence[Outcome]) -> tuple[dict[str, int], int, str]:
+    counts = Counter(status for status, _h, _n in outcomes)
+    h = xxhash.xxh3_128()
+    for status, digest, n in outcomes:
+        h.update(f"{status} {digest} {n}\n".encode())
+    return dict(sorted(counts.items())), sum(n for _s, _h, n in outcomes), h.hexdigest()
+
+
+def sequential_pass(opts: DemoOptions, files: Sequence[SourceFile]) -> PassResult:
+    """Index and refactor a sample in this process; scale its time to all files by bytes."""
+    step = 1 if opts.sample <= 0 or opts.sample >= len(files) else len(files) / opts.sample
+    picked = sorted({int(i * step) for i in range(len(files)) if int(i * step) < len(files)})
+    sample = [files[i] for i in picked]
+    t0 = time.perf_counter()
+    outcomes = []
+    for source in sample:
+        _defs, mentions, _error = index_file(index_item(opts.root, source))
+        outcomes.append(refactor_path(opts.root, source.rel, opts.old, opts.new, mentions))
+    elapsed = time.perf_counter() - t0
+    sample_bytes = sum(s.size for s in sample) or 1
+    total_bytes = sum(s.size for s in files)
+    counts, changes, digest = _summarize(outcomes)
+    full = len(sample) == len(files)
+    return PassResult(
+        name="sequential",
+        wall_s=elapsed if full else elapsed * total_bytes / sample_bytes,
+        files=len(files),
+        extrapolated=not full,
+        sample_files=len(sample),
+        counts=counts,
+        changes=changes,
+        digest=digest if full else "",
+    )
+
+
+def _guild(opts: DemoOptions) -> Any:
+    from guildcore import Guild
+
+    overrides: dict[str, Any] = {
+        "caching": {"enabled": True, "path": opts.cache_dir},
+        "per_agent": opts.per_agent,
+        "timeout": 300.0,  # per file; a huge generated module on a loaded host
+    }
+    if opts.agents is not None:
+        overrides["max_agents"] = opts.agents
+    return Guild(**overrides)
+
+
+def pool_pass(
+    name: str, opts: DemoOptions, files: Sequence[SourceFile]
+) -> tuple[PassResult, list[FileIndex], list[Outcome]]:
+    """Index, share and refactor every file in a new Guild, all cached."""
+    t0 = time.perf_counter()
+    with _guild(opts) as g:
+        indexes: list[FileIndex] = g.map(
+            index_file,
+            [index_item(opts.root, s) for s in files],
+            cache=True,
+            progress=opts.progress,
+        )
+        g.share(context_mapping(opts.root, files, indexes))
+        items = [(opts.root, s.rel, s.digest, opts.old, opts.new) for s in files]
+        outcomes: list[Outcome] = g.map(refactor_file, items, cache=True, progress=opts.progress)
+        stats = g.stats()
+    wall = time.perf_counter() - t0
+    counts, changes, digest = _summarize(outcomes)
+    peaks: dict[int, int] = stats.get("peak_private_bytes") or {}
+    used = {a["id"] for a in stats.get("agents", []) if a.get("tasks_done")} | set(peaks)
+    cache = stats.get("cache") or {}
+    result = PassResult(
+        name=name,
+        wall_s=wall,
+        files=len(files),
+        hit_rate=cache.get("hit_rate"),
+        agents_used=len(used),
+        peak_private_bytes=max(peaks.values()) if peaks else None,
+        counts=counts,
+        changes=changes,
+        digest=digest,
+    )
+    return result, indexes, outcomes
+
+
+def write_changes(
+    opts: DemoOptions, files: Sequence[SourceFile], outcomes: Sequence[Outcome]
+) -> dict[str, Any]:
+    """Rewrite every changed file atomically, in the pool; what happened to each."""
+    items = [
+        (opts.root, s.rel, s.digest, opts.old, opts.new, digest)
+        for s, (status, digest, _n) in zip(files, outcomes, strict=True)
+        if status == CHANGED
+    ]
+    t0 = time.perf_counter()
+    results: list[str] = []
+    if items:
+        with _guild(opts) as g:
+            results = g.map(rewrite_file, items, progress=opts.progress)
+    problems = {
+        os.path.join(opts.root, item[1]): what
+        for item, what in zip(items, results, strict=True)
+        if what != "written"
+    }
+    return {
+        "files_written": sum(1 for r in results if r == "written"),
+        "problems": problems,
+        "wall_s": time.perf_counter() - t0,
+    }

@@ -1,0 +1,248 @@
+"""``guild demo`` on a small generated codebase: counts, cold and warm, --write twice.
+
+The codebase (``make_codebase``): 30 modules below the root, of which 12
+use ``result`` in renamed positions (a known number of times each), 3
+mention it only in a comment or a string (parsed, nothing to rename) and
+15 never mention it (skipped by the index); a ``tests/`` folder, with a
+module that does not even parse, must be left out.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import guildcore
+from guildcore.cli import main
+from guildcore.demo.command import parse_rename
+from guildcore.demo.refactor import refactor_source
+
+REPO = Path(guildcore.__file__).resolve().parent.parent
+WORD = re.compile(r"\bresult\b")
+
+HELPERS = """\
+def result(value):
+    return value
+"""
+
+# Every `result` here is one renamed occurrence; no string holds the word.
+USING = """\
+import json as result
+from helpers import result
+
+def compute{n}(result, *args, **kw):
+    total = result + {n}
+    kw["obj"].result = total
+    call(result=total)
+    squares = lambda result: result * result
+    return f"{{result}}!"
+
+class Box{n}:
+    result = 0
+
+def retry{n}(x):
+    global result
+    result = x
+    try:
+        pass
+    except ValueError as result:
+        pass
+    match x:
+        case {{"k": result}}:
+            pass
+        case Box{n}(result=[*result]):
+            pass
+    def inner():
+        nonlocal x
+        return x.result
+    return inner
+"""
+
+MENTIONS = """\
+def double{n}(x):
+    # the result is doubled
+    return {{"result": x * 2}}["result"]
+"""
+
+PLAIN = """\
+def triple{n}(x):
+    return x * 3
+"""
+
+
+def make_codebase(root: Path) -> dict[str, int]:
+    """Write the codebase; return the expected renames per changed module."""
+    expected: dict[str, int] = {}
+    files = {"helpers.py": HELPERS}
+    for n in range(11):
+        files[f"pkg/use_{n}.py" if n % 2 else f"use_{n}.py"] = USING.format(n=n)
+    for n in range(3):
+        files[f"mention_{n}.py"] = MENTIONS.format(n=n)
+    for n in range(15):
+        files[f"pkg/sub/plain_{n}.py" if n % 3 else f"plain_{n}.py"] = PLAIN.format(n=n)
+    files["tests/test_uses.py"] = USING.format(n=99)
+    files["tests/broken.py"] = "def broken(:\n    result\n"
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if (
+            not rel.startswith("tests/")
+            and WORD.search(text)
+            and rel.startswith(("use_", "pkg/use_", "helpers"))
+        ):
+            expected[rel] = len(WORD.findall(text))
+    (root / "use_0.py").chmod(0o640)  # --write keeps a file's mode
+    return expected
+
+
+def run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    assert main(["demo", *args, "--json"]) == 0
+    out = capsys.readouterr().out
+    report: dict[str, Any] = json.loads(out)  # stdout holds the JSON and nothing else
+    return report
+
+
+@pytest.fixture
+def codebase(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    root = tmp_path / "code"
+    return root, make_codebase(root)
+
+
+def demo_args(root: Path, tmp_path: Path) -> list[str]:
+    return [
+        "--path",
+        str(root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--agents",
+        "2",
+        "--sample",
+        "0",
+    ]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.py"))}
+
+
+def test_cold_then_warm(
+    codebase: tuple[Path, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, expected = codebase
+    before = snapshot(root)
+    report = run_json(demo_args(root, tmp_path), capsys)
+    assert report["codebase"]["files"] == 30
+    assert report["rename"] == {"old": "result", "new": "outcome"}
+    seq, cold, warm = report["passes"]
+    assert [p["name"] for p in report["passes"]] == ["sequential", "cold", "warm"]
+    assert (cold["hit_rate"], warm["hit_rate"]) == (0.0, 1.0)
+    assert seq["extrapolated"] is False and seq["digest"] == cold["digest"] == warm["digest"]
+    assert warm["agents_used"] == 0  # nothing ran: every result came from disk
+    assert cold["counts"] == {"changed": 12, "skipped": 15, "unchanged": 3}
+    assert cold["changes"] == sum(expected.values())
+    assert report["index"]["modules_mentioning_old"] == 15
+    assert report["index"]["modules_defining_old"] == 1  # helpers.py; the rest bind it in functions
+    assert report["checks"]["warm_matches_cold"] is True
+    assert report["write"] is None and snapshot(root) == before
+
+    # A second run clears the demo's cache first: cold again.
+    again = run_json(demo_args(root, tmp_path), capsys)
+    assert [p["hit_rate"] for p in again["passes"][1:]] == [0.0, 1.0]
+
+
+def test_write_twice(
+    codebase: tuple[Path, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, expected = codebase
+    report = run_json([*demo_args(root, tmp_path), "--write"], capsys)
+    assert report["write"]["files_written"] == 12 and report["write"]["problems"] == {}
+    after = snapshot(root)
+    for rel, text in after.items():
+        if rel.startswith("tests/"):
+            continue
+        ast.parse(text)  # still Python
+        if rel in expected:
+            assert not WORD.search(text.decode()), rel  # gone where the index said it was used
+            assert text.decode().count("outcome") == expected[rel]
+    assert after["tests/test_uses.py"] == USING.format(n=99).encode()  # skipped folder untouched
+    assert stat.S_IMODE(os.stat(root / "use_0.py").st_mode) == 0o640
+    assert not [p for p in root.rglob("*.tmp")]
+
+    second = run_json([*demo_args(root, tmp_path), "--write"], capsys)
+    assert second["passes"][1]["counts"] == {"unchanged": 3, "skipped": 27}
+    assert second["write"]["files_written"] == 0
+    assert snapshot(root) == after
+
+
+def test_table_and_subprocess_json(
+    codebase: tuple[Path, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _expected = codebase
+    assert main(["demo", *demo_args(root, tmp_path), "--rename", "triple3=treble3"]) == 0
+    text = capsys.readouterr().out
+    assert "30 files" in text and "rename: triple3 -> treble3" in text
+    assert re.search(r"^cold\s+\S+ s\s+\S+x\s+0%\s+\d", text, re.M)
+    assert re.search(r"^warm\s+\S+ s\s+\S+x\s+100%\s+0\s", text, re.M)
+    assert "nothing written" in text
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "guildcore", "demo", *demo_args(root, tmp_path), "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["passes"][1]["counts"]["changed"] == 12
+
+
+@pytest.mark.parametrize(
+    ("source", "renamed", "count"),
+    [
+        ("import result\nresult.x\n", "import result as outcome\noutcome.x", 2),
+        ("import a.result\n", "import a.result", 0),
+        ("from m import result, other as result\n", "from m import outcome, other as outcome", 2),
+        ("from result import x\n", "from result import x", 0),
+        ("x = 'result'  # result\n", "x = 'result'", 0),
+        ("class result(result.Base):\n    pass\n", "class outcome(outcome.Base):\n    pass", 2),
+        (
+            "async def result(*result, **kw):\n    await result\n",
+            "async def outcome(*outcome, **kw):\n    await outcome",
+            3,
+        ),
+        (
+            "match v:\n    case {**result}:\n        pass\n",
+            "match v:\n    case {**outcome}:\n        pass",
+            1,
+        ),
+        ("results = result_ = 1\n", "results = result_ = 1", 0),
+    ],
+)
+def test_rename_positions(source: str, renamed: str, count: int) -> None:
+    new, n = refactor_source(source.encode(), "m.py", "result", "outcome")
+    assert (new, n) == (renamed + "\n", count)
+    assert refactor_source(new.encode(), "m.py", "result", "outcome") == (new, 0)  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("result", "--rename takes OLD=NEW, not 'result'"),
+        ("result=class", "--rename: 'class' is not an identifier one can rename"),
+        ("a=a", "--rename: OLD and NEW are both 'a'"),
+    ],
+)
+def test_bad_rename(text: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_rename(text)
+    assert main(["demo", "--rename", text, "--path", "."]) == 2
+    assert capsys.readouterr().err == f"guild: error: {message}\n"
