@@ -26,8 +26,10 @@ Hazards, in py-lmdb's order:
 - Fork-safety: an environment is never used across fork. The one place that
   handles it is ``_at_fork_*`` below: before a fork every live store closes
   its environment (no transaction can be open: we hold its lock), and both
-  sides reopen lazily on next use. ``_env_checked`` also compares the pid,
-  in case a store was created in a way the hooks missed.
+  sides reopen lazily on next use. The hot paths (``lookup``, ``get_many``,
+  ``set_many``) rely on that alone (an empty ``_dbs`` or ``_env``; no
+  ``getpid`` syscall per call); ``_env_checked`` also compares the pid, in
+  case a store was created in a way the hooks missed.
 - Durability: commits use ``sync=False, metasync=False``. A crash of any
   process (SIGKILL included) loses at most its uncommitted transaction, and
   the store opens clean; a power loss may lose the last commits. Fine for a
@@ -68,6 +70,12 @@ MAX_DBS = 126  # namespaces plus our two internal databases
 OPPORTUNISTIC_SWEEP = 4
 MAP_FULL_RETRIES = 6  # each retry evicts twice as much as the one before
 MAP_FULL_EVICT_FRACTION = 0.125  # first retry evicts the oldest 1/8 of entries
+# Read transactions py-lmdb keeps reset for reuse (one per concurrent reader
+# thread is enough); each get then costs a renew instead of a new txn.
+SPARE_READ_TXNS = 4
+# The per-write sweep probes the index at most this often per namespace when
+# the last probe found nothing due (other agents may add earlier expiries).
+SWEEP_PROBE_INTERVAL_S = 1.0
 
 _F64 = struct.Struct(">d")
 _pack_f64 = _F64.pack
@@ -105,6 +113,8 @@ class L3Store:
         self._lock = threading.RLock()
         self._env: Any = None
         self._dbs: dict[str, Any] = {}
+        # namespace -> clock time before which a write skips the sweep probe
+        self._probe_at: dict[str, float] = {}
         self._pid = -1
         self._lock_fd = -1
         self._closed = False
@@ -151,7 +161,11 @@ class L3Store:
             sync=False,
             metasync=False,
             readahead=False,
-            max_spare_txns=0,
+            # py-lmdb keeps an aborted read transaction and renews it on the
+            # next begin (mdb_txn_reset/renew): no reader-slot setup per get.
+            # Spares are per environment, and the environment is closed
+            # before every fork, so none crosses a fork.
+            max_spare_txns=SPARE_READ_TXNS,
         )
         try:
             info, st = env.info(), env.stat()
@@ -231,19 +245,24 @@ class L3Store:
     def lookup(self, namespace: str, key: bytes) -> tuple[Any, float, int] | None:
         """``(value, expires, nbytes)`` of a live entry, else ``None``; bad entries are removed."""
         with self._lock:
-            db = self._dbs.get(namespace) if self._pid == os.getpid() else None
+            # Fork-safety: the fork hooks empty ``_dbs`` on both sides, so a
+            # database handle found here belongs to this process's environment.
+            db = self._dbs.get(namespace)
             if db is None:
                 db = self._db(namespace)
             # Zero-copy: ``raw`` is a view of the map, valid only inside the
             # transaction, so the value is checked and decoded in here.
-            with self._env.begin(db=db, buffers=True) as txn:
+            txn = self._env.begin(db=db, buffers=True)
+            try:
                 raw = txn.get(key)
                 if raw is None:
                     return None
-                try:
-                    return self._check(namespace, key, raw, self.clock())
-                except record.BadRecord as exc:
-                    bad = exc
+                live = record.unpack_live(raw, namespace.encode(), key, self._secret, self.clock())
+                return None if live is None else (live[0], live[1], len(raw))
+            except record.BadRecord as exc:
+                bad = exc
+            finally:
+                txn.abort()
             self._drop_bad(namespace, key, bad)
             return None
 
@@ -257,32 +276,28 @@ class L3Store:
         """Live entries among ``keys``, read in one transaction."""
         out = {}
         bad = []
+        ns, secret, unpack_live = namespace.encode(), self._secret, record.unpack_live
         with self._lock:
             db = self._db(namespace)
             now = self.clock()
-            with self._env.begin(db=db, buffers=True) as txn:
+            txn = self._env.begin(db=db, buffers=True)
+            try:
+                get = txn.get
                 for k in keys:
-                    raw = txn.get(k)
+                    raw = get(k)
                     if raw is not None:
                         try:
-                            hit = self._check(namespace, k, raw, now)
+                            live = unpack_live(raw, ns, k, secret, now)
                         except record.BadRecord as exc:
                             bad.append((k, exc))
                             continue
-                        if hit is not None:
-                            out[k] = hit
+                        if live is not None:
+                            out[k] = (live[0], live[1], len(raw))
+            finally:
+                txn.abort()
             for k, problem in bad:
                 self._drop_bad(namespace, k, problem)
         return out
-
-    def _check(
-        self, namespace: str, key: bytes, raw: memoryview, now: float
-    ) -> tuple[Any, float, int] | None:
-        _, expires = record.peek_times(raw)
-        if expires and expires <= now:
-            return None  # expired: a miss; the sweep removes it
-        value = record.unpack(raw, namespace=namespace.encode(), key=key, secret=self._secret)
-        return value, expires, len(raw)
 
     def _drop_bad(self, namespace: str, key: bytes, exc: record.BadRecord) -> None:
         """Log an unusable entry and remove it (unless it may be fine for another agent)."""
@@ -297,7 +312,7 @@ class L3Store:
     def _write(self, fn: Callable[[Any], T]) -> T | None:
         """Run ``fn(txn)`` in a write transaction; on a full map evict and retry."""
         with self._lock:
-            env = self._env_checked()
+            env = self._env if self._env is not None else self._env_checked()
             for attempt in range(MAP_FULL_RETRIES):
                 try:
                     with env.begin(write=True) as txn:
@@ -342,14 +357,14 @@ class L3Store:
         now = self.clock()
         ttl = self._ttl(namespace, ttl_s)
         expires = now + ttl if ttl else 0.0
-        tag_list = [t.encode() for t in tags]
+        tag_list = [t.encode() for t in tags] if tags else []
         if any(_NUL in t or not t for t in tag_list):
             raise ValueError(f"tags must be non-empty and contain no NUL: {tag_list!r}")
-        secret, compress = self._secret, self.compress
+        secret, compress, tagged, pack = self._secret, self.compress, bool(tag_list), record.pack
         rows = [
             (
                 k,
-                record.pack(
+                pack(
                     v,
                     namespace=ns,
                     key=k,
@@ -357,7 +372,7 @@ class L3Store:
                     expires=expires,
                     secret=secret,
                     compress=compress,
-                    tagged=bool(tag_list),
+                    tagged=tagged,
                 ),
             )
             for k, v in items
@@ -369,31 +384,41 @@ class L3Store:
         # hint finds them. Only a different TTL needs its own expiry hint.
         policy = self.policies.get(namespace)
         own_ttl = policy is not None and ttl == (policy.ttl_s or 0.0)
-        prefix_e = _pack_f64(expires) + ns + _NUL if expires and not own_ttl else b""
+        prefix_e = b"e" + _pack_f64(expires) + ns + _NUL if expires and not own_ttl else b""
         tag_blob = msgpack.packb(tag_list) if tag_list else b""
+        index = self._index
 
         def write(txn: Any) -> None:
             db = self._dbs[namespace]
-            cur = txn.cursor(db)
+            put = txn.put
             for k, raw in rows:
-                old = cur.replace(k, raw)
-                if old is not None:
-                    self._drop_hints(txn, ns, k, old)
-            icur = txn.cursor(self._index)
-            hints = [(prefix_a + k, b"") for k, _ in rows]
-            if prefix_e:
-                hints += [(b"e" + prefix_e + k, b"") for k, _ in rows]
-            if tag_list:
-                created = _pack_f64(now)
-                for k, _ in rows:
-                    hints.append((b"g" + ns + _NUL + k, tag_blob))
-                    hints += [(b"t" + t + _NUL + ns + _NUL + k, created) for t in tag_list]
-            icur.putmulti(hints)
-            self._enforce_cap(txn, namespace, db)
-            self._sweep_some(txn, icur, now, namespace)
+                # New keys (the usual case: result keys name their inputs)
+                # take one B-tree operation; an overwrite reads the old record
+                # for its hints, then writes.
+                if not put(k, raw, db=db, overwrite=False):
+                    self._drop_hints(txn, ns, k, txn.get(k, db=db))
+                    put(k, raw, db=db)
+            if len(rows) == 1 and not prefix_e and not tag_list:
+                put(prefix_a + rows[0][0], b"", db=index)
+            else:
+                hints = [(prefix_a + k, b"") for k, _ in rows]
+                if prefix_e:
+                    hints += [(prefix_e + k, b"") for k, _ in rows]
+                if tag_list:
+                    created = _pack_f64(now)
+                    for k, _ in rows:
+                        hints.append((b"g" + ns + _NUL + k, tag_blob))
+                        hints += [(b"t" + t + _NUL + ns + _NUL + k, created) for t in tag_list]
+                hints.sort()  # putmulti into sorted order touches each leaf page once
+                txn.cursor(index).putmulti(hints)
+            if policy is not None and policy.max_entries is not None:
+                self._enforce_cap(txn, namespace, db)
+            if now >= self._probe_at.get(namespace, 0.0):
+                self._sweep_some(txn, now, namespace)
 
         with self._lock:
-            self._db(namespace)
+            if namespace not in self._dbs:
+                self._db(namespace)
             self._write(write)
         return [len(raw) for _, raw in rows]
 
@@ -554,17 +579,32 @@ class L3Store:
             self._refresh_dbs()
             return self._write(lambda txn: self._sweep_in(txn, now, limit)) or 0
 
-    def _sweep_some(self, txn: Any, cur: Any, now: float, namespace: str) -> None:
-        """The per-write sweep: two cursor probes when nothing is due, which is usual."""
+    def _sweep_some(self, txn: Any, now: float, namespace: str) -> None:
+        """The per-write sweep: two cursor probes when nothing is due, which is usual.
+
+        When nothing is due, the next probe of this namespace waits until the
+        soonest due time seen, at most ``SWEEP_PROBE_INTERVAL_S`` (entries
+        written by other agents may be due sooner; the timed sweep gets those).
+        """
+        cur = txn.cursor(self._index)
         bound = _pack_f64(now)
-        due = cur.set_range(b"e") and cur.key()[:1] == b"e" and cur.key()[1:9] <= bound
+        next_at = now + SWEEP_PROBE_INTERVAL_S
+        due = False
+        if cur.set_range(b"e") and cur.key()[:1] == b"e":
+            first = cur.key()[1:9]
+            due = first <= bound
+            next_at = min(next_at, _F64.unpack(first)[0])
         policy = self.policies.get(namespace)
         if not due and policy is not None and policy.ttl_s:
             prefix = b"a" + namespace.encode() + _NUL
-            cutoff = _pack_f64(now - policy.ttl_s)
-            due = bool(cur.set_range(prefix)) and cur.key()[len(prefix) : len(prefix) + 8] <= cutoff
+            if cur.set_range(prefix) and cur.key().startswith(prefix):
+                created8 = cur.key()[len(prefix) : len(prefix) + 8]
+                due = created8 <= _pack_f64(now - policy.ttl_s)
+                next_at = min(next_at, _F64.unpack(created8)[0] + policy.ttl_s)
         if due:
             self._sweep_in(txn, now, OPPORTUNISTIC_SWEEP, only=namespace)
+            next_at = now  # more may be due: probe again on the next write
+        self._probe_at[namespace] = next_at
 
     def _sweep_in(self, txn: Any, now: float, limit: int | None, only: str | None = None) -> int:
         """Remove expired entries: those with their own expiry hint, then, per
