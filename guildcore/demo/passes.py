@@ -21,15 +21,17 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import xxhash
 
-from guildcore.demo.index import FileIndex, context_mapping, index_file, index_item
+from guildcore.demo.index import FileIndex, context_mapping, index_file, index_item, mentions_of
 from guildcore.demo.refactor import CHANGED, Outcome, refactor_file, refactor_path, rewrite_file
 from guildcore.demo.sources import SourceFile
 
 __all__ = ["DemoOptions", "PassResult", "pool_pass", "sequential_pass", "write_changes"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +115,16 @@ def pool_pass(
     """Index, share and refactor every file in a new Guild, all cached."""
     t0 = time.perf_counter()
     with _guild(opts) as g:
-        indexes: list[FileIndex] = g.map(
-            index_file,
-            [index_item(opts.root, s) for s in files],
-            cache=True,
-            progress=opts.progress,
-        )
+        # Biggest first (longest-processing-time order): the batch does not end
+        # on one agent parsing a big module while the other idles.
+        order = sorted(range(len(files)), key=lambda i: -files[i].size)
+        items = [index_item(opts.root, files[i]) for i in order]
+        indexes = _unsort(order, g.map(index_file, items, cache=True, progress=opts.progress))
         g.share(context_mapping(opts.root, files, indexes))
-        items = [(opts.root, s.rel, s.digest, opts.old, opts.new) for s in files]
-        outcomes: list[Outcome] = g.map(refactor_file, items, cache=True, progress=opts.progress)
+        parse = {i for i in order if opts.old in mentions_of(indexes[i][1])}
+        order = [i for i in order if i in parse] + [i for i in order if i not in parse]
+        jobs = [(opts.root, files[i].rel, files[i].digest, opts.old, opts.new) for i in order]
+        outcomes = _unsort(order, g.map(refactor_file, jobs, cache=True, progress=opts.progress))
         stats = g.stats()
     wall = time.perf_counter() - t0
     counts, changes, digest = _summarize(outcomes)
@@ -140,6 +143,14 @@ def pool_pass(
         digest=digest,
     )
     return result, indexes, outcomes
+
+
+def _unsort(order: Sequence[int], values: Sequence[T]) -> list[T]:
+    """Put ``values`` (computed in ``order``) back in file order."""
+    out: list[T] = [None] * len(values)  # type: ignore[list-item]
+    for position, value in zip(order, values, strict=True):
+        out[position] = value
+    return out
 
 
 def write_changes(
