@@ -1,29 +1,78 @@
 """guildcore: a supervised multiprocessing engine.
 
 The public API lives here and only here; every other module may change.
+
+``import guildcore`` stays cheap (target: under 50 ms on top of interpreter
+start): only ``__version__`` and the ``context()`` accessor load eagerly.
+Every other public name loads its module on first use (PEP 562
+``__getattr__``), so the engine, multiprocessing, the cache stores, yaml and
+psutil load when a program first touches ``Guild``, ``TieredCache``,
+``load_config`` or an error class, not before.
 """
 
+from __future__ import annotations
+
+import importlib
+
 from guildcore._version import __version__
-from guildcore.cache import TieredCache, cached
-from guildcore.config import Config, load_config
-from guildcore.context import ContextRef
-from guildcore.context import current as context
-from guildcore.engine.executor import Guild, GuildExecutor
-from guildcore.errors import (
-    AgentDied,
-    AgentError,
-    CacheError,
-    ConfigError,
-    ContextError,
-    GuildError,
-    MemoryLimitExceeded,
-    PoolBroken,
-    SerializationError,
-    ShutdownError,
-    TaskCancelled,
-    TaskError,
-    TaskTimeout,
-)
+
+# Invariant: ``guildcore.context`` is the function, not the subpackage of the
+# same name. Importing a package sets it as an attribute of its parent only
+# the first time, i.e. here, before the next line rebinds the name; later
+# imports of ``guildcore.context.view`` and the like only touch the
+# subpackage's attributes. So keep this import eager (the package is cheap).
+from guildcore.context.current import current as context
+
+TYPE_CHECKING = False  # typing costs ~10 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from guildcore.cache.cached import cached
+    from guildcore.cache.tiers import TieredCache
+    from guildcore.config import Config, load_config
+    from guildcore.context.ref import ContextRef
+    from guildcore.engine.executor import Guild, GuildExecutor
+    from guildcore.errors import (
+        AgentDied,
+        AgentError,
+        CacheError,
+        ConfigError,
+        ContextError,
+        GuildError,
+        MemoryLimitExceeded,
+        PoolBroken,
+        SerializationError,
+        ShutdownError,
+        TaskCancelled,
+        TaskError,
+        TaskTimeout,
+    )
+
+_LAZY = {  # public name -> the module that defines it, imported on first use
+    "TieredCache": "guildcore.cache",
+    "cached": "guildcore.cache",
+    "Config": "guildcore.config",
+    "load_config": "guildcore.config",
+    "ContextRef": "guildcore.context.ref",
+    "Guild": "guildcore.engine.executor",
+    "GuildExecutor": "guildcore.engine.executor",
+    **dict.fromkeys(
+        (
+            "AgentDied",
+            "AgentError",
+            "CacheError",
+            "ConfigError",
+            "ContextError",
+            "GuildError",
+            "MemoryLimitExceeded",
+            "PoolBroken",
+            "SerializationError",
+            "ShutdownError",
+            "TaskCancelled",
+            "TaskError",
+            "TaskTimeout",
+        ),
+        "guildcore.errors",
+    ),
+}
 
 __all__ = [
     "AgentDied",
@@ -49,3 +98,16 @@ __all__ = [
     "context",
     "load_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -45,6 +45,7 @@ or moving large buffers (see ext 17). It imports nothing of guildcore's but
 from __future__ import annotations
 
 import enum
+import importlib
 import pickle
 import struct
 import threading
@@ -368,6 +369,10 @@ def encode_frame(kind: int, task_id: int, *fields: object) -> bytes:
 
 _DECODERS: dict[int, Callable[[bytes], object]] = {}  # ext code -> decoder, filled by register_ext
 _REGISTERED: dict[int, type] = {}  # ext code -> the class register_ext bound to it
+# ext code -> the module whose import registers it. ``import guildcore`` no
+# longer imports these, so an agent may decode a reference before anything in
+# its process imported the module: the first such decode imports it.
+_REGISTERED_BY = {EXT_CONTEXT_REF: "guildcore.context.ref"}
 
 
 def _make_ext_hook(allow_pickle: bool) -> Callable[[int, bytes], object]:
@@ -409,6 +414,9 @@ def _make_ext_hook(allow_pickle: bool) -> Callable[[int, bytes], object]:
                 )
             return pickle.loads(data)
         decoder = _DECODERS.get(code)
+        if decoder is None and code in _REGISTERED_BY:
+            importlib.import_module(_REGISTERED_BY[code])
+            decoder = _DECODERS.get(code)
         if decoder is None:
             raise SerializationError(
                 f"unknown msgpack ext type {code}; was it registered with register_ext?"

@@ -23,15 +23,12 @@ acting on settings (each room reads its own section).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, TypeVar
-
-import yaml
 
 from guildcore.config_values import (
     BOOL,
@@ -356,6 +353,8 @@ def _mapping(value: object, shown: str, origin: Origin) -> RawMap:
 
 
 def _unknown(shown: str, name: str, options: Sequence[str], origin: Origin) -> ConfigError:
+    import difflib  # only for this error's hint
+
     close = difflib.get_close_matches(name, options, n=1)
     fix = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(options)
     return ConfigError(
@@ -436,6 +435,8 @@ def _config_yaml_entries(path: str, source: str) -> Iterator[_Entry]:
 
 
 def _env_value(text: str) -> object:
+    import yaml  # ~20 ms; loaded by the first load_config, not by import
+
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

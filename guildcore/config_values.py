@@ -26,11 +26,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from guildcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml  # imported where used: ~20 ms that only reading a file needs
 
 __all__ = [
     "GB",
@@ -178,6 +179,8 @@ def render_scalar(value: object) -> str:
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(render_scalar(v) for v in value) + "]"
     if isinstance(value, str):
+        import yaml
+
         # Plain if YAML reads it back as the same string, else quoted.
         return value if value and yaml.safe_load(value) == value else f'"{value}"'
     return str(value)
@@ -354,6 +357,8 @@ def read_text(path: str, source: str) -> str:
 
 def read_yaml(text: str, source: str, first_line: int) -> object:
     """Parse YAML keeping key lines; ``first_line`` is the file line of the text's first line."""
+    import yaml
+
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -374,6 +379,8 @@ def read_yaml(text: str, source: str, first_line: int) -> object:
 
 
 def _from_node(node: yaml.Node, loader: yaml.SafeLoader, first_line: int) -> object:
+    import yaml
+
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolve `<<:` merge keys
         return RawMap(tuple(

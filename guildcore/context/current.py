@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
-from typing import Any
 
-from guildcore.context.ref import ContextRef
-from guildcore.context.view import TaskContext, attach
-from guildcore.errors import ContextError
+TYPE_CHECKING = False  # typing costs ~10 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from typing import Any
+
+    from guildcore.context.ref import ContextRef
+    from guildcore.context.view import TaskContext
+
+# This module is imported by ``import guildcore`` (it is ``guildcore.context()``),
+# so it imports nothing heavy at the top: the reader (``view``, which pulls in
+# the codec and msgpack) and ``errors`` (which pulls in concurrent.futures and
+# multiprocessing) load inside the functions that need them.
 
 _current: contextvars.ContextVar[Mapping[Any, Any] | None] = contextvars.ContextVar(
     "guildcore_context", default=None
@@ -36,6 +43,8 @@ def current() -> Mapping[Any, Any]:
     """The running task's context (``guildcore.context()``)."""
     view = _current.get()
     if view is None:
+        from guildcore.errors import ContextError
+
         raise ContextError("no context is shared: call g.share(mapping) first")
     return view
 
@@ -44,6 +53,8 @@ def current() -> Mapping[Any, Any]:
 def task_scope(ref: ContextRef | None) -> Iterator[TaskContext | None]:
     """Around one task in an agent: attach ``ref`` (cached), give the task a
     fresh copy-on-write overlay as its current context, and clear it after."""
+    from guildcore.context.view import attach
+
     overlay = None if ref is None else attach(ref).overlay()
     token = _current.set(overlay)
     try:
@@ -56,6 +67,8 @@ def enter_task_context(ref: ContextRef) -> contextvars.Token[Mapping[Any, Any] |
     """Agent, before a task: attach ``ref`` (cached per generation) and make a
     fresh copy-on-write overlay the task's context; pass the token to
     ``exit_task_context`` after the task, whatever its outcome."""
+    from guildcore.context.view import attach
+
     return _current.set(attach(ref).overlay())
 
 

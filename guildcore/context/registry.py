@@ -17,8 +17,6 @@ import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import psutil
-
 from guildcore.context import layout
 from guildcore.context.ref import ContextRef
 from guildcore.context.writer import SHM_DIR, ContextHandle, write_context
@@ -117,6 +115,8 @@ class ContextRegistry:
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
+    import psutil  # only the start-up sweep asks
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
