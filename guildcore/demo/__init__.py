@@ -19,7 +19,13 @@ import os
 import time
 from typing import Any
 
-from guildcore.demo.passes import DemoOptions, pool_pass, sequential_pass, write_changes
+from guildcore.demo.passes import (
+    DemoOptions,
+    evenly_spaced,
+    pool_pass,
+    sequential_pass,
+    write_changes,
+)
 
 __all__ = ["DemoOptions", "clear_store", "run_demo"]
 
@@ -47,7 +53,7 @@ def run_demo(opts: DemoOptions, *, write: bool = False) -> dict[str, Any]:
     from guildcore.demo.sources import SKIP_DIRS, discover
 
     t0 = time.perf_counter()
-    files = discover(opts.root)
+    files = evenly_spaced(discover(opts.root), opts.subset)
     clear_store(opts.cache_dir)
     seq = sequential_pass(opts, files)
     cold, indexes, outcomes = pool_pass("cold", opts, files)

@@ -29,7 +29,14 @@ from guildcore.demo.index import FileIndex, context_mapping, index_file, index_i
 from guildcore.demo.refactor import CHANGED, Outcome, refactor_file, refactor_path, rewrite_file
 from guildcore.demo.sources import SourceFile
 
-__all__ = ["DemoOptions", "PassResult", "pool_pass", "sequential_pass", "write_changes"]
+__all__ = [
+    "DemoOptions",
+    "PassResult",
+    "evenly_spaced",
+    "pool_pass",
+    "sequential_pass",
+    "write_changes",
+]
 
 T = TypeVar("T")
 
@@ -44,6 +51,7 @@ class DemoOptions:
     sample: int = 60  # files in the sequential sample; 0 = every file
     per_agent: str = "1GB"  # parsing a big module takes tens of MB; leave room
     progress: bool = True
+    subset: int = 0  # 0: every file; N: N files evenly spaced (benchmarks' quick mode)
 
 
 @dataclass
@@ -69,11 +77,17 @@ def _summarize(outcomes: Sequence[Outcome]) -> tuple[dict[str, int], int, str]:
     return dict(sorted(counts.items())), sum(n for _s, _h, n in outcomes), h.hexdigest()
 
 
+def evenly_spaced(files: Sequence[T], n: int) -> list[T]:
+    """``n`` items spread over ``files`` (all of them when ``n`` is 0 or too big)."""
+    if n <= 0 or n >= len(files):
+        return list(files)
+    step = len(files) / n
+    return [files[int(i * step)] for i in range(n)]
+
+
 def sequential_pass(opts: DemoOptions, files: Sequence[SourceFile]) -> PassResult:
     """Index and refactor a sample in this process; scale its time to all files by bytes."""
-    step = 1 if opts.sample <= 0 or opts.sample >= len(files) else len(files) / opts.sample
-    picked = sorted({int(i * step) for i in range(len(files)) if int(i * step) < len(files)})
-    sample = [files[i] for i in picked]
+    sample = evenly_spaced(files, opts.sample)
     t0 = time.perf_counter()
     outcomes = []
     for source in sample:
