@@ -11,6 +11,12 @@ never helps and every method stores the same payload):
 - ``get-miss``: a lookup of a key never written.
 - ``put``: one write (``TieredCache.set`` writes through all tiers).
 - ``put-batch``: ``TieredCache.set_many`` of 1000 values, per value.
+- ``refactor``: the CPU-bound refactor workload (``benchmarks.workloads.
+  refactor_file`` over every ``.py`` file of the running Python's standard
+  library, test folders excluded; every 8th file with ``--quick``) through
+  ``Guild(...).map(fn, files, cache=True)``: cold (an empty cache folder)
+  against warm (a new Guild over the same folder, so every hit is read from
+  disk). Target: warm at least 20x faster than cold, hit rate 100%.
 
 Medians of ``repeats`` batches; each batch times many operations and
 divides. Targets (100 B, through ``TieredCache``): hit from L3 under 6 us,
@@ -48,6 +54,9 @@ TARGETS_US = {
     ("put", "guildcore tiers"): 20.0,
     ("put-batch", "guildcore tiers set_many"): 5.0,
 }
+REFACTOR_AGENTS = 2
+REFACTOR_QUICK_STEP = 8  # --quick: every 8th file of the standard library
+REFACTOR_MIN_SPEEDUP = 20.0
 
 
 @dataclass
@@ -236,9 +245,59 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def measure_refactor(repeats: int, quick: bool) -> dict[str, Any]:
+    """Cold and warm wall times (s) of the refactor map with ``cache=True``.
+
+    Each repeat starts from an empty cache folder: one Guild computes and
+    stores every file (cold), then a new Guild over the same folder serves
+    every file from L3 (warm). Only the ``map`` call is timed; the Guilds are
+    started (and their agents warmed with one task) beforehand.
+    """
+    from benchmarks.workloads import refactor_file, stdlib_files
+    from guildcore import Guild
+
+    files = stdlib_files(REFACTOR_QUICK_STEP if quick else 1)
+    cold: list[float] = []
+    warm: list[float] = []
+    hit_rates: list[float] = []
+    for _ in range(repeats):
+        root = tempfile.mkdtemp(prefix="guild-bench-refactor-")
+        try:
+            caching = {"path": os.path.join(root, "cache")}
+            with Guild(max_agents=REFACTOR_AGENTS, caching=caching) as g:
+                g.map(abs, range(REFACTOR_AGENTS * 2))  # agents up before the clock starts
+                t0 = time.perf_counter()
+                expected = g.map(refactor_file, files, cache=True)
+                cold.append(time.perf_counter() - t0)
+            with Guild(max_agents=REFACTOR_AGENTS, caching=caching) as g:
+                g.map(abs, range(REFACTOR_AGENTS * 2))
+                t0 = time.perf_counter()
+                got = g.map(refactor_file, files, cache=True)
+                warm.append(time.perf_counter() - t0)
+                hit_rates.append(g.stats()["cache"]["hit_rate"])
+            if got != expected:
+                raise AssertionError("warm refactor results differ from the cold ones")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return {"files": len(files), "cold_s": cold, "warm_s": warm, "hit_rates": hit_rates}
+
+
+def format_refactor(result: dict[str, Any]) -> str:
+    cold, warm = statistics.median(result["cold_s"]), statistics.median(result["warm_s"])
+    speedup = cold / warm
+    mark = "ok" if speedup >= REFACTOR_MIN_SPEEDUP else "MISSED"
+    return (
+        f"refactor of {result['files']} stdlib files through Guild.map(cache=True): "
+        f"cold {cold:.3f} s, warm {warm * 1000:.2f} ms ({warm / result['files'] * 1e6:.1f} us "
+        f"per file), warm {speedup:.0f}x faster (target >= {REFACTOR_MIN_SPEEDUP:g}x {mark}); "
+        f"warm hit rates {result['hit_rates']}"
+    )
+
+
 def run(bench: Any) -> None:
     """Entry for ``python -m benchmarks``: one group per case and size, diskcache the baseline."""
-    repeats = 3 if getattr(bench, "quick", False) else 7
+    quick = bool(getattr(bench, "quick", False))
+    repeats = 3 if quick else 7
     rows = measure(repeats)
     groups = {(r.case, r.size) for r in rows if r.method == "diskcache"}
     for r in rows:
@@ -252,8 +311,16 @@ def run(bench: Any) -> None:
         )
     for (case, method), target in TARGETS_US.items():
         bench.note(f"target: {case} 100B via {method} under {target:g} µs")
+    refactor = measure_refactor(3, quick)
+    group = f"refactor {refactor['files']} files"
+    bench.record(group, "guildcore warm (new Guild, from L3)", refactor["warm_s"], unit="s")
+    bench.record(group, "guildcore cold (empty cache)", refactor["cold_s"], unit="s")
+    bench.note(format_refactor(refactor))
 
 
 if __name__ == "__main__":
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ.get("BENCH_REPEATS", "5"))
-    print(format_table(measure(repeats)))
+    if "--refactor-only" not in sys.argv:
+        print(format_table(measure(repeats)))
+    if "--no-refactor" not in sys.argv:
+        print(format_refactor(measure_refactor(3, "--quick" in sys.argv)))

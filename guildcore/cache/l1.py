@@ -53,9 +53,11 @@ class L1Cache:
         if not self.max_entries:
             return
         data = self._data
-        data.pop(ns_key, None)
-        while len(data) >= self.max_entries:
-            del data[next(iter(data))]
+        if ns_key in data:
+            del data[ns_key]  # re-inserted at the back: most recent
+        elif len(data) >= self.max_entries:
+            while len(data) >= self.max_entries:
+                del data[next(iter(data))]
         data[ns_key] = (value, expires)
 
     def delete(self, ns_key: NsKey) -> None:

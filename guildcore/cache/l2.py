@@ -47,23 +47,27 @@ class L2Cache:
 
     def entry(self, ns_key: NsKey, now: float) -> tuple[Any, float, int] | None:
         """``(value, expires, nbytes)`` of a live entry (marked most recent), else ``None``."""
-        entry = self._lru.get(ns_key)
-        if entry is None:
+        # ``in`` and ``[]`` are slot calls; ``LRU.get`` parses keyword arguments.
+        lru_ = self._lru
+        if ns_key not in lru_:
             return None
+        entry: tuple[Any, float, int] = lru_[ns_key]
         if entry[1] and entry[1] <= now:
             self.delete(ns_key)
             return None
         return entry
 
     def set(self, ns_key: NsKey, value: Any, expires: float, nbytes: int) -> None:
+        lru_ = self._lru
+        if ns_key in lru_:
+            self.nbytes -= lru_[ns_key][2]
+            del lru_[ns_key]
         if nbytes > self.max_bytes:
-            self.delete(ns_key)
             return
-        self.delete(ns_key)
-        self._lru[ns_key] = (value, expires, nbytes)
+        lru_[ns_key] = (value, expires, nbytes)  # may evict the least recent (callback)
         self.nbytes += nbytes
-        while self.nbytes > self.max_bytes and len(self._lru):
-            _, entry = self._lru.popitem(least_recent=True)
+        while self.nbytes > self.max_bytes and len(lru_):
+            _, entry = lru_.popitem(least_recent=True)
             self.nbytes -= entry[2]
 
     def delete(self, ns_key: NsKey) -> None:
