@@ -261,11 +261,17 @@ class Supervisor:
         ready = mp_connection.wait([self._wake_r, *owners], timeout)
         for obj in ready:
             if obj == self._wake_r:
-                self._wake_pending.clear()
+                # Race: read the bytes first, then clear the flag. The other
+                # order loses a wake-up: a caller that sets the flag and
+                # writes between the clear and the read has its byte swallowed
+                # while the flag stays set, so later callers write nothing and
+                # the loop sleeps on a non-empty inbox (streams, which post a
+                # credit per chunk, hit this within a few thousand chunks).
                 try:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
+                self._wake_pending.clear()
                 continue
             agent = owners[obj]
             if agent.state in (AgentState.DEAD, AgentState.STOPPED):
