@@ -160,10 +160,11 @@ class Ring:
                 f"bad ring reference (slot {slot}, {nbytes} bytes) in a CHUNK frame"
             )
         start = slot * self.slot_bytes
-        # A copy, not a view: measured here, copying 1 MiB out of a slot runs
-        # at ~11 GB/s (~90 us), far above the target rate, and a copy keeps the
-        # plain semantics (each item is an ordinary bytes object the consumer
-        # may keep) where a view would be overwritten window chunks later.
+        # A copy, not a view. Measured here end to end (1 GiB in 1 MiB chunks,
+        # window 4, a loaded 2-core VM): copying out streams 2.8 GB/s, handing
+        # out views 4.0 GB/s. The copy (~90 us per MiB, ~11 GB/s) keeps the
+        # plain semantics: each item is an ordinary bytes object the consumer
+        # may keep, where a view would be overwritten ``window`` chunks later.
         piece = view[start : start + nbytes]
         try:
             return bytearray(piece) if kind == RAW_BYTEARRAY else piece.tobytes()
