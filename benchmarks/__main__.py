@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import shlex
 import sys
 import time
 import traceback
@@ -85,7 +86,8 @@ def main(argv: Sequence[str] | None = None, *, package: str = "benchmarks") -> i
         json_path, md_path = write_results(bench, args.out)
         print(render_markdown(bench))
         print(f"({bench.elapsed_s:.1f} s; wrote {json_path} and {md_path})\n", flush=True)
-    index = write_index(args.out)
+    given = list(sys.argv[1:] if argv is None else argv)
+    index = write_index(args.out, command=shlex.join(["python", "-m", "benchmarks", *given]))
     print(f"index: {index}")
     if failed:
         print(f"failed suites: {', '.join(failed)}", file=sys.stderr)

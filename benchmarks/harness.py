@@ -300,8 +300,8 @@ def write_results(bench: Bench, out_dir: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-def write_index(out_dir: Path) -> Path:
-    """``latest.md``: the machine, then every suite's table found in ``out_dir``."""
+def write_index(out_dir: Path, command: str | None = None) -> Path:
+    """``latest.md``: the machine, the command that reproduces it, then every suite's table."""
     m = machine_info()
     lines = [
         "# Benchmark results",
@@ -309,8 +309,10 @@ def write_index(out_dir: Path) -> Path:
         f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['ram_gb']} GB RAM",
         f"- {m['implementation']} {m['python']} on {m['os']}; load average {m['load_1m']} when written",
         f"- written {m['date']}",
-        "",
     ]
+    if command:
+        lines.append(f"- reproduce: `{command}`")
+    lines.append("")
     for md in sorted(out_dir.glob("*.md")):
         if md.name == "latest.md":
             continue

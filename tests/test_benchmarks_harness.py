@@ -73,6 +73,7 @@ def test_runner_writes_tables_json_and_index(
     assert "- skipped missing peer: not installed" in md and "- quick=True repeat=3" in md
     index = (out / "latest.md").read_text()
     assert "machine:" in index and "## fake" in index
+    assert f"- reproduce: `python -m benchmarks fake --quick --out {out}`" in index
 
 
 def test_compare_interleaves_systems(fake_package: str, tmp_path: Path) -> None:
