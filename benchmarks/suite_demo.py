@@ -6,7 +6,7 @@ pool (2 agents, empty cache) and the warm rerun from the on-disk cache (new
 Guild); then the same per-file work (index, then refactor with the file's
 mentions passed along, no cache) through ``ProcessPoolExecutor`` and, if
 installed, joblib, each on 2 workers. Rounds are interleaved (A B C A B C).
-``--quick`` takes 120 evenly spaced stdlib files instead of all of them.
+``--quick`` takes 60 evenly spaced stdlib files instead of all of them.
 
 Wall times include starting and stopping each pool. The sequential loop
 is the reference; ratios below 1 are faster.
@@ -31,7 +31,7 @@ from guildcore.demo.sources import default_root, discover
 NAME = "demo"
 
 WORKERS = 2
-QUICK_FILES = 120
+QUICK_FILES = 60
 FULL_ROUNDS = 5  # a full round is some 15-30 s on 2 cores
 OLD, NEW = "result", "outcome"
 SEQUENTIAL = "sequential loop"

@@ -88,12 +88,17 @@ def evenly_spaced(files: Sequence[T], n: int) -> list[T]:
 def sequential_pass(opts: DemoOptions, files: Sequence[SourceFile]) -> PassResult:
     """Index and refactor a sample in this process; scale its time to all files by bytes."""
     sample = evenly_spaced(files, opts.sample)
+    from guildcore.engine.progress import Progress
+
+    bar = Progress(len(sample), enabled=opts.progress, label="sequential (in this process)")
     t0 = time.perf_counter()
     outcomes = []
     for source in sample:
         _defs, mentions, _error = index_file(index_item(opts.root, source))
         outcomes.append(refactor_path(opts.root, source.rel, opts.old, opts.new, mentions))
+        bar.advance()
     elapsed = time.perf_counter() - t0
+    bar.close()
     sample_bytes = sum(s.size for s in sample) or 1
     total_bytes = sum(s.size for s in files)
     counts, changes, digest = _summarize(outcomes)
