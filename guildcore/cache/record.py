@@ -43,8 +43,10 @@ import hashlib
 import hmac
 import math
 import struct
+import threading
 from typing import Any
 
+import msgpack
 import xxhash
 
 from guildcore import codec
@@ -94,6 +96,26 @@ _COMPRESS_SAMPLE_BYTES = 16 * 1024
 # (the bytes the codec would produce, one 1 MB copy fewer).
 _DIRECT_BYTES_MIN = 64 * 1024
 _BIN32 = struct.Struct(">BI")  # msgpack bin 32: 0xc6, then the length as a uint32
+
+# Scalars shorter than this are packed by one msgpack call here instead of
+# the codec's general path (1.1 us against 0.2 us for 100 bytes): they are
+# plain msgpack in the codec too, so the bytes are the same.
+_SCALAR_FAST_MAX_BYTES = 64 * 1024
+_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
+
+
+def _new_packer() -> Any:
+    return msgpack.Packer(use_bin_type=True, strict_types=True)
+
+
+class _Packer(threading.local):
+    """One packer per thread: a ``msgpack.Packer`` is not thread-safe."""
+
+    def __init__(self) -> None:
+        self.packer = _new_packer()
+
+
+_local = _Packer()
 
 _xxh3_64 = xxhash.xxh3_64_intdigest
 _xxh3_64_stream = xxhash.xxh3_64
@@ -173,7 +195,15 @@ def pack(
         digest = _xxh3_64_stream(prefix, seed=_xxh3_64(head + key))
         digest.update(value)
         return b"".join((head, _pack_checksum(digest.intdigest()), prefix, value))
-    payload, pickled = codec.encode_checked(value)
+    t = type(value)
+    if t in _SCALARS and ((t is not bytes and t is not str) or len(value) < _SCALAR_FAST_MAX_BYTES):
+        try:
+            payload, pickled = _local.packer.pack(value), False
+        except (UnicodeEncodeError, OverflowError):  # lone surrogates, ints over 64 bits
+            _local.packer = _new_packer()  # Invariant: a packer that raised is not reused
+            payload, pickled = codec.encode_checked(value)
+    else:
+        payload, pickled = codec.encode_checked(value)
     return _pack_payload(
         payload, pickled, flags, namespace, key, created, expires, secret, compress
     )

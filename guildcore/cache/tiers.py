@@ -213,8 +213,14 @@ class TieredCache:
             counts[3] += 1
             return default
         counts[2] += 1
-        self._promote(nk, *hit)
-        return hit[0]
+        value, expires, nbytes = hit
+        if nbytes > PROMOTE_ON_SECOND_READ_BYTES:
+            self._promote(nk, value, expires, nbytes)
+        else:  # _promote, inlined: this is the path of every first read from disk
+            with self._mem_lock:
+                self._l2.set(nk, value, expires, nbytes)
+            self._l1.set(nk, value, expires)
+        return value
 
     def _promote(self, nk: tuple[str, bytes], value: Any, expires: float, nbytes: int) -> None:
         """Put a value read from L3 into L2 (and L1 if small); big ones on their second read."""
@@ -311,7 +317,9 @@ class TieredCache:
             return
         policy = self._policy(namespace)
         pairs = items.items() if isinstance(items, Mapping) else items
-        rows = [(_norm(k), v) for k, v in pairs]
+        rows = [
+            (k if type(k) is bytes and len(k) <= MAX_KEY_BYTES else _norm(k), v) for k, v in pairs
+        ]
         now = self.clock()
         expires = self._expires(policy, ttl, now)
         if policy.persistent:
