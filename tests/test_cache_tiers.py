@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,3 +209,19 @@ def test_sweep_finds_namespace_ttl_entries_by_age(cache: TieredCache, clock: Fak
     cache.evict_memory()
     assert cache.get("routing", b"long") == "kept"
     assert cache.l3.stats()["namespaces"]["routing"]["entries"] == 1
+
+
+def test_big_values_enter_memory_on_their_second_read(cache: TieredCache) -> None:
+    big = os.urandom(6000)  # incompressible: stored over PROMOTE_ON_SECOND_READ_BYTES
+    cache.set("result", b"big", big)
+    cache.set("result", b"small", b"s")
+    cache.evict_memory()
+    nk = ("result", b"big")
+    assert cache.get("result", b"big") == big  # first read: from L3, not kept
+    assert cache._l2.get(nk, 0) is MISS and cache._l1.get(nk, 0) is MISS
+    assert cache.get("result", b"big") == big  # second read: kept in L2 and L1
+    assert cache._l2.get(nk, 0) == big and cache._l1.get(nk, 0) == big
+    assert cache.get("result", b"small") == b"s"  # small values on their first read
+    assert cache._l1.get(("result", b"small"), 0) == b"s"
+    ns = cache.stats()["namespaces"]["result"]
+    assert (ns["l1"]["hits"], ns["l2"]["hits"], ns["l3"]["hits"]) == (0, 0, 3)
