@@ -14,6 +14,9 @@ Data flow::
                       └──── promote ─────┴──── promote ───┘
     set(ns, key, v) ──► encode + L3 write ──► L2 ──► L1   (session namespaces skip L3)
 
+A value over ``PROMOTE_ON_SECOND_READ_BYTES`` (4 kB) stored in L3 is promoted
+on its second read from L3, not its first (see the constant for why).
+
 L1 and L2 are per process: an entry deleted or invalidated by another agent
 stays visible here until it expires or is evicted from memory. L3 is opened
 lazily, in the process that first needs it (never inherited across fork;
