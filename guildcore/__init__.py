@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from guildcore.config import Config, load_config
     from guildcore.context.ref import ContextRef
     from guildcore.engine.executor import Guild, GuildExecutor
+    from guildcore.engine.shmbuf import ResultStream
     from guildcore.errors import (
         AgentDied,
         AgentError,
@@ -54,6 +55,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "ContextRef": "guildcore.context.ref",
     "Guild": "guildcore.engine.executor",
     "GuildExecutor": "guildcore.engine.executor",
+    "ResultStream": "guildcore.engine.shmbuf",
     **dict.fromkeys(
         (
             "AgentDied",
@@ -87,6 +89,7 @@ __all__ = [
     "GuildExecutor",
     "MemoryLimitExceeded",
     "PoolBroken",
+    "ResultStream",
     "SerializationError",
     "ShutdownError",
     "TaskCancelled",
