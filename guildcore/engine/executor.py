@@ -70,6 +70,12 @@ except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
 
     atexit.register(_shutdown_all_at_exit)
 
+# Fork-safety: a child forked while a Guild is live (a fork-context pool of
+# another library, a bare os.fork) inherits _live but not the supervisor
+# threads, so at its exit _shutdown_all_at_exit would wait for them forever.
+# Those Guilds belong to the parent.
+os.register_at_fork(after_in_child=_live.clear)
+
 
 def _settings_from(config: Config) -> SupervisorSettings:
     pool, lim = config.pool, config.limits
