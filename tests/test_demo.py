@@ -156,8 +156,11 @@ def test_cold_then_warm(
     assert report["write"] is None and snapshot(root) == before
 
     # A second run clears the demo's cache first: cold again.
-    again = run_json(demo_args(root, tmp_path), capsys)
+    again = run_json([*demo_args(root, tmp_path), "--sample", "5"], capsys)
     assert [p["hit_rate"] for p in again["passes"][1:]] == [0.0, 1.0]
+    seq = again["passes"][0]
+    assert (seq["extrapolated"], seq["sample_files"], seq["files"]) == (True, 5, 30)
+    assert seq["wall_s"] > 0 and seq["digest"] == ""  # a sample's digest compares to nothing
 
 
 def test_write_twice(

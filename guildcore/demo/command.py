@@ -37,8 +37,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--agents", type=int, metavar="N", help="agents in the pool (default: usable CPUs)"
     )
     parser.add_argument(
-        "--sample", type=int, default=60, metavar="N",
-        help="files timed sequentially, then extrapolated (0: every file; default: 60)",
+        "--sample", type=int, default=100, metavar="N",
+        help="files timed sequentially, then extrapolated (0: every file; default: 100)",
     )  # fmt: skip
     parser.add_argument(
         "--write", action="store_true", help="rewrite changed files (atomically) in place"

@@ -17,9 +17,10 @@ This module does not print; ``report`` does.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,7 +49,7 @@ class DemoOptions:
     new: str
     cache_dir: str
     agents: int | None = None  # None: the configured pool.max_agents (usable CPUs)
-    sample: int = 60  # files in the sequential sample; 0 = every file
+    sample: int = 100  # files in the sequential sample; 0 = every file
     per_agent: str = "1GB"  # parsing a big module takes tens of MB; leave room
     progress: bool = True
     subset: int = 0  # 0: every file; N: N files evenly spaced (benchmarks' quick mode)
@@ -86,26 +87,42 @@ def evenly_spaced(files: Sequence[T], n: int) -> list[T]:
 
 
 def sequential_pass(opts: DemoOptions, files: Sequence[SourceFile]) -> PassResult:
-    """Index and refactor a sample in this process; scale its time to all files by bytes."""
-    sample = evenly_spaced(files, opts.sample)
+    """Index and refactor a sample in this process; scale each step's time up to all files.
+
+    Indexing costs in proportion to the bytes of every file; refactoring in
+    proportion to the bytes of the files that mention OLD (the rest are
+    skipped). A quick scan of every file for OLD (timed, and counted) finds
+    those bytes, so a sample heavy in big mentioning files does not skew
+    the estimate.
+    """
     from guildcore.engine.progress import Progress
 
-    bar = Progress(len(sample), enabled=opts.progress, label="sequential (in this process)")
+    sample = evenly_spaced(files, opts.sample)
+    full = len(sample) == len(files)
     t0 = time.perf_counter()
+    word = re.compile(rb"\b" + re.escape(opts.old.encode()) + rb"\b")
+    mentioning = {s.rel for s in files if not full and _mentions(opts.root, s.rel, word)}
+    scan_s = time.perf_counter() - t0
+    bar = Progress(len(sample), enabled=opts.progress, label="sequential (in this process)")
+    index_s = refactor_s = 0.0
     outcomes = []
     for source in sample:
+        t1 = time.perf_counter()
         _defs, mentions, _error = index_file(index_item(opts.root, source))
+        t2 = time.perf_counter()
         outcomes.append(refactor_path(opts.root, source.rel, opts.old, opts.new, mentions))
+        index_s, refactor_s = index_s + t2 - t1, refactor_s + time.perf_counter() - t2
         bar.advance()
-    elapsed = time.perf_counter() - t0
     bar.close()
-    sample_bytes = sum(s.size for s in sample) or 1
-    total_bytes = sum(s.size for s in files)
     counts, changes, digest = _summarize(outcomes)
-    full = len(sample) == len(files)
+    if full:
+        wall = index_s + refactor_s
+    else:
+        wall = scan_s + index_s * _ratio(files, sample, lambda s: True)
+        wall += refactor_s * _ratio(files, sample, lambda s: s.rel in mentioning)
     return PassResult(
         name="sequential",
-        wall_s=elapsed if full else elapsed * total_bytes / sample_bytes,
+        wall_s=wall,
         files=len(files),
         extrapolated=not full,
         sample_files=len(sample),
@@ -113,6 +130,22 @@ def sequential_pass(opts: DemoOptions, files: Sequence[SourceFile]) -> PassResul
         changes=changes,
         digest=digest if full else "",
     )
+
+
+def _mentions(root: str, rel: str, word: re.Pattern[bytes]) -> bool:
+    try:
+        with open(os.path.join(root, rel), "rb") as f:
+            return word.search(f.read()) is not None
+    except OSError:
+        return False
+
+
+def _ratio(
+    files: Sequence[SourceFile], sample: Sequence[SourceFile], keep: Callable[[SourceFile], bool]
+) -> float:
+    """Bytes of the kept files over the bytes of the kept sampled files (1 if none sampled)."""
+    sampled = sum(s.size for s in sample if keep(s))
+    return sum(s.size for s in files if keep(s)) / sampled if sampled else 1.0
 
 
 def _guild(opts: DemoOptions) -> Any:
