@@ -1,0 +1,218 @@
+"""Start-up: a fresh interpreter's first result, and idle memory after one task.
+
+For each system, a fresh interpreter runs a small program: import the
+system, create its pool (2 workers/agents), submit one trivial task
+(``workloads.ping``), and write a line when the result is back. The suite
+times from launching the interpreter to reading that line, and subtracts the
+median of the same measurement for a bare ``python`` that writes the line at
+once: what remains is what the system adds before the first result.
+
+Then, with the pool idle (``SETTLE_S`` after the task), it reads ``RssAnon``
+(private memory) and ``VmRSS`` from ``/proc/PID/status`` for the parent and
+each worker/agent. Workers are the leaf processes under the parent; helpers
+(a forkserver, resource trackers) are listed apart. Pools that start
+workers lazily may show one worker (Guild starts ``min_agents=1``).
+
+Targets: Guild's first result under 150 ms after interpreter start (net of
+bare interpreter start: reported both ways), idle agent private memory under
+8 MB.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import pools
+from benchmarks.harness import Bench
+
+NAME = "startup"
+
+REPO = Path(__file__).resolve().parent.parent
+SETTLE_S = 0.5
+FIRST_RESULT_TARGET_MS = 150.0
+AGENT_PRIVATE_TARGET_MB = 8.0
+
+_FIRST: dict[str, tuple[str, str, str]] = {
+    # setup (import + pool), first call, worker pids expression (None: find leaves)
+    "multiprocessing.Pool": (
+        "import multiprocessing\npool = multiprocessing.Pool(2)",
+        "pool.apply(workloads.ping, (1,))",
+        "pool.close(); pool.join()",
+    ),
+    "ProcessPoolExecutor": (
+        "import concurrent.futures\npool = concurrent.futures.ProcessPoolExecutor(2)",
+        "pool.submit(workloads.ping, 1).result()",
+        "pool.shutdown()",
+    ),
+    "joblib": (
+        "import joblib\npool = joblib.Parallel(n_jobs=2)",
+        "pool([joblib.delayed(workloads.ping)(1)])",
+        "",
+    ),
+    "loky": (
+        "import loky\npool = loky.get_reusable_executor(max_workers=2)",
+        "pool.submit(workloads.ping, 1).result()",
+        "pool.shutdown()",
+    ),
+    "mpire": (
+        "import mpire\npool = mpire.WorkerPool(n_jobs=2, keep_alive=True); pool.__enter__()",
+        "pool.map(workloads.ping, [1])",
+        "pool.__exit__(None, None, None)",
+    ),
+    "guildcore Guild": (
+        "import guildcore\npool = guildcore.Guild(max_agents=2)",
+        "pool.submit(workloads.ping, 1).result()",
+        "pool.shutdown()",
+    ),
+    "guildcore GuildExecutor": (
+        "import guildcore\npool = guildcore.GuildExecutor(max_workers=2)",
+        "pool.submit(workloads.ping, 1).result()",
+        "pool.shutdown()",
+    ),
+}
+
+BARE = "bare python"
+
+
+def _program(system: str) -> str:
+    if system == BARE:
+        return "import sys\nsys.stdout.write('first\\n'); sys.stdout.flush()\nsys.stdin.readline()\n"
+    setup, call, stop = _FIRST[system]
+    return "\n".join(
+        [
+            "import sys",
+            "from benchmarks import workloads",
+            setup,
+            call,
+            "sys.stdout.write('first\\n'); sys.stdout.flush()",
+            "sys.stdin.readline()",
+            stop,
+            "",
+        ]
+    )
+
+
+def _status(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("RssAnon", "VmRSS"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _descendants(pid: int) -> tuple[list[int], list[int]]:
+    """(workers, helpers) under ``pid``: leaves that are not trackers are workers."""
+    import psutil
+
+    workers, helpers = [], []
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return [], []
+    for p in kids:
+        try:
+            cmd = " ".join(p.cmdline())
+            has_children = bool(p.children())
+        except psutil.Error:
+            continue
+        if "resource_tracker" in cmd or "semaphore_tracker" in cmd or has_children:
+            helpers.append(p.pid)
+        else:
+            workers.append(p.pid)
+    return workers, helpers
+
+
+def _one(system: str) -> tuple[float, dict[str, float]]:
+    """Launch-to-first-result in ms, and memory figures in MB."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _program(system)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    line = proc.stdout.readline()
+    first_ms = (time.perf_counter() - t0) * 1000
+    if line.strip() != "first":
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{system}: the start-up program failed")
+    mem: dict[str, float] = {}
+    if system != BARE:
+        time.sleep(SETTLE_S)
+        workers, helpers = _descendants(proc.pid)
+        parent = _status(proc.pid)
+        mem["parent private"] = parent.get("RssAnon", 0) / 2**20
+        mem["parent rss"] = parent.get("VmRSS", 0) / 2**20
+        ws = [_status(w) for w in workers]
+        ws = [w for w in ws if w]
+        if ws:
+            mem["worker private"] = statistics.median(w.get("RssAnon", 0) for w in ws) / 2**20
+            mem["worker rss"] = statistics.median(w.get("VmRSS", 0) for w in ws) / 2**20
+        mem["workers"] = len(ws)
+        mem["helpers private"] = sum(_status(h).get("RssAnon", 0) for h in helpers) / 2**20
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.stdin.close()
+    proc.wait(timeout=60)
+    return first_ms, mem
+
+
+def run(bench: Bench) -> None:
+    systems = [s.name for s in pools.systems() if bench.available(s.module, s.name)]
+    rounds = 5 if bench.quick else 11
+    bench.note(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    first: dict[str, list[float]] = {name: [] for name in [BARE, *systems]}
+    mems: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
+    for name in first:  # warm the page cache and .pyc files
+        _one(name)
+    for _ in range(rounds):
+        for name in first:
+            ms, mem = _one(name)
+            first[name].append(ms)
+            if mem:
+                mems[name].append(mem)
+    bare = statistics.median(first[BARE])
+    for name, values in first.items():
+        bench.record("launch to first result", name, values, unit="ms", baseline=BARE)
+    for name in systems:
+        bench.record("first result, net of bare interpreter", name, [v - bare for v in first[name]], unit="ms")
+    for key in ("parent private", "worker private", "parent rss", "worker rss", "helpers private"):
+        for name in systems:
+            values = [m[key] for m in mems[name] if key in m]
+            if values:
+                count = statistics.median(m.get("workers", 0) for m in mems[name])
+                note = f"{count:g} worker(s) alive" if key.startswith("worker") else ""
+                bench.record(f"idle {key} memory", name, values, unit="MB", note=note)
+    g = bench.groups["launch to first result"]
+    ours = "guildcore Guild"
+    if ours in g.samples:
+        total = g.median(ours)
+        net = total - bare
+        bench.note(
+            f"Guild first result {total:.0f} ms after launch ({net:.0f} ms net of a bare interpreter's "
+            f"{bare:.0f} ms); target < {FIRST_RESULT_TARGET_MS:.0f} ms: "
+            f"{'met' if total < FIRST_RESULT_TARGET_MS else 'met net of interpreter start only' if net < FIRST_RESULT_TARGET_MS else 'MISSED'}"
+        )
+    wg = bench.groups.get("idle worker private memory")
+    if wg is not None and ours in wg.samples:
+        mb = wg.median(ours)
+        bench.note(
+            f"Guild idle agent private memory {mb:.1f} MB; target < {AGENT_PRIVATE_TARGET_MB:.0f} MB: "
+            f"{'met' if mb < AGENT_PRIVATE_TARGET_MB else 'MISSED'}"
+        )
+    bench.note(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
