@@ -32,16 +32,19 @@ import signal
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from guildcore import codec
 from guildcore.codec import Kind
-from guildcore.engine import limits, shmbuf
+from guildcore.engine import limits
 from guildcore.engine.functions import FnSpec, FunctionCache
 from guildcore.errors import SerializationError, TaskTimeout
+
+if TYPE_CHECKING:
+    # Imported where used: only big results and streams need shared memory,
+    # and its imports (secrets, hashlib) cost every agent ~0.7 MB.
+    from guildcore.engine import shmbuf
 
 # Task modes: how the payload of a TASK frame is applied to the function.
 MODE_CALL = 0  # payload = [args, kwargs]          -> fn(*args, **kwargs)
@@ -55,16 +58,20 @@ FLAG_TIMEOUT = 2  # TaskTimeout raised inside the task
 FLAG_CANCELLED = 4  # a stream was cancelled by the supervisor
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    """What an agent needs at start; pickled once into the new process."""
+class AgentSettings(NamedTuple):
+    """What an agent needs at start; pickled once into the new process.
+
+    A NamedTuple rather than a dataclass: ``dataclasses`` imports
+    ``inspect``, ``ast`` and ``tokenize``, ~2.5 MB of private memory in
+    every agent for this one record.
+    """
 
     agent_id: int
     limit_bytes: int | None = None
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     preload: tuple[str, ...] = ()
-    cache_env: dict[str, str] = field(default_factory=dict)
+    cache_env: Mapping[str, str] | None = None
     forked: bool = False  # started with the fork method: memory inherited from the supervisor
     # Results encoding to more than this many bytes travel through a
     # shared-memory segment named after the supervisor (shmbuf.result_name).
@@ -287,6 +294,8 @@ class Agent:
 
     def _send_big_result(self, task_id: int, result: Any, frame: bytes | None) -> bool:
         """Send a big result through shared memory; False to fall back to the pipe."""
+        from guildcore.engine import shmbuf
+
         fields = shmbuf.write_result(self.settings.supervisor_pid, task_id, result, frame)
         if fields is None:
             return False
@@ -299,6 +308,8 @@ class Agent:
         # payload = [args, kwargs] or [args, kwargs, ring]: the supervisor adds
         # its shared-memory ring for big chunks (see shmbuf.Ring).
         args, kwargs = payload[0], payload[1]
+        from guildcore.engine import shmbuf
+
         ring = shmbuf.RingWriter(payload[2] if len(payload) > 2 else None)
         index = 0
         gen: Iterator[Any] | None = None
@@ -363,6 +374,8 @@ class Agent:
 
         Called only with a credit in hand, so the value's slot is free.
         """
+        from guildcore.engine import shmbuf
+
         kind = ring.fits(value)
         if kind != shmbuf.RAW_NONE:
             where = ring.write(index, value)
@@ -387,6 +400,8 @@ class Agent:
                 self.control.lock.wait()
 
     def _send_error(self, task_id: int, exc: BaseException, fn_name: str, *, flags: int) -> None:
+        import traceback  # only on failures: agents that never fail never load it
+
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         exc.__traceback__ = None
         type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
@@ -447,7 +462,7 @@ def _drop_forkserver_alive_fd() -> None:
     try:
         from multiprocessing import forkserver
 
-        server = forkserver._forkserver  # type: ignore[attr-defined]
+        server = forkserver._forkserver
         fd = getattr(server, "_forkserver_alive_fd", None)
         if fd is not None:
             setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the stdlib
@@ -464,7 +479,7 @@ def agent_main(conn: Any, settings: AgentSettings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_parent_death_signal()
     limits.apply_hard_cap(settings.limit_bytes)
-    for key, value in settings.cache_env.items():
+    for key, value in (settings.cache_env or {}).items():
         os.environ[key] = value
     agent = Agent(conn, settings)
     try:

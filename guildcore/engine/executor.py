@@ -713,8 +713,14 @@ class GuildExecutor(Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         self._guild._check_open()
-        items = list(zip(*iterables, strict=False))
-        tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP)
+        if len(iterables) == 1:
+            # One iterable: items travel as themselves, not as 1-tuples, which
+            # the codec would encode one ext each (about 10x slower on ints).
+            items: list[Any] = list(iterables[0])
+            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_MAP)
+        else:
+            items = list(zip(*iterables, strict=False))
+            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP)
         self._guild._supervisor.submit(tasks)
         return _chained_results(tasks, timeout)
 

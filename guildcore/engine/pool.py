@@ -110,7 +110,7 @@ class AgentStarter:
         if start_method == "forkserver":
             # Preloading only takes effect before the forkserver first starts;
             # afterwards the modules are imported by each agent on first use.
-            self.ctx.set_forkserver_preload(["guildcore.engine.agent", *preload])  # type: ignore[attr-defined]
+            self.ctx.set_forkserver_preload(["guildcore.engine.agent", *preload])
         self.limit_bytes = limit_bytes
         self.initializer = initializer
         self.initargs = initargs
