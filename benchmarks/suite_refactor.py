@@ -69,7 +69,7 @@ def run(bench: Bench) -> None:
         bench.record("refactor, warm, defaults", name, values, unit="s", baseline=LOOP)
     loop = statistics.median(samples[LOOP])
     speedups = {name: loop / statistics.median(v) for name, v in samples.items() if name != LOOP}
-    for name, sp in speedups.items():
+    for name in speedups:
         bench.record("speedup over the loop", name, [loop / v for v in samples[name]], unit="x", baseline=None)
     ours = speedups.get("guildcore Guild")
     if ours is not None:

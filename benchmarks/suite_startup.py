@@ -175,6 +175,7 @@ def _one(system: str) -> tuple[float, dict[str, float]]:
 def run(bench: Bench) -> None:
     systems = [s.name for s in pools.systems() if bench.available(s.module, s.name)]
     rounds = 5 if bench.quick else 11
+    bench.note(pools.compile_bytecode())
     bench.note(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     first: dict[str, list[float]] = {name: [] for name in [BARE, *systems]}
     mems: dict[str, list[dict[str, float]]] = {name: [] for name in systems}

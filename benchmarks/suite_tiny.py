@@ -167,6 +167,7 @@ def run(bench: Bench) -> None:
     finally:
         for s in live:
             s.stop()
+    bench.note(pools.compile_bytecode())
     for n in SIZES:
         _cold(bench, live, n, best[n])
         _verdict(bench, n)
