@@ -23,20 +23,21 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from guildcore.cache import TieredCache
 from guildcore.config import Config, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
-from guildcore.engine.resultcache import MISS, ResultCache
 from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings, Task
 from guildcore.errors import ConfigError, ShutdownError
+
+if TYPE_CHECKING:
+    from guildcore.engine.resultcache import ResultCache
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -219,6 +220,11 @@ class Guild:
     def _result_cache(self) -> ResultCache:
         with self._results_lock:
             if self._results is None:
+                # Imported on first use: the cache stores (lmdb, xxhash) cost
+                # ~60 ms of import, which a Guild that never caches skips.
+                from guildcore.cache import TieredCache
+                from guildcore.engine.resultcache import ResultCache
+
                 self._results = ResultCache(TieredCache.from_config(self.config))
             return self._results
 
@@ -256,6 +262,8 @@ class Guild:
             rc = self._result_cache()
             item_keys = rc.keys_for(fn, MODE_CALL, [payload], self._context_digest)
             hit = rc.lookup(item_keys)[0]
+            from guildcore.engine.resultcache import MISS
+
             if hit is not MISS:
                 done: Future[R] = Future()
                 done.set_result(hit)
@@ -375,6 +383,8 @@ class Guild:
         rc = self._result_cache()
         item_keys = rc.keys_for(fn, mode, items, self._context_digest)
         out = rc.lookup(item_keys)
+        from guildcore.engine.resultcache import MISS
+
         todo = [i for i, value in enumerate(out) if value is MISS]
         if not todo:
             return out
