@@ -50,6 +50,12 @@ _DEFAULT: Any = object()  # "use the configured value" (None means "none")
 _CHUNKS_PER_AGENT = 16
 # imap over an input of unknown length: target run time of one chunk.
 _TARGET_CHUNK_S = 0.02
+# map(chunksize='auto') chunks are guided: each takes 1/(agents * this) of the
+# items still unchunked, never fewer than the auto size. Tiny items then go
+# in a dozen chunks instead of agents * _CHUNKS_PER_AGENT (per-chunk costs
+# dominate there), and the last chunks stay small so that agents finish
+# together on uneven work.
+_GUIDED_SHARE = 2
 _MAX_AUTO_CHUNK = 8192
 
 _live: weakref.WeakSet[Guild] = weakref.WeakSet()
@@ -282,12 +288,18 @@ class Guild:
         return max(1, min(_MAX_AUTO_CHUNK * 4, math.ceil(n / (agents * _CHUNKS_PER_AGENT))))
 
     def _chunk_tasks(
-        self, fn: Callable[..., Any], items: list[Any], chunksize: int, mode: int, **opts: Any
+        self, fn: Callable[..., Any], items: list[Any], chunksize: int, mode: int, *, guided: bool = False, **opts: Any
     ) -> list[Task]:
+        """Chunks of ``chunksize`` items; ``guided``: larger first, down to ``chunksize`` at the end."""
         tasks = []
-        for start in range(0, len(items), chunksize):
-            chunk = items[start : start + chunksize]
+        n = len(items)
+        share = max(1, self._settings.max_agents) * _GUIDED_SHARE
+        start = 0
+        while start < n:
+            size = max(chunksize, -(-(n - start) // share)) if guided else chunksize
+            chunk = items[start : start + size]
             tasks.append(self._make_task(fn, mode, chunk, n_items=len(chunk), **opts))
+            start += size
         return tasks
 
     def map(
@@ -348,7 +360,9 @@ class Guild:
         if cache:
             return self._map_cached(fn, items, mode, chunksize, progress, priority, timeout, retries)
         size = self._resolve_chunksize(chunksize, len(items))
-        tasks = self._chunk_tasks(fn, items, size, mode, priority=priority, timeout=timeout, retries=retries)
+        tasks = self._chunk_tasks(
+            fn, items, size, mode, guided=chunksize == "auto", priority=priority, timeout=timeout, retries=retries
+        )
         return self._gather(tasks, Progress(len(items), enabled=progress, label=describe(fn)))
 
     def _gather(self, tasks: list[Task], bar: Progress) -> list[Any]:
