@@ -87,18 +87,31 @@ def _check_free_space(needed: int) -> None:
         )
 
 
-def _copy_buffer(buf: memoryview, offset: int, kind: Kind, value: Any, nbytes: int) -> None:
-    """One memcpy-speed copy of a raw value into the segment."""
-    if nbytes == 0:
-        return
+def _raw_bytes(kind: Kind, value: Any) -> memoryview:
+    """The bytes of a raw value, in segment order (C order for arrays), without a copy."""
     if kind is Kind.NDARRAY:
         import numpy as np
 
-        dst = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=offset)
-        dst[...] = value.reshape(-1).view(np.uint8)
-        del dst  # Invariant: no export of the segment outlives the write
-    else:
-        buf[offset : offset + nbytes] = value
+        return memoryview(value.reshape(-1).view(np.uint8))
+    return memoryview(value).cast("B")
+
+
+def _write_buffer(fd: int, buf: memoryview, offset: int, data: memoryview) -> None:
+    """Copy one raw value into the segment: ``pwrite`` on its descriptor, else through the mapping.
+
+    ``pwrite`` lets tmpfs allocate the pages without a page fault per 4 KB
+    that a copy through the fresh mapping takes: 256 MB in ~100 ms instead
+    of ~240 ms. Hosts whose shared memory refuses ``write`` (macOS) copy.
+    """
+    done = 0
+    if fd >= 0:
+        try:
+            while done < len(data):  # Linux writes at most ~2 GB per call
+                done += os.pwrite(fd, data[done:], offset + done)
+            return
+        except OSError:
+            pass
+    buf[offset + done : offset + len(data)] = data[done:]
 
 
 def _build_index(hashes: array[int], slots: int) -> array[int]:
@@ -226,12 +239,25 @@ def write_context(
         del entries
         buf[blobs_off : blobs_off + blobs_len] = b"".join(parts)
         del parts
+        # The content digest covers all but the header (which holds generation
+        # and pid): equal mappings give equal digests across runs, so results
+        # cached against a context survive a restart. It is the xxh3_128 of
+        # buf[HEADER_SIZE:used], streamed from the source buffers rather than
+        # read back from the segment (~25 ms for 256 MB, no page faults).
+        hasher = xxhash.xxh3_128(buf[layout.HEADER_SIZE : buffers_off])
+        fd = getattr(shm, "_fd", -1)  # SharedMemory's descriptor (POSIX); -1: copy instead
+        pos = buffers_off
         for i, kind, buffer, nbytes in raws:
-            _copy_buffer(buf, value_offs[i], kind, buffer, nbytes)
-        # The content digest (all but the header, which holds generation and
-        # pid): equal mappings give equal digests across runs, so results
-        # cached against a context survive a restart. ~25 ms for 256 MB.
-        digest = xxhash.xxh3_128_digest(buf[layout.HEADER_SIZE : used])
+            if nbytes == 0:
+                continue
+            hasher.update(bytes(value_offs[i] - pos))  # alignment padding: zeros
+            data = _raw_bytes(kind, buffer)
+            _write_buffer(fd, buf, value_offs[i], data)
+            hasher.update(data)
+            del data  # Invariant: no export of the value outlives the write
+            pos = value_offs[i] + nbytes
+        hasher.update(bytes(used - pos))
+        digest = hasher.digest()
         del buf
         # The supervisor keeps no mapping: agents map it, the handle only needs the name.
         shm.close()
