@@ -21,9 +21,11 @@ bare interpreter start: reported both ways), idle agent private memory under
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,13 +134,13 @@ def _descendants(pid: int) -> tuple[list[int], list[int]]:
     return workers, helpers
 
 
-def _one(system: str) -> tuple[float, dict[str, float]]:
+def _one(system: str, cwd: str) -> tuple[float, dict[str, float]]:
     """Launch-to-first-result in ms, and memory figures in MB."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", _program(system)],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -179,14 +181,19 @@ def run(bench: Bench) -> None:
     bench.note(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     first: dict[str, list[float]] = {name: [] for name in [BARE, *systems]}
     mems: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
+    # An empty working directory: guildcore reads .guild/ config from the
+    # working directory, and this repository's own (YAML) would be timed too.
+    cwd = tempfile.mkdtemp(prefix="guild-bench-startup-")
+    bench.note("programs run in an empty temporary directory (no .guild/ config to read)")
     for name in first:  # warm the page cache and .pyc files
-        _one(name)
+        _one(name, cwd)
     for _ in range(rounds):
         for name in first:
-            ms, mem = _one(name)
+            ms, mem = _one(name, cwd)
             first[name].append(ms)
             if mem:
                 mems[name].append(mem)
+    shutil.rmtree(cwd, ignore_errors=True)
     bare = statistics.median(first[BARE])
     for name, values in first.items():
         bench.record("launch to first result", name, values, unit="ms", baseline=BARE)
