@@ -32,7 +32,7 @@ def test_map_with_timeout_and_chunksize() -> None:
         with pytest.raises(ValueError, match="chunksize must be >= 1"):
             ex.map(faults.inc, [1], chunksize=0)
         with pytest.raises(TimeoutError):
-            list(ex.map(faults.sleep_then, [5.0], ["late"], timeout=0.05))
+            list(ex.map(faults.sleep_then, [1.0], ["late"], timeout=0.05))
 
 
 def test_runtime_error_after_shutdown() -> None:
