@@ -33,7 +33,8 @@ from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
 from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
-from guildcore.engine.supervisor import Supervisor, SupervisorSettings, Task
+from guildcore.engine.supervisor import Supervisor, SupervisorSettings
+from guildcore.engine.task import Task
 from guildcore.errors import ConfigError, ShutdownError
 
 if TYPE_CHECKING:

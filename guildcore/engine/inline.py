@@ -15,7 +15,7 @@ from guildcore.engine.functions import FunctionCache
 from guildcore.errors import RemoteTraceback
 
 if TYPE_CHECKING:
-    from guildcore.engine.supervisor import Task
+    from guildcore.engine.task import Task
 
 _functions = FunctionCache()
 

@@ -21,7 +21,7 @@ from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transit
 from guildcore.errors import format_bytes
 
 if TYPE_CHECKING:
-    from guildcore.engine.supervisor import Task
+    from guildcore.engine.task import Task
 
 START_METHODS = ("forkserver", "fork", "spawn")
 

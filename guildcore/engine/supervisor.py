@@ -46,8 +46,8 @@ from guildcore.codec import Kind
 from guildcore.engine import dispatch, limits, scaling, shmbuf
 from guildcore.engine.agent import FLAG_MEMORY, FLAG_TIMEOUT, MODE_STREAM
 from guildcore.engine.pool import AgentHandle, AgentStarter, StartFailed
-from guildcore.engine.states import AgentState, TaskState, check_transition
-from guildcore.engine.stream import StreamState
+from guildcore.engine.states import AgentState, TaskState
+from guildcore.engine.task import ENDED, Task, budget
 from guildcore.errors import (
     AgentDied,
     GuildError,
@@ -72,43 +72,6 @@ _KILL_GRACE_S = 1.0
 _MAX_START_FAILURES = 3
 # How long shutdown waits for an agent to exit after SHUTDOWN before killing it.
 _STOP_DEADLINE_S = 5.0
-
-
-@dataclass(eq=False)
-class Task:
-    """One submitted unit of work (a call, or a chunk of a map)."""
-
-    id: int
-    fn_name: str
-    spec: str | bytes
-    mode: int
-    payload: Any
-    future: Future[Any]
-    priority: int = 0
-    timeout_s: float | None = None
-    retries: int = 0
-    n_items: int = 1
-    ctx_ref: Any = None
-    on_done: Callable[[Task], None] | None = None
-    raw_result: bool = False  # submit(stream_result=True): the future gets a shmbuf.ResultStream
-    stream: StreamState | None = None
-    state: TaskState = TaskState.PENDING
-    attempts: int = 0
-    agent_kills: int = 0
-    future_started: bool = False
-    started_at: float | None = None
-
-    def set_state(self, new: TaskState) -> None:
-        check_transition(f"task {self.id}", self.state, new, _TASK_TABLE)
-        self.state = new
-
-    def __repr__(self) -> str:
-        return f"<Task {self.id} {self.fn_name} {self.state.name}>"
-
-
-from guildcore.engine.states import TASK_TRANSITIONS as _TASK_TABLE  # noqa: E402
-
-_ENDED = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -320,7 +283,7 @@ class Supervisor:
     def _pop_task(self) -> Task | None:
         while self._queue:
             _prio, _seq, task = heapq.heappop(self._queue)
-            if task.state in _ENDED:
+            if task.state in ENDED:
                 continue  # cancelled while it waited
             if not task.future_started:
                 # The caller may have cancelled the future while it waited.
@@ -600,9 +563,9 @@ class Supervisor:
             )
         if reason == "timeout":
             self.counters.agents_replaced_timeout += 1
-            budget = _budget(task)
+            budget_s = budget(task)
             return TaskTimeout(
-                f"task {task.id} ({task.fn_name}) timed out after {budget:.1f} s (limits.timeout) and did not "
+                f"task {task.id} ({task.fn_name}) timed out after {budget_s:.1f} s (limits.timeout) and did not "
                 f"stop when asked; agent {agent.id} (pid {agent.pid}) was killed ({describe_exitcode(exitcode)}) "
                 "and replaced; raise the timeout or make the task check for interruption",
                 task_id=task.id,
@@ -681,7 +644,7 @@ class Supervisor:
             if head.stream is not None and head.stream.paused_since is not None:
                 continue  # paused by backpressure, not running: resume() moves started_at on
                 continue
-            if now >= head.started_at + _budget(head) + self.settings.timeout_grace_s:
+            if now >= head.started_at + budget(head) + self.settings.timeout_grace_s:
                 agent.exit_reason = ("timeout", head.id)
                 self._signal(agent, signal.SIGTERM)
                 agent.kill_at = now + _KILL_GRACE_S
@@ -702,7 +665,7 @@ class Supervisor:
                 head = agent.held[0]
                 paused = head.stream is not None and head.stream.paused_since is not None
                 if head.timeout_s is not None and head.started_at is not None and not paused:
-                    deadlines.append(head.started_at + _budget(head) + self.settings.timeout_grace_s)
+                    deadlines.append(head.started_at + budget(head) + self.settings.timeout_grace_s)
             if agent.kill_at is not None:
                 deadlines.append(agent.kill_at)
             if agent.stop_deadline is not None:
@@ -870,7 +833,7 @@ class Supervisor:
         self._task_done(task)
 
     def _finish_error(self, task: Task, err: BaseException) -> None:
-        if task.state in _ENDED:
+        if task.state in ENDED:
             return
         task.set_state(TaskState.FAILED)
         self.counters.failed += 1
@@ -880,7 +843,7 @@ class Supervisor:
         self._task_done(task)
 
     def _finish_cancelled(self, task: Task) -> None:
-        if task.state in _ENDED:
+        if task.state in ENDED:
             return
         task.set_state(TaskState.CANCELLED)
         self.counters.cancelled += 1
@@ -988,12 +951,6 @@ class Supervisor:
             },
             "peak_private_bytes": dict(self.counters.peak_private_bytes),
         }
-
-
-def _budget(task: Task) -> float:
-    """The supervisor's hard time budget of a task: per item for map chunks."""
-    assert task.timeout_s is not None
-    return task.timeout_s * max(1, task.n_items)
 
 
 def _set_exception(future: Future[Any], err: BaseException) -> None:
