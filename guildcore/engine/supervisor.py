@@ -43,24 +43,20 @@ from typing import Any
 
 from guildcore import codec
 from guildcore.codec import Kind
-from guildcore.engine import dispatch, limits, scaling, shmbuf
+from guildcore.engine import dispatch, limits, postmortem, scaling, shmbuf
 from guildcore.engine.agent import FLAG_MEMORY, FLAG_TIMEOUT, MODE_STREAM
 from guildcore.engine.pool import AgentHandle, AgentStarter, StartFailed
 from guildcore.engine.states import AgentState, TaskState
 from guildcore.engine.task import ENDED, Task, budget
 from guildcore.errors import (
-    AgentDied,
     GuildError,
     MemoryLimitExceeded,
     PoolBroken,
-    RemoteTraceback,
     SerializationError,
     ShutdownError,
     TaskCancelled,
-    TaskError,
     TaskTimeout,
     describe_exitcode,
-    format_bytes,
 )
 
 log = logging.getLogger("guildcore.supervisor")
@@ -445,22 +441,9 @@ class Supervisor:
             self._send_shutdown(agent)
 
     def _on_task_error(self, agent: AgentHandle, task: Task, fields: list[Any]) -> None:
-        exc_obj, tb, type_name, message, flags = fields
+        flags = fields[4]
+        err = postmortem.reported_error(agent, task, fields, self.settings.limit_bytes)
         if flags & FLAG_MEMORY:
-            limit = self.settings.limit_bytes
-            err: BaseException = MemoryLimitExceeded(
-                f"agent {agent.id} (pid {agent.pid}) ran out of memory under its hard cap of "
-                f"{format_bytes(limits.hard_cap_bytes(limit) if limit else None)} while running task {task.id} "
-                f"({task.fn_name}): {message or 'MemoryError'}; the agent was replaced; "
-                "raise limits.per_agent or lower the task's memory",
-                task_id=task.id,
-                fn=task.fn_name,
-                agent_id=agent.id,
-                pid=agent.pid,
-                limit_bytes=limit,
-                peak_bytes=agent.peak_private,
-            )
-            err.__cause__ = RemoteTraceback(tb)
             # The agent exits by itself after this report (its heap is at the
             # cap): send it nothing more; what it holds goes back to the queue.
             agent.exit_reason = ("memory-reported", None)
@@ -470,27 +453,13 @@ class Supervisor:
             agent.stop_deadline = time.monotonic() + _STOP_DEADLINE_S
             self._retry_or_fail(task, err, agent_killed=True)
             return
-        if isinstance(exc_obj, BaseException):
-            err = exc_obj
-        else:
-            err = TaskError(f"task {task.id} ({task.fn_name}) raised {type_name}: {message}", task_id=task.id, fn=task.fn_name)
-        err.__cause__ = RemoteTraceback(tb)
         if flags & FLAG_TIMEOUT:
-            if isinstance(err, TaskTimeout):
-                err.agent_id = agent.id
             self._retry_or_fail(task, err, agent_killed=False)
             return
         self._finish_error(task, err)
 
     def _on_initializer_failed(self, agent: AgentHandle, fields: list[Any]) -> None:
-        exc_obj, tb, type_name, message, _flags = fields
-        broken = PoolBroken(
-            f"the agent initializer failed with {type_name}: {message}; agents cannot start, so every "
-            "pending and later task fails; fix the initializer or its initargs"
-        )
-        broken.__cause__ = exc_obj if isinstance(exc_obj, BaseException) else RemoteTraceback(tb)
-        if isinstance(exc_obj, BaseException):
-            exc_obj.__cause__ = RemoteTraceback(tb)
+        broken = postmortem.initializer_failed(fields)
         self._broken = broken
         agent.exit_reason = ("initializer", None)
         self._fail_everything(broken)
@@ -528,7 +497,12 @@ class Supervisor:
         if held:
             running, prefetched = held[0], held[1:]
             shmbuf.discard_result(os.getpid(), running.id)  # a big result it may have been writing
-            self._retry_or_fail(running, self._death_error(agent, running, exitcode), agent_killed=True)
+            err = postmortem.death_error(agent, running, exitcode, self.settings.limit_bytes, time.monotonic())
+            if isinstance(err, MemoryLimitExceeded):
+                self.counters.agents_replaced_memory += 1
+            elif isinstance(err, TaskTimeout):
+                self.counters.agents_replaced_timeout += 1
+            self._retry_or_fail(running, err, agent_killed=True)
             for task in prefetched:
                 self._unsend(task)
         if self._start_failures >= _MAX_START_FAILURES and not self._inline and self._broken is None:
@@ -539,57 +513,6 @@ class Supervisor:
         task.attempts -= 1
         task.set_state(TaskState.PENDING)
         self._requeue(task)
-
-    def _death_error(self, agent: AgentHandle, task: Task, exitcode: int | None) -> BaseException:
-        now = time.monotonic()
-        ran = f"{now - task.started_at:.2f} s" if task.started_at else "an unknown time"
-        reason = agent.exit_reason[0] if agent.exit_reason else None
-        if reason == "memory":
-            self.counters.agents_replaced_memory += 1
-            limit = self.settings.limit_bytes
-            return MemoryLimitExceeded(
-                f"agent {agent.id} (pid {agent.pid}) used {format_bytes(agent.peak_private)} of private memory, "
-                f"over its {format_bytes(limit)} limit, while running task {task.id} ({task.fn_name}); "
-                "it was killed and replaced; raise limits.per_agent or lower the task's memory",
-                task_id=task.id,
-                fn=task.fn_name,
-                agent_id=agent.id,
-                pid=agent.pid,
-                exitcode=exitcode,
-                runtime_s=(now - task.started_at) if task.started_at else None,
-                private_bytes=agent.last_private,
-                limit_bytes=limit,
-                peak_bytes=agent.peak_private,
-            )
-        if reason == "timeout":
-            self.counters.agents_replaced_timeout += 1
-            budget_s = budget(task)
-            return TaskTimeout(
-                f"task {task.id} ({task.fn_name}) timed out after {budget_s:.1f} s (limits.timeout) and did not "
-                f"stop when asked; agent {agent.id} (pid {agent.pid}) was killed ({describe_exitcode(exitcode)}) "
-                "and replaced; raise the timeout or make the task check for interruption",
-                task_id=task.id,
-                fn=task.fn_name,
-                timeout_s=task.timeout_s,
-                agent_id=agent.id,
-            )
-        likely = ""
-        if exitcode == -signal.SIGKILL:
-            likely = "; the OS may have killed it for memory, or something sent it SIGKILL"
-        elif exitcode == -signal.SIGSEGV:
-            likely = "; a C extension probably crashed"
-        return AgentDied(
-            f"agent {agent.id} (pid {agent.pid}) died with {describe_exitcode(exitcode)} while running task "
-            f"{task.id} ({task.fn_name}) for {ran}; last private memory {format_bytes(agent.last_private)}"
-            f"{likely}; the agent was replaced; pass retries=N to retry such tasks",
-            task_id=task.id,
-            fn=task.fn_name,
-            agent_id=agent.id,
-            pid=agent.pid,
-            exitcode=exitcode,
-            runtime_s=(now - task.started_at) if task.started_at else None,
-            private_bytes=agent.last_private,
-        )
 
     def _retry_or_fail(self, task: Task, err: BaseException, *, agent_killed: bool) -> None:
         if agent_killed:
@@ -643,7 +566,6 @@ class Supervisor:
                 continue
             if head.stream is not None and head.stream.paused_since is not None:
                 continue  # paused by backpressure, not running: resume() moves started_at on
-                continue
             if now >= head.started_at + budget(head) + self.settings.timeout_grace_s:
                 agent.exit_reason = ("timeout", head.id)
                 self._signal(agent, signal.SIGTERM)
