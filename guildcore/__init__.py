@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from guildcore.cache.tiers import TieredCache
     from guildcore.config import Config, load_config
     from guildcore.context.ref import ContextRef
-    from guildcore.engine.executor import Guild, GuildExecutor
+    from guildcore.engine.executor import Guild
+    from guildcore.engine.futures import GuildExecutor
     from guildcore.engine.shmbuf import ResultStream
     from guildcore.errors import (
         AgentDied,
@@ -54,7 +55,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "load_config": "guildcore.config",
     "ContextRef": "guildcore.context.ref",
     "Guild": "guildcore.engine.executor",
-    "GuildExecutor": "guildcore.engine.executor",
+    "GuildExecutor": "guildcore.engine.futures",
     "ResultStream": "guildcore.engine.shmbuf",
     **dict.fromkeys(
         (

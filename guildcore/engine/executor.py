@@ -1,34 +1,32 @@
-"""The public faces of the engine: ``Guild`` and ``GuildExecutor``.
+"""``Guild``: guildcore's own API over the supervisor.
 
-``Guild`` is guildcore's own API (submit, map, imap, stream, share, stats);
-``GuildExecutor`` is a ``concurrent.futures.Executor`` with
-``ProcessPoolExecutor``'s constructor and behaviour, so code written for the
-stdlib runs unchanged. Both are thin: they build ``Task`` records and hand
-them to the ``Supervisor``, which owns everything else.
+This module covers ``Guild`` (submit, map, starmap, imap, stream, share,
+stats, shutdown): checking the caller's arguments, choosing chunk sizes,
+building ``Task`` records and handing them to the ``Supervisor``, which owns
+everything else; plus resolving a ``Config`` into ``SupervisorSettings`` and
+stopping live Guilds at interpreter exit.
 
-One deliberate difference from the stdlib: when an agent dies, only the
-futures it held fail (``AgentDied``, a ``BrokenProcessPool``); the executor
-stays usable, where ``ProcessPoolExecutor`` breaks for good.
+It does not cover the ``concurrent.futures`` face (``futures.GuildExecutor``),
+the iterators a caller holds while work runs (``iterators``), nor anything
+after submission (``supervisor``).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import threading
-import time
 import warnings
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from guildcore.config import Config, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import describe, spec_for
+from guildcore.engine.iterators import MAX_AUTO_CHUNK, ImapRun, StreamIterator
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
 from guildcore.engine.shmbuf import Ring
@@ -49,15 +47,12 @@ _DEFAULT: Any = object()  # "use the configured value" (None means "none")
 # chunk's tail is short (load balance), few enough that per-chunk overhead
 # (a frame each way, ~50 µs) stays far below the work.
 _CHUNKS_PER_AGENT = 16
-# imap over an input of unknown length: target run time of one chunk.
-_TARGET_CHUNK_S = 0.02
 # map(chunksize='auto') chunks are guided: each takes 1/(agents * this) of the
 # items still unchunked, never fewer than the auto size. Tiny items then go
 # in a dozen chunks instead of agents * _CHUNKS_PER_AGENT (per-chunk costs
 # dominate there), and the last chunks stay small so that agents finish
 # together on uneven work.
 _GUIDED_SHARE = 2
-_MAX_AUTO_CHUNK = 8192
 
 _live: weakref.WeakSet[Guild] = weakref.WeakSet()
 
@@ -286,7 +281,7 @@ class Guild:
 
     def _auto_chunksize(self, n: int) -> int:
         agents = max(1, self._settings.max_agents)
-        return max(1, min(_MAX_AUTO_CHUNK * 4, math.ceil(n / (agents * _CHUNKS_PER_AGENT))))
+        return max(1, min(MAX_AUTO_CHUNK * 4, math.ceil(n / (agents * _CHUNKS_PER_AGENT))))
 
     def _chunk_tasks(
         self, fn: Callable[..., Any], items: list[Any], chunksize: int, mode: int, *, guided: bool = False, **opts: Any
@@ -476,9 +471,17 @@ class Guild:
         if sized is not None:
             fixed = self._auto_chunksize(sized)
         opts = {"priority": priority, "timeout": timeout, "retries": retries}
-        return _ImapRun(self, fn, iter(iterable), fixed, limit, opts, ordered)
+        return ImapRun(
+            iter(iterable),
+            make_task=lambda chunk: self._make_task(fn, MODE_MAP, chunk, n_items=len(chunk), **opts),
+            submit=self._supervisor.submit,
+            chunksize=fixed,
+            limit=limit,
+            max_agents=self._settings.max_agents,
+            ordered=ordered,
+        )
 
-    def stream(self, fn: Callable[..., Iterable[R]], /, *args: Any, timeout: float | None = _DEFAULT, **kwargs: Any) -> _Stream[R]:
+    def stream(self, fn: Callable[..., Iterable[R]], /, *args: Any, timeout: float | None = _DEFAULT, **kwargs: Any) -> StreamIterator[R]:
         """Iterate what generator ``fn(*args, **kwargs)`` yields, as it yields it.
 
         Backpressure: at most ``streaming.window`` chunks are in flight (the
@@ -504,7 +507,7 @@ class Guild:
             ring=ring,
         )
         sup.submit([task])
-        return _Stream(task.stream, task.future)
+        return StreamIterator(task.stream, task.future)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -574,197 +577,6 @@ def _advance_by(bar: Progress, n: int) -> Callable[[Future[Any]], None]:
         bar.advance(n)
 
     return advance
-
-
-class _Stream(Iterator[R]):
-    """The consumer's iterator over a streaming task."""
-
-    def __init__(self, state: StreamState, future: Future[Any]) -> None:
-        self._state = state
-        self.future = future
-
-    def __next__(self) -> R:
-        value: R = next(self._state)
-        return value
-
-    def close(self) -> None:
-        self._state.close()
-
-    def __enter__(self) -> _Stream[R]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self._state.close()
-
-
-class _ImapRun(Iterator[Any]):
-    """One imap: reads input lazily, keeps at most ``limit`` chunks in flight."""
-
-    def __init__(
-        self,
-        guild: Guild,
-        fn: Callable[..., Any],
-        source: Iterator[Any],
-        chunksize: int | None,
-        limit: int,
-        opts: dict[str, Any],
-        ordered: bool,
-    ) -> None:
-        self._guild, self._fn, self._source = guild, fn, source
-        self._fixed = chunksize
-        self._limit, self._opts, self._ordered = limit, opts, ordered
-        self._inflight: deque[Task] = deque()
-        self._completed: deque[Task] = deque()
-        self._done_event = threading.Condition()
-        self._exhausted = False
-        self._buffer: deque[Any] = deque()
-        self._items_done = 0
-        self._t0 = time.monotonic()
-
-    def _next_chunksize(self) -> int:
-        if self._fixed is not None:
-            return self._fixed
-        elapsed = time.monotonic() - self._t0
-        if self._items_done < 2 or elapsed <= 0:
-            return 1
-        rate_per_agent = self._items_done / elapsed / max(1, self._guild._settings.max_agents)
-        return max(1, min(_MAX_AUTO_CHUNK, int(rate_per_agent * _TARGET_CHUNK_S)))
-
-    def _fill(self) -> None:
-        while not self._exhausted and len(self._inflight) < self._limit:
-            chunk = list(itertools.islice(self._source, self._next_chunksize()))
-            if not chunk:
-                self._exhausted = True
-                return
-            task = self._guild._make_task(self._fn, MODE_MAP, chunk, n_items=len(chunk), **self._opts)
-            if not self._ordered:
-                task.future.add_done_callback(self._done_callback(task))
-            self._inflight.append(task)
-            self._guild._supervisor.submit([task])
-
-    def _done_callback(self, task: Task) -> Callable[[Future[Any]], None]:
-        def on_done(_future: Future[Any]) -> None:
-            with self._done_event:
-                self._completed.append(task)
-                self._done_event.notify()
-
-        return on_done
-
-    def __next__(self) -> Any:
-        while not self._buffer:
-            self._fill()
-            if not self._inflight:
-                raise StopIteration
-            try:
-                task = self._take()
-                results = task.future.result()
-            except BaseException:
-                self.close()
-                raise
-            self._items_done += len(results)
-            self._buffer.extend(results)
-        return self._buffer.popleft()
-
-    def _take(self) -> Task:
-        if self._ordered:
-            return self._inflight.popleft()
-        with self._done_event:
-            while not self._completed:
-                self._done_event.wait()
-            task = self._completed.popleft()
-        self._inflight.remove(task)
-        return task
-
-    def close(self) -> None:
-        for task in self._inflight:
-            task.future.cancel()
-        self._inflight.clear()
-        self._exhausted = True
-
-
-class GuildExecutor(Executor):
-    """A ``ProcessPoolExecutor`` that survives its workers' deaths.
-
-    Same constructor and behaviour as ``concurrent.futures.ProcessPoolExecutor``
-    (``max_workers``, ``mp_context``, ``initializer``, ``initargs``,
-    ``max_tasks_per_child``); tasks have no timeout unless configured, as in
-    the stdlib. Extra keyword arguments override guildcore settings.
-    """
-
-    def __init__(
-        self,
-        max_workers: int | None = None,
-        mp_context: Any = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: tuple[Any, ...] = (),
-        *,
-        max_tasks_per_child: int | None = None,
-        **overrides: Any,
-    ) -> None:
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None and (not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0):
-            raise ValueError("max_tasks_per_child must be >= 1")
-        pool = dict(overrides.pop("pool", {}) or {})
-        limits = dict(overrides.pop("limits", {}) or {})
-        if max_workers is not None:
-            pool["max_agents"] = max_workers
-            pool.setdefault("min_agents", min(pool.get("min_agents", 1), max_workers))
-        if mp_context is not None:
-            pool["start_method"] = mp_context.get_start_method()
-        if max_tasks_per_child is not None:
-            pool["max_tasks_per_agent"] = max_tasks_per_child
-        # Submitted work should use every worker at once, as with the stdlib.
-        pool.setdefault("scale_up_queue_length", 1)
-        limits.setdefault("timeout", None)
-        self._guild = Guild(initializer=initializer, initargs=initargs, pool=pool, limits=limits, **overrides)
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        self._guild._check_open()  # ShutdownError is a RuntimeError, as the stdlib raises
-        task = self._guild._make_task(fn, MODE_CALL, [args, kwargs])
-        self._guild._supervisor.submit([task])
-        return task.future
-
-    def map(
-        self, fn: Callable[..., R], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
-    ) -> Iterator[R]:
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        self._guild._check_open()
-        if len(iterables) == 1:
-            # One iterable: items travel as themselves, not as 1-tuples, which
-            # the codec would encode one ext each (about 10x slower on ints).
-            items: list[Any] = list(iterables[0])
-            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_MAP)
-        else:
-            items = list(zip(*iterables, strict=False))
-            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP)
-        self._guild._supervisor.submit(tasks)
-        return _chained_results(tasks, timeout)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._guild.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-    def stats(self) -> dict[str, Any]:
-        return self._guild.stats()
-
-
-def _chained_results(tasks: list[Task], timeout: float | None) -> Iterator[Any]:
-    end = None if timeout is None else time.monotonic() + timeout
-    try:
-        for task in tasks:
-            remaining = None if end is None else end - time.monotonic()
-            yield from task.future.result(remaining)
-    finally:
-        for task in tasks:
-            task.future.cancel()
 
 
 def configured(overrides: Mapping[str, Any] | None = None) -> Config:
