@@ -194,11 +194,27 @@ class Bench:
             return False
         return True
 
+    def sample_counts(self) -> list[int]:
+        """The distinct numbers of samples the systems got, sorted (what was really taken)."""
+        return sorted({len(v) for g in self.groups.values() for v in g.samples.values()})
+
+    def samples_text(self) -> str:
+        """``"5 samples per system"``, or a range when groups differ (see each row's count)."""
+        counts = self.sample_counts()
+        if not counts:
+            return "no samples"
+        if len(counts) == 1:
+            return f"{counts[0]} samples per system"
+        return f"{counts[0]} to {counts[-1]} samples per system (each row's count in the samples column)"
+
     def to_json(self) -> dict[str, Any]:
+        counts = self.sample_counts()
         return {
             "suite": self.suite,
             "quick": self.quick,
             "repeat": self.repeat,
+            "samples_min": counts[0] if counts else 0,
+            "samples_max": counts[-1] if counts else 0,
             "elapsed_s": round(self.elapsed_s, 3),
             "machine": machine_info(),
             "groups": [
@@ -233,7 +249,7 @@ def render_markdown(bench: Bench) -> str:
     lines = [
         f"## {bench.suite}",
         "",
-        f"{bench.repeat} interleaved samples per system{' (quick)' if bench.quick else ''}; "
+        f"{bench.samples_text()}, interleaved{' (quick)' if bench.quick else ''}; "
         "median shown; ratio = median / reference median (lower is faster when the unit is time).",
         "",
         "| group | system | median | unit | ratio | samples | note |",

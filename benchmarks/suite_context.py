@@ -285,7 +285,7 @@ class BareShm(System):
 
 class Guildcore(System):
     def setup(self, value: Any) -> dict[str, float]:
-        from guildcore.engine.executor import Guild
+        from guildcore import Guild
 
         start = time.perf_counter()
         g = self.state["guild"] = Guild(min_agents=AGENTS, max_agents=AGENTS)
@@ -417,7 +417,7 @@ def bench_read(bench: Bench, sizes: Sizes, label: str, value: Any) -> None:
 
 
 def bench_lookup(bench: Bench, sizes: Sizes) -> None:
-    from guildcore.engine.executor import Guild
+    from guildcore import Guild
 
     n = sizes.lookup_keys
     mapping = {f"key-{i}": i for i in range(n)}

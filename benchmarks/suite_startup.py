@@ -36,6 +36,7 @@ NAME = "startup"
 
 REPO = Path(__file__).resolve().parent.parent
 SETTLE_S = 0.5
+FULL_ROUNDS = 11
 FIRST_RESULT_TARGET_MS = 150.0
 AGENT_PRIVATE_TARGET_MB = 8.0
 
@@ -134,8 +135,8 @@ def _descendants(pid: int) -> tuple[list[int], list[int]]:
     return workers, helpers
 
 
-def _one(system: str, cwd: str) -> tuple[float, dict[str, float]]:
-    """Launch-to-first-result in ms, and memory figures in MB."""
+def _one(system: str, cwd: str, memory: bool = True) -> tuple[float, dict[str, float]]:
+    """Launch-to-first-result in ms, and memory figures in MB (unless ``memory`` is false)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -154,7 +155,7 @@ def _one(system: str, cwd: str) -> tuple[float, dict[str, float]]:
         proc.wait()
         raise RuntimeError(f"{system}: the start-up program failed")
     mem: dict[str, float] = {}
-    if system != BARE:
+    if system != BARE and memory:
         time.sleep(SETTLE_S)
         workers, helpers = _descendants(proc.pid)
         parent = _status(proc.pid)
@@ -176,7 +177,7 @@ def _one(system: str, cwd: str) -> tuple[float, dict[str, float]]:
 
 def run(bench: Bench) -> None:
     systems = [s.name for s in pools.systems() if bench.available(s.module, s.name)]
-    rounds = 5 if bench.quick else 11
+    rounds = bench.repeat if bench.quick else max(bench.repeat, FULL_ROUNDS)  # quick: 3
     bench.note(pools.compile_bytecode())
     bench.note(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     first: dict[str, list[float]] = {name: [] for name in [BARE, *systems]}
@@ -185,8 +186,8 @@ def run(bench: Bench) -> None:
     # working directory, and this repository's own (YAML) would be timed too.
     cwd = tempfile.mkdtemp(prefix="guild-bench-startup-")
     bench.note("programs run in an empty temporary directory (no .guild/ config to read)")
-    for name in first:  # warm the page cache and .pyc files
-        _one(name, cwd)
+    for name in first:  # warm the page cache and .pyc files (no memory reading: not kept)
+        _one(name, cwd, memory=False)
     for _ in range(rounds):
         for name in first:
             ms, mem = _one(name, cwd)

@@ -14,6 +14,10 @@ Groups, per size:
   its pool, map, measured up to the last result (shutdown not included),
   with the best chunksize of the warm sweep.
 
+``--quick`` measures the same groups and systems at 20,000 items only: the
+one-item-per-message defaults run 1,000 items (extrapolated), the sweep
+tries 2 chunksizes instead of 7, and every group gets 3 interleaved rounds.
+
 Targets: guildcore ``Guild`` with defaults within 1.5x of the loop at
 200,000 items and faster than every peer's defaults.
 """
@@ -37,7 +41,13 @@ NAME = "tiny"
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = (20_000, 200_000)
+QUICK_SIZES = (20_000,)
 EXTRAPOLATE_CAP = 5_000
+QUICK_EXTRAPOLATE_CAP = 1_000
+# Chunksize candidates: n // (workers * k) for each k.
+SWEEP = (1, 2, 4, 8, 16, 32, 64)
+QUICK_SWEEP = (4, 32)
+COLD_ROUNDS = 5  # a fresh interpreter per sample: capped below --repeat
 LOOP = "sequential loop"
 TARGET_RATIO = 1.5
 
@@ -69,7 +79,7 @@ def _interleave(
 def _sweep(system: pools.System, items: list[int], quick: bool) -> int:
     """The fastest chunksize of a few, each timed twice (min)."""
     n = len(items)
-    candidates = sorted({max(1, n // (pools.WORKERS * k)) for k in ((1, 4, 16, 64) if quick else (1, 2, 4, 8, 16, 32, 64))})
+    candidates = sorted({max(1, n // (pools.WORKERS * k)) for k in (QUICK_SWEEP if quick else SWEEP)})
     best, best_t = candidates[0], float("inf")
     for cs in candidates:
         t = min(_timed(lambda cs=cs: system.map(inc, items, cs)) for _ in range(2))
@@ -80,18 +90,19 @@ def _sweep(system: pools.System, items: list[int], quick: bool) -> int:
 
 def _warm(bench: Bench, live: list[pools.System], n: int) -> dict[str, int]:
     items = list(range(n))
-    capped = items[:EXTRAPOLATE_CAP]
+    cap = QUICK_EXTRAPOLATE_CAP if bench.quick else EXTRAPOLATE_CAP
+    capped = items[:cap]
     scale = n / len(capped)
     rounds = bench.repeat
     defaults: dict[str, tuple[Callable[[], object], float, str]] = {
         LOOP: (lambda: _loop(items), 1.0, ""),
     }
     for s in live:
-        if s.name in pools.ONE_BY_ONE_DEFAULT and n > EXTRAPOLATE_CAP:
+        if s.name in pools.ONE_BY_ONE_DEFAULT and n > cap:
             defaults[s.name] = (
                 (lambda s=s: s.map(inc, capped)),
                 scale,
-                f"extrapolated: {EXTRAPOLATE_CAP:,} items x {scale:g} (default chunksize=1)",
+                f"extrapolated: {cap:,} items x {scale:g} (default chunksize=1)",
             )
         else:
             defaults[s.name] = ((lambda s=s: s.map(inc, items)), 1.0, "")
@@ -115,7 +126,7 @@ def _cold_ms(program: str) -> float:
 
 
 def _cold(bench: Bench, live: list[pools.System], n: int, best: dict[str, int]) -> None:
-    rounds = 3 if bench.quick else 5
+    rounds = max(3, min(bench.repeat, COLD_ROUNDS))
     items = f"list(range({n}))"
     loop_prog = (
         "import time\nfrom benchmarks import workloads\nitems = " + items + "\n"
@@ -160,15 +171,16 @@ def run(bench: Bench) -> None:
     bench.note(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for s in live:
         s.start()
+    sizes = QUICK_SIZES if bench.quick else SIZES
     best: dict[int, dict[str, int]] = {}
     try:
-        for n in SIZES:
+        for n in sizes:
             best[n] = _warm(bench, live, n)
     finally:
         for s in live:
             s.stop()
     bench.note(pools.compile_bytecode())
-    for n in SIZES:
+    for n in sizes:
         _cold(bench, live, n, best[n])
         _verdict(bench, n)
     bench.note(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
