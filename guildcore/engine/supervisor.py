@@ -35,7 +35,6 @@ import signal
 import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from guildcore import codec
 from guildcore.codec import Kind
 from guildcore.engine import dispatch, limits, postmortem, scaling, shmbuf
 from guildcore.engine.agent import FLAG_MEMORY, FLAG_TIMEOUT, MODE_STREAM
+from guildcore.engine.inbox import Inbox
 from guildcore.engine.pool import AgentHandle, AgentStarter, StartFailed
 from guildcore.engine.states import AgentState, TaskState
 from guildcore.engine.task import ENDED, Task, budget
@@ -109,12 +109,7 @@ class Supervisor:
     def __init__(self, settings: SupervisorSettings, starter: AgentStarter) -> None:
         self.settings = settings
         self._starter = starter
-        self._inbox: deque[tuple[str, Any]] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._wake_pending = threading.Event()
-        self._wake_lock = threading.Lock()
-        self._loop_ended = False
+        self._inbox = Inbox()
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._front_seq = itertools.count(-1, -1)
@@ -141,7 +136,7 @@ class Supervisor:
         # per loop turn, against ~3 µs for a select on a kept epoll set.
         # Ownership: the owner thread alone registers, selects and closes it.
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._inbox.wake_fd, selectors.EVENT_READ, None)
 
     # ------------------------------------------------------------ caller side
 
@@ -179,24 +174,8 @@ class Supervisor:
         return self._finished.wait(timeout)
 
     def _post(self, kind: str, payload: Any) -> None:
-        with self._wake_lock:
-            if self._loop_ended:
-                # Race: a late caller (a stream dropped by the garbage collector,
-                # a stats() call) after the loop ended. The wake-up fds are
-                # closed and their numbers may belong to another file by now.
-                if kind == "call":
-                    payload[1].set_exception(ShutdownError("this Guild is shut down"))
-                return
-            self._inbox.append((kind, payload))
-            # Race: the flag may be cleared by the owner right after we test it;
-            # then we write a byte we did not need. Never the other way round,
-            # because the owner clears the flag before draining the inbox.
-            if not self._wake_pending.is_set():
-                self._wake_pending.set()
-                try:
-                    os.write(self._wake_w, b"\0")
-                except (BlockingIOError, OSError):
-                    pass
+        if not self._inbox.post(kind, payload) and kind == "call":
+            payload[1].set_exception(ShutdownError("this Guild is shut down"))
 
     # ------------------------------------------------------------- owner loop
 
@@ -221,18 +200,8 @@ class Supervisor:
 
     def _wait(self, timeout: float | None) -> None:
         for key, _events in self._selector.select(timeout):
-            if key.data is None:  # the wake-up pipe
-                # Race: read the bytes first, then clear the flag. The other
-                # order loses a wake-up: a caller that sets the flag and
-                # writes between the clear and the read has its byte swallowed
-                # while the flag stays set, so later callers write nothing and
-                # the loop sleeps on a non-empty inbox (streams, which post a
-                # credit per chunk, hit this within a few thousand chunks).
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-                self._wake_pending.clear()
+            if key.data is None:  # the inbox's wake-up pipe
+                self._inbox.woken()
                 continue
             agent, is_conn = key.data
             if agent.state in (AgentState.DEAD, AgentState.STOPPED):
@@ -244,7 +213,7 @@ class Supervisor:
 
     def _drain_inbox(self) -> None:
         while self._inbox:
-            kind, payload = self._inbox.popleft()
+            kind, payload = self._inbox.take()
             if kind == "submit":
                 for task in payload:
                     self._enqueue(task)
@@ -844,21 +813,13 @@ class Supervisor:
             agent.close()
         self._agents.clear()
         shmbuf.sweep_results(os.getpid())  # Ownership: results of agents killed while stopping
-        with self._wake_lock:
-            self._loop_ended = True
         # Invariant: nothing posted is lost, even what raced with the end.
-        while self._inbox:
-            kind, payload = self._inbox.popleft()
+        for kind, payload in self._inbox.close():
             if kind == "submit":
                 for task in payload:
                     self._finish_cancelled(task)
             elif kind == "call":
                 payload[1].set_exception(ShutdownError("this Guild is shut down"))
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     # ------------------------------------------------------------ snapshot
 
