@@ -63,10 +63,7 @@ def memory_exceeded(
     return MemoryLimitExceeded(
         f"agent {agent.id} (pid {agent.pid}) {what} while running task {task.id} ({task.fn_name}){detail}; "
         f"{outcome}; raise limits.per_agent or lower the task's memory",
-        task_id=task.id,
-        fn=task.fn_name,
-        agent_id=agent.id,
-        pid=agent.pid,
+        **_who(agent, task),
         limit_bytes=limit_bytes,
         peak_bytes=agent.peak_private,
         **facts,
@@ -104,10 +101,7 @@ def death_error(
         f"agent {agent.id} (pid {agent.pid}) died with {describe_exitcode(exitcode)} while running task "
         f"{task.id} ({task.fn_name}) for {ran}; last private memory {format_bytes(agent.last_private)}"
         f"{likely}; the agent was replaced; pass retries=N to retry such tasks",
-        task_id=task.id,
-        fn=task.fn_name,
-        agent_id=agent.id,
-        pid=agent.pid,
+        **_who(agent, task),
         exitcode=exitcode,
         runtime_s=_runtime_s(task, now),
         private_bytes=agent.last_private,
@@ -146,6 +140,11 @@ def initializer_failed(fields: list[Any]) -> PoolBroken:
     if isinstance(exc_obj, BaseException):
         exc_obj.__cause__ = RemoteTraceback(tb)
     return broken
+
+
+def _who(agent: AgentHandle, task: Task) -> dict[str, Any]:
+    """The facts every agent error carries: which task, which agent."""
+    return {"task_id": task.id, "fn": task.fn_name, "agent_id": agent.id, "pid": agent.pid}
 
 
 def _runtime_s(task: Task, now: float | None) -> float | None:
