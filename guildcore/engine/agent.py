@@ -261,7 +261,9 @@ class Agent:
                 return self._run_stream(task_id, fn, fn_name, payload, timeout_s)
             self.timer.arm(task_id, fn_name, timeout_s)
             try:
+                t0 = time.perf_counter()
                 result = _apply(fn, mode, payload, self.timer)
+                compute_s = time.perf_counter() - t0
             finally:
                 self.timer.disarm()
         except MemoryError as exc:
@@ -275,6 +277,9 @@ class Agent:
             return True
         finally:
             _exit_context(token)
+        if mode != MODE_CALL:
+            # The router's measurement: this chunk's compute time, without IPC.
+            self.send(Kind.STATS, task_id, compute_s)
         threshold = self.settings.result_threshold
         raw = threshold is not None and type(result) in (bytes, bytearray) and len(result) > threshold
         if raw and self._send_big_result(task_id, result, None):

@@ -13,9 +13,11 @@ after submission (``supervisor``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,12 +25,13 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from guildcore.config import Config, load_config
-from guildcore.context import ContextRef, ContextRegistry, sweep_stale
+from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.iterators import MAX_AUTO_CHUNK, ImapRun, StreamIterator
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
+from guildcore.engine.routing import Route, Router, decide
 from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
@@ -78,6 +81,16 @@ except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
 # threads, so at its exit _shutdown_all_at_exit would wait for them forever.
 # Those Guilds belong to the parent.
 os.register_at_fork(after_in_child=_live.clear)
+
+
+def _codec_cost_per_item(items: list[Any], sample: int = 256) -> float:
+    """The supervisor's codec work per item (encode + decode) on a sample of ``items``."""
+    from guildcore import codec
+
+    part = items[:sample]
+    t0 = time.perf_counter()
+    codec.decode(codec.encode(part))
+    return (time.perf_counter() - t0) / len(part)
 
 
 def _settings_from(config: Config) -> SupervisorSettings:
@@ -137,6 +150,8 @@ class Guild:
         self._results: ResultCache | None = None
         self._results_lock = threading.Lock()
         self._contexts = ContextRegistry()
+        self._router = Router()
+        self._routing = self._settings.parallel and self.config.parallelization.strategy == "auto"
         self._context_digest: bytes | None = None
         # Segments of supervisors that died without cleaning up (SIGKILL).
         sweep_stale()
@@ -355,6 +370,11 @@ class Guild:
             return []
         if cache:
             return self._map_cached(fn, items, mode, chunksize, progress, priority, timeout, retries)
+        # Routing applies to defaults only: an explicit chunksize, timeout or
+        # retries asks for the pool's machinery.
+        routable = chunksize == "auto" and timeout is _DEFAULT and retries in (None, _DEFAULT)
+        if routable and self._routing and self._route(fn, items).inline:
+            return self._map_inline(fn, items, mode)
         size = self._resolve_chunksize(chunksize, len(items))
         tasks = self._chunk_tasks(
             fn, items, size, mode, guided=chunksize == "auto", priority=priority, timeout=timeout, retries=retries
@@ -377,7 +397,26 @@ class Guild:
             raise
         finally:
             bar.close()
+        for task in tasks:
+            if task.compute_s is not None and isinstance(task.spec, str):
+                self._router.observe(task.spec, task.n_items, task.compute_s)
         return out
+
+    def _route(self, fn: Callable[..., Any], items: list[Any]) -> Route:
+        """Inline or pool for this batch, from the agents' last measurement of ``fn``."""
+        spec = spec_for(fn)
+        item_s = self._router.item_s(spec) if isinstance(spec, str) else None
+        route = decide(item_s=item_s, ipc_s=_codec_cost_per_item(items), n_items=len(items), agents=self._settings.max_agents)
+        self._router.count(route, len(items))
+        return route
+
+    def _map_inline(self, fn: Callable[..., Any], items: list[Any], mode: int) -> list[Any]:
+        """Run a batch of tiny items here: shipping them would cost more than computing them."""
+        current = self._contexts.current
+        with task_scope(current.ref if current is not None else None):
+            if mode == MODE_MAP:
+                return list(map(fn, items))
+            return list(itertools.starmap(fn, items))
 
     def _map_cached(
         self,
@@ -517,6 +556,7 @@ class Guild:
             return {"closed": True}
         snap: dict[str, Any] = self._supervisor.call(self._supervisor.snapshot).result(timeout=10)
         snap["cache"] = self._results.stats() if self._results is not None else None
+        snap["routing"] = self._router.stats()
         current = self._contexts.current
         snap["context"] = {
             "generation": self._contexts.generation,

@@ -368,6 +368,8 @@ class Supervisor:
         elif kind == Kind.ERROR:
             self._pop_held(agent, task)
             self._on_task_error(agent, task, fields)
+        elif kind == Kind.STATS:
+            task.compute_s = float(fields[0])
         elif kind == Kind.CHUNK:
             if task.stream is not None:
                 task.stream.put_chunk(fields[0], fields[1], fields[2:], now=time.monotonic())

@@ -45,6 +45,7 @@ class Task:
     agent_kills: int = 0
     future_started: bool = False
     started_at: float | None = None
+    compute_s: float | None = None  # the agent's own time for a map chunk (routing)
 
     def set_state(self, new: TaskState) -> None:
         check_transition(f"task {self.id}", self.state, new, TASK_TRANSITIONS)
