@@ -50,11 +50,13 @@ _DEFAULT: Any = object()  # "use the configured value" (None means "none")
 # chunk's tail is short (load balance), few enough that per-chunk overhead
 # (a frame each way, ~50 µs) stays far below the work.
 _CHUNKS_PER_AGENT = 16
-# map(chunksize='auto') chunks are guided: each takes 1/(agents * this) of the
-# items still unchunked, never fewer than the auto size. Tiny items then go
-# in a dozen chunks instead of agents * _CHUNKS_PER_AGENT (per-chunk costs
-# dominate there), and the last chunks stay small so that agents finish
-# together on uneven work.
+# map(chunksize='auto') chunks are guided: each takes 1/(agents * held * this)
+# of the items still unchunked, never fewer than the auto size, where held is
+# what one agent may hold (1 + pool.prefetch). Few, large chunks keep
+# per-chunk costs low; the last chunks stay small so that agents finish
+# together on uneven work. Dividing by held too matters: an agent is sent its
+# prefetched chunks at once, and no other agent can take them back, so big
+# prefetched chunks would fix half the batch to agents before any finished.
 _GUIDED_SHARE = 2
 
 _live: weakref.WeakSet[Guild] = weakref.WeakSet()
@@ -304,7 +306,7 @@ class Guild:
         """Chunks of ``chunksize`` items; ``guided``: larger first, down to ``chunksize`` at the end."""
         tasks = []
         n = len(items)
-        share = max(1, self._settings.max_agents) * _GUIDED_SHARE
+        share = max(1, self._settings.max_agents) * (1 + self._settings.prefetch) * _GUIDED_SHARE
         start = 0
         while start < n:
             size = max(chunksize, -(-(n - start) // share)) if guided else chunksize
