@@ -142,3 +142,27 @@ def test_no_leaked_fds_or_threads_after_shutdown() -> None:
     after_fds = set(os.listdir("/proc/self/fd"))
     # The forkserver's alive-pipe is opened once per interpreter, on first use.
     assert len(after_fds - before_fds) <= 1, sorted(after_fds - before_fds)
+
+
+def test_a_script_read_from_stdin_works(tmp_path: object) -> None:
+    # __main__.__file__ is '<stdin>': agents must not try to import it, and its
+    # functions travel by value.
+    body = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        import faults
+        from guildcore import Guild
+
+        def triple(x):
+            return 3 * x
+
+        with Guild(max_agents=1) as g:
+            print(g.submit(faults.inc, 1).result(timeout=30), g.map(triple, [1, 2]))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-"], input=body, capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2 [3, 6]"

@@ -13,6 +13,7 @@ A spec is either a ``str`` (a reference) or ``bytes`` (a cloudpickle blob).
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 import sys
 import weakref
@@ -41,8 +42,8 @@ def _reachable_by_reference(fn: Callable[..., Any]) -> str | None:
     mod = sys.modules.get(module)
     if mod is None:
         return None
-    if module == "__main__" and not getattr(mod, "__file__", None):
-        return None  # interactive session: agents cannot import it
+    if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):
+        return None  # interactive session or a script read from stdin: agents cannot import it
     target: Any = mod
     for part in qualname.split("."):
         target = getattr(target, part, None)

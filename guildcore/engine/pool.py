@@ -26,6 +26,36 @@ if TYPE_CHECKING:
 START_METHODS = ("forkserver", "fork", "spawn")
 
 
+def _guard_main_path() -> None:
+    """Stop forkserver and spawn children from importing a main script that is not a file.
+
+    multiprocessing makes every forkserver or spawn child re-run the parent's
+    ``__main__`` from ``__main__.__file__``. For a script read from stdin that
+    is ``'<stdin>'``, and every child dies at start with FileNotFoundError
+    (ProcessPoolExecutor too). Such a main module cannot be imported anyway,
+    so its functions travel by value; the child is better off without it.
+    Installed once, process-wide: it only drops a path that cannot exist.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "_guild_main_guard", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        path = data.get("init_main_from_path")
+        if path is not None and not os.path.isfile(path):
+            del data["init_main_from_path"]
+        return data
+
+    get_preparation_data._guild_main_guard = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+
+
+_guard_main_path()
+
+
 class StartFailed(Exception):
     """An agent process could not be started (internal; the owner loop handles it)."""
 
