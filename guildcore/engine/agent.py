@@ -501,8 +501,4 @@ def agent_main(conn: Any, settings: AgentSettings) -> None:
     os._exit(0)
 
 
-def now() -> float:
-    return time.monotonic()
-
-
 __all__ = ["MODE_CALL", "MODE_MAP", "MODE_STARMAP", "MODE_STREAM", "AgentSettings", "FnSpec", "agent_main"]

@@ -619,8 +619,3 @@ def _advance_by(bar: Progress, n: int) -> Callable[[Future[Any]], None]:
         bar.advance(n)
 
     return advance
-
-
-def configured(overrides: Mapping[str, Any] | None = None) -> Config:
-    """The Config a ``Guild(**overrides)`` would use (for tools and tests)."""
-    return load_config(overrides)

@@ -80,7 +80,6 @@ class AgentHandle:
         self.kill_at: float | None = None
         self.stop_deadline: float | None = None
         self.shutdown_sent = False
-        self.pid_reported: int | None = None
         self.baseline_private = 0  # private bytes inherited at start (fork only)
 
     def set_state(self, new: AgentState) -> None:

@@ -344,7 +344,6 @@ class Supervisor:
             self._kill(agent)
             return
         if kind == Kind.READY:
-            agent.pid_reported = int(fields[0]) if fields else agent.pid
             agent.baseline_private = int(fields[1]) if len(fields) > 1 else 0
             self._start_failures = 0
             if agent.state is AgentState.STARTING:
