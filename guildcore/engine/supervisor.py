@@ -313,13 +313,8 @@ class Supervisor:
         agent.held.append(task)
         if agent.state is AgentState.IDLE:
             agent.set_state(AgentState.BUSY)
-        try:
-            agent.conn.send_bytes(frame)
-            if task.stream is not None:
-                agent.conn.send_bytes(codec.encode_frame(Kind.CREDIT, task.id, task.stream.window))
-        except OSError:
-            # The agent is dying; its sentinel will fire and the task is retried or failed there.
-            pass
+        if _send(agent, frame) and task.stream is not None:
+            _send(agent, codec.encode_frame(Kind.CREDIT, task.id, task.stream.window))
 
     # ----------------------------------------------------------- agent frames
 
@@ -641,10 +636,7 @@ class Supervisor:
             return
         agent.shutdown_sent = True
         agent.stop_deadline = time.monotonic() + _STOP_DEADLINE_S
-        try:
-            agent.conn.send_bytes(codec.encode_frame(Kind.SHUTDOWN, 0))
-        except OSError:
-            pass
+        _send(agent, codec.encode_frame(Kind.SHUTDOWN, 0))
 
     def _kill(self, agent: AgentHandle) -> None:
         self._signal(agent, signal.SIGKILL)
@@ -693,25 +685,24 @@ class Supervisor:
             paused_s = task.stream.resume(n, time.monotonic())
             if task.started_at is not None:
                 task.started_at += paused_s  # time waiting for the consumer is not run time
-        for agent in self._agents.values():
-            if task in agent.held:
-                try:
-                    agent.conn.send_bytes(codec.encode_frame(Kind.CREDIT, task.id, n))
-                except OSError:
-                    pass
-                return
+        agent = self._holder(task)
+        if agent is not None:
+            _send(agent, codec.encode_frame(Kind.CREDIT, task.id, n))
 
     def _cancel_stream(self, task: Task) -> None:
         if task.state is TaskState.PENDING:
             self._finish_cancelled(task)
             return
+        agent = self._holder(task)
+        if agent is not None:
+            _send(agent, codec.encode_frame(Kind.CANCEL, task.id))
+
+    def _holder(self, task: Task) -> AgentHandle | None:
+        """The agent that holds ``task``, if any."""
         for agent in self._agents.values():
             if task in agent.held:
-                try:
-                    agent.conn.send_bytes(codec.encode_frame(Kind.CANCEL, task.id))
-                except OSError:
-                    pass
-                return
+                return agent
+        return None
 
     # ------------------------------------------------------------ finishing
 
@@ -846,3 +837,13 @@ def _set_exception(future: Future[Any], err: BaseException) -> None:
         future.set_exception(err)
     except Exception:
         pass
+
+
+def _send(agent: AgentHandle, frame: bytes) -> bool:
+    """Send one frame; False if the agent is dying (its sentinel will fire,
+    and what it held is retried or failed there)."""
+    try:
+        agent.conn.send_bytes(frame)
+    except OSError:
+        return False
+    return True
