@@ -23,14 +23,31 @@ react without parsing text.
 code written for the stdlib keeps catching it; ``PoolBroken`` subclasses
 ``concurrent.futures.BrokenExecutor`` for the same reason.
 
-This module imports nothing of guildcore's; everything else may import it.
+Most classes live in ``guildcore._errors``, which agents import without
+pulling in ``concurrent.futures``; this module adds the three with stdlib
+executor parents. Import errors from here.
 """
 
 from __future__ import annotations
 
-import signal
 from concurrent.futures import BrokenExecutor, CancelledError
 from concurrent.futures.process import BrokenProcessPool
+
+from guildcore._errors import (
+    AgentError,
+    CacheError,
+    ConfigError,
+    ContextError,
+    GuildError,
+    MemoryLimitExceeded,
+    RemoteTraceback,
+    SerializationError,
+    ShutdownError,
+    TaskError,
+    TaskTimeout,
+    describe_exitcode,
+    format_bytes,
+)
 
 __all__ = [
     "AgentDied",
@@ -52,132 +69,8 @@ __all__ = [
 ]
 
 
-def format_bytes(n: float | None) -> str:
-    """Render a byte count the way the messages do: ``131.2 MB``."""
-    if n is None:
-        return "unknown"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def describe_exitcode(exitcode: int | None) -> str:
-    """Say how an agent ended: ``exit code 3`` or ``signal SIGKILL (-9)``."""
-    if exitcode is None:
-        return "no exit code (still running or unknown)"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"signal {name} ({exitcode})"
-    return f"exit code {exitcode}"
-
-
-class GuildError(Exception):
-    """Base of every error guildcore raises on purpose."""
-
-
-class ConfigError(GuildError, ValueError):
-    """A setting is unknown, of the wrong type or impossible.
-
-    ``source`` is the file (or ``environment`` / ``keyword arguments``),
-    ``line`` the line in that file where known, ``key`` the dotted key path.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        source: str | None = None,
-        line: int | None = None,
-        key: str | None = None,
-        value: object = None,
-    ) -> None:
-        super().__init__(message)
-        self.source = source
-        self.line = line
-        self.key = key
-        self.value = value
-
-
-class SerializationError(GuildError, TypeError):
-    """A value cannot be encoded, or bytes received are not a valid frame."""
-
-
-class ContextError(GuildError):
-    """Shared context cannot be written, attached or read."""
-
-
-class CacheError(GuildError):
-    """A cache store cannot be opened or used, and could not be rebuilt."""
-
-
-class TaskError(GuildError):
-    """Something went wrong with one task; ``task_id`` and ``fn`` say which."""
-
-    def __init__(self, message: str, *, task_id: int | None = None, fn: str | None = None) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-        self.fn = fn
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keep the fields across pickling (errors travel between processes).
-        return (_rebuild, (type(self), self.args, self.__dict__))
-
-
-def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
-    err = cls.__new__(cls)
-    err.args = args
-    err.__dict__.update(state)
-    return err
-
-
-class TaskTimeout(TaskError, TimeoutError):
-    """A task ran past its timeout (``limits.timeout`` or ``submit(timeout=)``)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        task_id: int | None = None,
-        fn: str | None = None,
-        timeout_s: float | None = None,
-        agent_id: int | None = None,
-    ) -> None:
-        super().__init__(message, task_id=task_id, fn=fn)
-        self.timeout_s = timeout_s
-        self.agent_id = agent_id
-
-
 class TaskCancelled(TaskError, CancelledError):
     """A task was cancelled before it finished (shutdown, Ctrl-C, a closed stream)."""
-
-
-class AgentError(TaskError):
-    """The agent running a task failed; carries the agent's post-mortem facts."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        task_id: int | None = None,
-        fn: str | None = None,
-        agent_id: int | None = None,
-        pid: int | None = None,
-        exitcode: int | None = None,
-        runtime_s: float | None = None,
-        private_bytes: int | None = None,
-    ) -> None:
-        super().__init__(message, task_id=task_id, fn=fn)
-        self.agent_id = agent_id
-        self.pid = pid
-        self.exitcode = exitcode
-        self.runtime_s = runtime_s
-        self.private_bytes = private_bytes
 
 
 class AgentDied(AgentError, BrokenProcessPool):
@@ -188,36 +81,5 @@ class AgentDied(AgentError, BrokenProcessPool):
     """
 
 
-class MemoryLimitExceeded(AgentError, MemoryError):
-    """An agent's private memory went past ``limits.per_agent``; it was replaced."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        limit_bytes: int | None = None,
-        peak_bytes: int | None = None,
-        **facts: object,
-    ) -> None:
-        super().__init__(message, **facts)  # type: ignore[arg-type]
-        self.limit_bytes = limit_bytes
-        self.peak_bytes = peak_bytes
-
-
 class PoolBroken(GuildError, BrokenExecutor):
     """Agents cannot be started at all (for example, the initializer raises)."""
-
-
-class ShutdownError(GuildError, RuntimeError):
-    """Work was submitted to a Guild that is shut down or shutting down."""
-
-
-class RemoteTraceback(Exception):
-    """Carries an agent-side traceback as the ``__cause__`` of a re-raised error."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'

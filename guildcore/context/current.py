@@ -43,7 +43,7 @@ def current() -> Mapping[Any, Any]:
     """The running task's context (``guildcore.context()``)."""
     view = _current.get()
     if view is None:
-        from guildcore.errors import ContextError
+        from guildcore._errors import ContextError
 
         raise ContextError("no context is shared: call g.share(mapping) first")
     return view

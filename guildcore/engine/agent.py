@@ -33,15 +33,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from guildcore import codec
+from guildcore._errors import SerializationError, TaskTimeout
 from guildcore.codec import Kind
 from guildcore.engine import limits
 from guildcore.engine.functions import FnSpec, FunctionCache
-from guildcore.errors import SerializationError, TaskTimeout
 
+TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     # Imported where used: only big results and streams need shared memory,
     # and its imports (secrets, hashlib) cost every agent ~0.7 MB.
     from guildcore.engine import shmbuf
@@ -58,25 +60,51 @@ FLAG_TIMEOUT = 2  # TaskTimeout raised inside the task
 FLAG_CANCELLED = 4  # a stream was cancelled by the supervisor
 
 
-class AgentSettings(NamedTuple):
+class AgentSettings:
     """What an agent needs at start; pickled once into the new process.
 
-    A NamedTuple rather than a dataclass: ``dataclasses`` imports
-    ``inspect``, ``ast`` and ``tokenize``, ~2.5 MB of private memory in
-    every agent for this one record.
+    A plain slotted class: a dataclass would import ``inspect``, ``ast`` and
+    ``tokenize`` (~2.5 MB of private memory in every agent) and a NamedTuple
+    ``typing`` (~0.45 MB), for this one record.
     """
 
-    agent_id: int
-    limit_bytes: int | None = None
-    initializer: Callable[..., object] | None = None
-    initargs: tuple[Any, ...] = ()
-    preload: tuple[str, ...] = ()
-    cache_env: Mapping[str, str] | None = None
-    forked: bool = False  # started with the fork method: memory inherited from the supervisor
-    # Results encoding to more than this many bytes travel through a
-    # shared-memory segment named after the supervisor (shmbuf.result_name).
-    result_threshold: int | None = None
-    supervisor_pid: int = 0
+    __slots__ = (
+        "agent_id",
+        "cache_env",
+        "forked",
+        "initargs",
+        "initializer",
+        "limit_bytes",
+        "preload",
+        "result_threshold",
+        "supervisor_pid",
+    )
+
+    def __init__(
+        self,
+        agent_id: int,
+        *,
+        limit_bytes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        preload: tuple[str, ...] = (),
+        cache_env: Mapping[str, str] | None = None,
+        forked: bool = False,
+        result_threshold: int | None = None,
+        supervisor_pid: int = 0,
+    ) -> None:
+        self.agent_id = agent_id
+        self.limit_bytes = limit_bytes
+        self.initializer = initializer
+        self.initargs = initargs
+        self.preload = preload
+        self.cache_env = cache_env
+        # Started with the fork method: memory inherited from the supervisor.
+        self.forked = forked
+        # Results encoding to more than this many bytes travel through a
+        # shared-memory segment named after the supervisor (shmbuf.result_name).
+        self.result_threshold = result_threshold
+        self.supervisor_pid = supervisor_pid
 
 
 class _Control:
