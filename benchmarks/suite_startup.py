@@ -2,9 +2,9 @@
 
 For each system, a fresh interpreter runs a small program: import the
 system, create its pool (2 workers/agents), submit one trivial task
-(``workloads.ping``), and write a line when the result is back. The suite
-times from launching the interpreter to reading that line, and subtracts the
-median of the same measurement for a bare ``python`` that writes the line at
+(``trivial.ping``, from a module that imports nothing), and write a line
+when the result is back. The suite times from launching the interpreter to
+reading that line, and subtracts the median of the same measurement for a bare ``python`` that writes the line at
 once: what remains is what the system adds before the first result.
 
 Then, with the pool idle (``SETTLE_S`` after the task), it reads ``RssAnon``
@@ -44,37 +44,37 @@ _FIRST: dict[str, tuple[str, str, str]] = {
     # setup (import + pool), first call, worker pids expression (None: find leaves)
     "multiprocessing.Pool": (
         "import multiprocessing\npool = multiprocessing.Pool(2)",
-        "pool.apply(workloads.ping, (1,))",
+        "pool.apply(trivial.ping, (1,))",
         "pool.close(); pool.join()",
     ),
     "ProcessPoolExecutor": (
         "import concurrent.futures\npool = concurrent.futures.ProcessPoolExecutor(2)",
-        "pool.submit(workloads.ping, 1).result()",
+        "pool.submit(trivial.ping, 1).result()",
         "pool.shutdown()",
     ),
     "joblib": (
         "import joblib\npool = joblib.Parallel(n_jobs=2)",
-        "pool([joblib.delayed(workloads.ping)(1)])",
+        "pool([joblib.delayed(trivial.ping)(1)])",
         "",
     ),
     "loky": (
         "import loky\npool = loky.get_reusable_executor(max_workers=2)",
-        "pool.submit(workloads.ping, 1).result()",
+        "pool.submit(trivial.ping, 1).result()",
         "pool.shutdown()",
     ),
     "mpire": (
         "import mpire\npool = mpire.WorkerPool(n_jobs=2, keep_alive=True); pool.__enter__()",
-        "pool.map(workloads.ping, [1])",
+        "pool.map(trivial.ping, [1])",
         "pool.__exit__(None, None, None)",
     ),
     "guildcore Guild": (
         "import guildcore\npool = guildcore.Guild(max_agents=2)",
-        "pool.submit(workloads.ping, 1).result()",
+        "pool.submit(trivial.ping, 1).result()",
         "pool.shutdown()",
     ),
     "guildcore GuildExecutor": (
         "import guildcore\npool = guildcore.GuildExecutor(max_workers=2)",
-        "pool.submit(workloads.ping, 1).result()",
+        "pool.submit(trivial.ping, 1).result()",
         "pool.shutdown()",
     ),
 }
@@ -89,7 +89,7 @@ def _program(system: str) -> str:
     return "\n".join(
         [
             "import sys",
-            "from benchmarks import workloads",
+            "from benchmarks import trivial",
             setup,
             call,
             "sys.stdout.write('first\\n'); sys.stdout.flush()",

@@ -5,9 +5,10 @@ concurrent.futures, joblib, loky, mpire) sends it by reference and its
 agents or workers import it by name: no pool gets to skip a pickle of the
 function that another pays for.
 
-This module covers: the tiny task (``inc``), the CPU-bound refactor task
-(``refactor_file`` over the standard library's sources) and the trivial task
-of the start-up suite (``ping``). It does not cover timing: the suites do.
+This module covers: the tiny task (``inc``) and the CPU-bound refactor task
+(``refactor_file`` over the standard library's sources). The start-up
+suite's task lives in ``trivial``, away from this module's imports. It does
+not cover timing: the suites do.
 """
 
 from __future__ import annotations
@@ -34,11 +35,6 @@ _SKIP_DIRS = frozenset({"test", "tests", "idle_test"})
 def inc(x: int) -> int:
     """The tiny task: far cheaper than any IPC, so overhead is all one sees."""
     return x + 1
-
-
-def ping(x: int = 0) -> int:
-    """The start-up suite's first task."""
-    return x
 
 
 class _Rename(ast.NodeTransformer):
