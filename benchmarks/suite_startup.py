@@ -4,8 +4,9 @@ For each system, a fresh interpreter runs a small program: import the
 system, create its pool (2 workers/agents), submit one trivial task
 (``trivial.ping``, from a module that imports nothing), and write a line
 when the result is back. The suite times from launching the interpreter to
-reading that line, and subtracts the median of the same measurement for a bare ``python`` that writes the line at
-once: what remains is what the system adds before the first result.
+reading that line, and subtracts the median of the same measurement for a
+bare ``python`` that writes the line at once: what remains is what the
+system adds before the first result.
 
 Then, with the pool idle (``SETTLE_S`` after the task), it reads ``RssAnon``
 (private memory) and ``VmRSS`` from ``/proc/PID/status`` for the parent and
