@@ -6,6 +6,7 @@ import itertools
 import os
 import sys
 from concurrent.futures import Future
+from pathlib import Path
 
 import faults
 import pytest
@@ -183,6 +184,24 @@ def test_sequential_fallback_when_agents_cannot_start(monkeypatch: pytest.Monkey
     with pytest.warns(RuntimeWarning, match="could not start agents"), Guild(max_agents=2) as g:
         assert g.map(faults.inc, range(5)) == [1, 2, 3, 4, 5]
         assert g.stats()["inline"] is True
+
+
+def test_agents_that_die_before_ready_lose_no_task_and_shutdown_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A preloaded module that exits kills each (spawned) agent before READY,
+    # as a script that fails at import does: tasks sent ahead to such agents
+    # never ran, so they go back to the queue and run inline after the third
+    # failed start; then shutdown must still return.
+    (tmp_path / "exits_at_import.py").write_text("import os\nos._exit(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="3 agents in a row died before they were ready"):
+        g = Guild(max_agents=1, start_method="spawn", optimization={"preload": ["exits_at_import"]})
+        try:
+            assert g.map(faults.inc, range(5), chunksize=1) == [1, 2, 3, 4, 5]
+            assert g.stats()["counters"]["agents_died"] == 3
+        finally:
+            g.shutdown()
 
 
 def test_initializer_runs_once_per_agent(tmp_path: object) -> None:

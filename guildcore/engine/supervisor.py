@@ -184,12 +184,14 @@ class Supervisor:
             self._scale(time.monotonic())
             while True:
                 self._drain_inbox()
-                if self._stopping and self._ready_to_exit():
-                    break
                 now = time.monotonic()
                 self._dispatch(now)
                 self._check_timers(now)
                 self._scale(now)
+                # Checked after the work of this turn: an inline batch may
+                # just have emptied the queue, and nothing would wake the wait.
+                if self._stopping and self._ready_to_exit():
+                    break
                 self._wait(self._next_deadline(time.monotonic()))
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             log.exception("guildcore supervisor loop crashed")
@@ -459,7 +461,11 @@ class Supervisor:
             self._start_failures += 1
         held = list(agent.held)
         agent.held.clear()
-        if held:
+        if died_starting:
+            # It never sent READY, so it never ran what it was sent ahead of time.
+            for task in held:
+                self._unsend(task)
+        elif held:
             running, prefetched = held[0], held[1:]
             shmbuf.discard_result(os.getpid(), running.id)  # a big result it may have been writing
             err = postmortem.death_error(agent, running, exitcode, self.settings.limit_bytes, time.monotonic())
