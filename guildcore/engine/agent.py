@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from guildcore import codec
 from guildcore._errors import SerializationError, TaskTimeout
 from guildcore.codec import Kind
-from guildcore.engine import limits
+from guildcore.engine import lazymain, limits
 from guildcore.engine.functions import FnSpec, FunctionCache
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     # Imported where used: only big results and streams need shared memory,
     # and its imports (secrets, hashlib) cost every agent ~0.7 MB.
     from guildcore.engine import shmbuf
+
+# The forkserver preloads this module: from then on its agents run the
+# caller's script only when a task needs a name from it.
+lazymain.install_hooks()
 
 # Task modes: how the payload of a TASK frame is applied to the function.
 MODE_CALL = 0  # payload = [args, kwargs]          -> fn(*args, **kwargs)

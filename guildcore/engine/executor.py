@@ -29,6 +29,7 @@ from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_sco
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.iterators import MAX_AUTO_CHUNK, ImapRun, StreamIterator
+from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
 from guildcore.engine.routing import Route, Router, decide
@@ -135,6 +136,7 @@ class Guild:
         config: Config | None = None,
         **overrides: Any,
     ) -> None:
+        check_not_importing_main()
         self.config = config if config is not None else load_config(overrides or None)
         if config is not None and overrides:
             raise ConfigError("pass either config= or keyword overrides to Guild, not both", key="config")

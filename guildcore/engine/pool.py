@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from guildcore.engine.agent import AgentSettings, agent_main
+from guildcore.engine.lazymain import AGENT_NAME_PREFIX
 from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transition
 from guildcore.errors import format_bytes
 
@@ -161,7 +162,7 @@ class AgentStarter:
         )
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(  # type: ignore[attr-defined]
-            target=agent_main, args=(child_conn, settings), name=f"guild-agent-{agent_id}", daemon=True
+            target=agent_main, args=(child_conn, settings), name=f"{AGENT_NAME_PREFIX}{agent_id}", daemon=True
         )
         try:
             process.start()

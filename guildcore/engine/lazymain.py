@@ -1,0 +1,174 @@
+"""Agents import the caller's script only when a task needs something from it.
+
+multiprocessing makes every forkserver child re-run the parent's ``__main__``
+(the script) before it does anything else. For an agent that is waste and a
+hazard: a script that imports pandas makes every agent import pandas even
+when its tasks live in other modules, and a script without an
+``if __name__ == "__main__":`` guard runs its work again in every agent.
+
+So in a guildcore agent started through the forkserver, ``__main__`` is a
+``LazyMain`` module: the script runs (as ``__mp_main__``, like the stdlib
+does) the first time anything looks up a name in it, for example
+``__main__:square`` as a task's function, an initializer defined in the
+script, or a pickled instance of a class the script defines. Tasks whose
+functions live in importable modules never run the script at all.
+
+A Guild created while an agent runs the script is a script without the
+guard: ``Guild()`` raises (see ``check_not_importing_main``) and the task
+that needed the script fails with a ``SerializationError`` that says how to
+fix it, instead of the script's work running again inside the agent.
+
+This module covers the forkserver start method, where the hook is installed
+in the forkserver by preloading the agent module. ``spawn`` children run the
+script before any guildcore code can step in (the stdlib behaviour), and
+``fork`` children inherit the parent's ``__main__`` as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+from guildcore._errors import SerializationError
+
+AGENT_NAME_PREFIX = "guild-agent-"
+
+_UNGUARDED = (
+    "a Guild was created while an agent imported your script: agents import the script "
+    "to find functions and classes defined in it, and this script creates a Guild when "
+    'imported. Put the code that creates the Guild under  if __name__ == "__main__":'
+)
+
+_loading = False  # True while an agent runs the caller's script
+_previous_mains: list[types.ModuleType] = []  # kept alive, as the stdlib does
+
+
+class LazyMain(types.ModuleType):
+    """A ``__main__`` that runs the caller's script on the first lookup of a name."""
+
+    def __init__(self, kind: str, target: str) -> None:
+        super().__init__("__mp_main__")
+        self._guild_kind = kind  # "path" or "name" (python -m)
+        self._guild_target = target
+        self._guild_state = "lazy"  # then "loaded" or "failed"
+        self._guild_error: SerializationError | None = None
+        if kind == "path":
+            self.__file__ = target
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # probes such as __path__ must not run a script
+        if self._guild_state == "lazy":
+            self._guild_load(name)
+        if self._guild_error is not None:
+            raise self._guild_error
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module '__main__' ({self._guild_target}) has no attribute {name!r}") from None
+
+    def _guild_load(self, wanted: str) -> None:
+        global _loading
+        import runpy
+
+        self._guild_state = "loading"
+        _loading = True
+        try:
+            if self._guild_kind == "name":
+                names = runpy.run_module(self._guild_target, run_name="__mp_main__", alter_sys=True)
+            else:
+                names = runpy.run_path(self._guild_target, run_name="__mp_main__")
+        except BaseException as exc:
+            self._guild_state = "failed"
+            if isinstance(exc, SerializationError) and str(exc) == _UNGUARDED:
+                why = (
+                    f"your script {self._guild_target} creates a Guild when imported, and agents "
+                    f"import it to find {wanted!r}. Put the code that creates the Guild under  "
+                    'if __name__ == "__main__":'
+                )
+            else:
+                why = (
+                    f"the agent could not run your script {self._guild_target} to find {wanted!r} "
+                    f"({type(exc).__name__}: {exc}); agents import the script to reach what it defines"
+                )
+            self._guild_error = SerializationError(why)
+            self._guild_error.__cause__ = exc
+            return
+        finally:
+            _loading = False
+        self.__dict__.update(names)
+        self._guild_state = "loaded"
+
+
+def loading() -> bool:
+    """Whether this process is an agent running the caller's script right now."""
+    return _loading
+
+
+def check_not_importing_main() -> None:
+    """Refuse to build a Guild inside an agent that is running the caller's script.
+
+    Only a script without an ``if __name__ == "__main__":`` guard does that,
+    and going on would run the script's work again inside the agent.
+    """
+    inheriting = False
+    if "multiprocessing" in sys.modules:
+        from multiprocessing import process
+
+        inheriting = bool(getattr(process.current_process(), "_inheriting", False))
+    if _loading or inheriting:
+        raise SerializationError(_UNGUARDED)
+
+
+def _in_agent() -> bool:
+    from multiprocessing import process
+
+    return process.current_process().name.startswith(AGENT_NAME_PREFIX)
+
+
+def _install(kind: str, target: str) -> None:
+    current = sys.modules["__main__"]
+    _previous_mains.append(current)
+    module = LazyMain(kind, target)
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+
+def install_hooks() -> None:
+    """Make forkserver children named ``guild-agent-*`` get a ``LazyMain``.
+
+    Installed in the forkserver (the agent module is preloaded there) and
+    harmless elsewhere: other processes, including other libraries' workers
+    started through the same forkserver, keep the stdlib behaviour.
+    """
+    from multiprocessing import spawn
+
+    by_path = getattr(spawn, "_fixup_main_from_path", None)
+    by_name = getattr(spawn, "_fixup_main_from_name", None)
+    if by_path is None or by_name is None or getattr(by_path, "_guild_lazy", False):
+        return  # another Python, or already installed
+
+    def fixup_from_path(main_path: str) -> None:
+        if not _in_agent():
+            return by_path(main_path)  # type: ignore[no-any-return]
+        name = os.path.splitext(os.path.basename(main_path))[0]
+        current = sys.modules["__main__"]
+        if name == "ipython" or getattr(current, "__file__", None) == main_path:
+            return by_path(main_path)  # type: ignore[no-any-return]  # the stdlib's own early returns
+        _install("path", main_path)
+        return None
+
+    def fixup_from_name(mod_name: str) -> None:
+        if not _in_agent():
+            return by_name(mod_name)  # type: ignore[no-any-return]
+        current = sys.modules["__main__"]
+        if mod_name == "__main__" or mod_name.endswith(".__main__"):
+            return by_name(mod_name)  # type: ignore[no-any-return]
+        if getattr(current.__spec__, "name", None) == mod_name:
+            return None
+        _install("name", mod_name)
+        return None
+
+    fixup_from_path._guild_lazy = True  # type: ignore[attr-defined]
+    spawn._fixup_main_from_path = fixup_from_path  # type: ignore[attr-defined]
+    spawn._fixup_main_from_name = fixup_from_name  # type: ignore[attr-defined]
