@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import types
 
 from guildcore._errors import SerializationError
@@ -41,6 +42,10 @@ _UNGUARDED = (
 )
 
 _loading = False  # True while an agent runs the caller's script
+# The reader thread may decode a pickle that names the script while the main
+# thread loads it: one load, and lookups wait for it. Reentrant, so the
+# script's own lookups of __main__ while it runs do not deadlock.
+_load_lock = threading.RLock()
 _previous_mains: list[types.ModuleType] = []  # kept alive, as the stdlib does
 
 
@@ -51,7 +56,7 @@ class LazyMain(types.ModuleType):
         super().__init__("__mp_main__")
         self._guild_kind = kind  # "path" or "name" (python -m)
         self._guild_target = target
-        self._guild_state = "lazy"  # then "loaded" or "failed"
+        self._guild_state = "lazy"  # then "loading", then "loaded" or "failed"
         self._guild_error: SerializationError | None = None
         if kind == "path":
             self.__file__ = target
@@ -59,8 +64,10 @@ class LazyMain(types.ModuleType):
     def __getattr__(self, name: str) -> object:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)  # probes such as __path__ must not run a script
-        if self._guild_state == "lazy":
-            self._guild_load(name)
+        if self._guild_state in ("lazy", "loading"):
+            with _load_lock:
+                if self._guild_state == "lazy":
+                    self._guild_load(name)
         if self._guild_error is not None:
             raise self._guild_error
         try:
