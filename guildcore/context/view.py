@@ -26,13 +26,13 @@ import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any  # at run time: ContextView subclasses Mapping[Any, Any]
 
 from guildcore import codec
+from guildcore._errors import ContextError
 from guildcore.context import layout
 from guildcore.context.layout import Kind
 from guildcore.context.ref import ContextRef
-from guildcore.errors import ContextError
 
 MAX_ATTACHED = 4  # generations kept mapped per agent; older ones are unmapped when unused
 _MISSING = object()

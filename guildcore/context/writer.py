@@ -17,13 +17,11 @@ next start.
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from array import array
 from collections.abc import Mapping
 from multiprocessing import resource_tracker
-from multiprocessing.shared_memory import SharedMemory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import xxhash
@@ -33,6 +31,11 @@ from guildcore.context import layout
 from guildcore.context.layout import Kind
 from guildcore.context.ref import ContextRef
 from guildcore.errors import ContextError, format_bytes
+
+if TYPE_CHECKING:
+    # Imported on first share(): it imports secrets and hashlib, ~8 ms of every
+    # Guild's start-up that a Guild sharing nothing need not pay.
+    from multiprocessing.shared_memory import SharedMemory
 
 SHM_DIR = "/dev/shm"
 
@@ -206,7 +209,9 @@ def write_context(
     del key_offs, key_lens, value_lens, kinds, meta_lens
     table = _build_index(hashes, slots)
     del hashes
-    name = layout.segment_name(pid, generation, secrets.token_hex(4))
+    name = layout.segment_name(pid, generation, os.urandom(4).hex())
+    from multiprocessing.shared_memory import SharedMemory
+
     try:
         shm = SharedMemory(name=name, create=True, size=used)
     except OSError as exc:

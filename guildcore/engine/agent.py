@@ -44,8 +44,7 @@ TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads
 if TYPE_CHECKING:
     from typing import Any
 
-    # Imported where used: only big results and streams need shared memory,
-    # and its imports (secrets, hashlib) cost every agent ~0.7 MB.
+    # Imported where used: only big results and streams need shared memory.
     from guildcore.engine import shmbuf
 
 # The forkserver preloads this module: from then on its agents run the
