@@ -264,6 +264,19 @@ def test_context_ref_travels_through_codec_and_pickle() -> None:
     assert pickle.loads(pickle.dumps(ref)) == ref
 
 
+def test_context_ref_is_an_immutable_value() -> None:
+    ref = ContextRef("guild_1_2_abcd", 2, 4096)
+    same, other = ContextRef("guild_1_2_abcd", 2, 4096), ContextRef("guild_1_3_abcd", 3, 4096)
+    assert ref == same and hash(ref) == hash(same) and ref != other
+    assert len({ref, same, other}) == 2
+    assert repr(ref) == "ContextRef(name='guild_1_2_abcd', generation=2, size=4096)"
+    with pytest.raises(AttributeError, match="read-only"):
+        ref.generation = 3  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="read-only"):
+        del ref.name
+    assert not hasattr(ref, "__dict__")
+
+
 def test_current_context_slot(share: Any) -> None:
     with pytest.raises(
         ContextError, match=r"^no context is shared: call g.share\(mapping\) first$"
