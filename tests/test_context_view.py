@@ -382,3 +382,27 @@ def test_a_segment_that_is_not_a_context_is_refused() -> None:
     finally:
         shm.close()
         shm.unlink()
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["digest-inline", "digest-beside-writes"])
+def test_digest_is_the_xxh3_of_the_segment_after_its_header(big: bool) -> None:
+    import xxhash
+
+    from guildcore.context import layout, writer
+
+    size = writer.PARALLEL_DIGEST_BYTES + 12_345 if big else 1000
+    mapping = {
+        "blob": os.urandom(size),
+        "array": np.arange(1000, dtype=np.float64),
+        "plain": {"k": [1, 2, 3]},
+    }
+    handle = write_context(mapping, generation=1)
+    again = write_context(mapping, generation=2)
+    try:
+        with open(f"/dev/shm/{handle.name}", "rb") as f:
+            segment = f.read(handle.size)
+        assert handle.digest == xxhash.xxh3_128(segment[layout.HEADER_SIZE :]).digest()
+        assert again.digest == handle.digest  # same content, same digest
+    finally:
+        handle.unlink()
+        again.unlink()
