@@ -173,18 +173,6 @@ class RemoteTraceback(Exception):
 
 
 # The public path, for tracebacks and pickles (guildcore.errors re-exports all).
-for _cls in (
-    AgentError,
-    CacheError,
-    ConfigError,
-    ContextError,
-    GuildError,
-    MemoryLimitExceeded,
-    RemoteTraceback,
-    SerializationError,
-    ShutdownError,
-    TaskError,
-    TaskTimeout,
-):
+for _cls in [v for v in globals().values() if isinstance(v, type) and issubclass(v, BaseException)]:
     _cls.__module__ = "guildcore.errors"
 del _cls

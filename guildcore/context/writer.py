@@ -125,6 +125,24 @@ def _write_buffer(fd: int, buf: memoryview, offset: int, data: memoryview) -> No
 PARALLEL_DIGEST_BYTES = 16 << 20
 
 
+def _raw_pieces(
+    raws: list[tuple[int, Kind, Any, int]], value_offs: list[int], start: int, used: int
+) -> tuple[list[bytes | memoryview], list[tuple[int, memoryview]]]:
+    """What the digest reads after ``start`` (padding zeros and values, in segment order), and the writes."""
+    pieces: list[bytes | memoryview] = []
+    writes: list[tuple[int, memoryview]] = []
+    pos = start
+    for i, kind, buffer, nbytes in raws:
+        if nbytes == 0:
+            continue
+        data = _raw_bytes(kind, buffer)
+        pieces += (bytes(value_offs[i] - pos), data)  # alignment padding, then the value
+        writes.append((value_offs[i], data))
+        pos = value_offs[i] + nbytes
+    pieces.append(bytes(used - pos))
+    return pieces, writes
+
+
 def _write_and_digest(
     fd: int,
     buf: memoryview,
@@ -287,18 +305,7 @@ def write_context(
         # read back from the segment (~27 ms for 256 MB, no page faults).
         hasher = xxhash.xxh3_128(buf[layout.HEADER_SIZE : buffers_off])
         fd = getattr(shm, "_fd", -1)  # SharedMemory's descriptor (POSIX); -1: copy instead
-        pieces: list[bytes | memoryview] = []  # what the digest reads, in segment order
-        writes: list[tuple[int, memoryview]] = []
-        pos = buffers_off
-        for i, kind, buffer, nbytes in raws:
-            if nbytes == 0:
-                continue
-            data = _raw_bytes(kind, buffer)
-            pieces += (bytes(value_offs[i] - pos), data)  # alignment padding (zeros), then the value
-            writes.append((value_offs[i], data))
-            pos = value_offs[i] + nbytes
-        data = None  # the loop's hold on the last value
-        pieces.append(bytes(used - pos))
+        pieces, writes = _raw_pieces(raws, value_offs, buffers_off, used)
         digest = _write_and_digest(fd, buf, writes, hasher, pieces)
         # Invariant: no export of a value outlives the write.
         del pieces, writes
