@@ -454,6 +454,25 @@ def decode(data: bytes | bytearray | memoryview, *, allow_pickle: bool = True) -
         ) from exc
 
 
+def frame_head(data: bytes | bytearray | memoryview) -> tuple[Kind, int]:
+    """The kind and task id of a frame, without decoding its fields.
+
+    An agent's reader thread routes frames by these two alone: a task's
+    fields may name the caller's script, which must load in the main thread.
+    """
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(bytes(memoryview(data)[:32]))  # array header, kind and task id fit in 15 bytes
+    try:
+        if unpacker.read_array_header() < 2:
+            raise ValueError("fewer than 2 items")
+        kind, task_id = unpacker.unpack(), unpacker.unpack()
+    except Exception as exc:
+        raise SerializationError(f"bad frame: expected [kind, task_id, ...] ({exc})") from None
+    if type(kind) is not int or kind not in _KIND_BY_VALUE or type(task_id) is not int:
+        raise SerializationError(f"bad frame: kind {kind!r}, task id {task_id!r}")
+    return _KIND_BY_VALUE[kind], task_id
+
+
 def decode_frame(
     data: bytes | bytearray | memoryview, *, allow_pickle: bool = True
 ) -> tuple[Kind, int, list[Any]]:

@@ -509,3 +509,16 @@ def test_a_packer_that_made_a_huge_frame_is_not_kept() -> None:
     encode([b"x" * (2 << 20)])  # 2 MiB through one packer, whose buffer grew to match
     assert len(codec._state.free) == idle - 1
     assert roundtrip([1]) == [1]
+
+
+def test_frame_head_reads_kind_and_task_id_without_the_fields() -> None:
+    frame = codec.encode_frame(Kind.TASK, 2**40, 1, "m:f", [b"x" * 100])
+    assert codec.frame_head(frame) == (Kind.TASK, 2**40)
+    broken_fields = b"\x93\x01\x09\xc1"  # [TASK, 9, <0xc1: never valid msgpack>]
+    assert codec.frame_head(broken_fields) == (Kind.TASK, 9)
+    with pytest.raises(SerializationError):
+        codec.decode_frame(broken_fields)
+    assert codec.frame_head(codec.encode_frame(Kind.CANCEL, 7)) == (Kind.CANCEL, 7)
+    for bad in (b"", b"\x90", b"\x91\x01", codec.encode(["x", 1]), codec.encode([1, "x"]), codec.encode(5)):
+        with pytest.raises(SerializationError, match="bad frame"):
+            codec.frame_head(bad)

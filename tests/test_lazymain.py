@@ -92,6 +92,57 @@ def test_names_from_the_script_load_it_on_first_use(tmp_path: Path) -> None:
     assert 2 <= len(runs) <= 3 and len(set(runs)) == len(runs)  # the caller, then each agent once
 
 
+def test_script_classes_in_arguments_load_the_script_in_the_main_thread(tmp_path: Path) -> None:
+    # The script sets a signal handler at import, which only the main thread
+    # may do: unpickling a Point must not load it in the agent's reader thread.
+    proc = _run(
+        tmp_path,
+        """
+        import signal
+        import faults
+        from guildcore import Guild
+
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+        if __name__ == "__main__":
+            with Guild(max_agents=1, min_agents=1) as g:
+                p = g.submit(faults.sleep_then, 0, Point(5)).result(timeout=30)
+                print(type(p).__name__, p.x, g.stats()["counters"]["agents_died"])
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["Point", "5", "0"]
+
+
+def test_an_unguarded_script_passing_its_own_class_gets_the_fix(tmp_path: Path) -> None:
+    proc = _run(
+        tmp_path,
+        """
+        import faults
+        from guildcore import Guild
+
+        class Point:
+            pass
+
+        g = Guild(max_agents=1, min_agents=1)
+        try:
+            g.submit(faults.sleep_then, 0, Point()).result(timeout=30)
+        except Exception as exc:
+            print(type(exc).__name__, "|", exc, "|", g.stats()["counters"]["agents_died"])
+        g.shutdown()
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    name, message, died = proc.stdout.split("|")
+    assert name.strip() == "SerializationError"
+    assert "creates a Guild when imported" in message
+    assert died.strip() == "0"  # the agent reported the failure and lived
+
+
 def test_an_unguarded_script_with_functions_from_modules_runs_once(tmp_path: Path) -> None:
     proc = _run(
         tmp_path,
@@ -175,10 +226,25 @@ def test_lazy_main_runs_the_script_once_and_keeps_a_failure(tmp_path: Path) -> N
             bad.anything  # noqa: B018
 
 
-def test_guild_refuses_to_start_inside_a_script_import() -> None:
-    lazymain._loading = True
+def test_guild_refuses_to_start_inside_a_script_import_on_that_thread_only() -> None:
+    import threading
+
+    lazymain._loading_in = threading.get_ident()
     try:
         with pytest.raises(SerializationError, match="creates a Guild when"):
             lazymain.check_not_importing_main()
+        other: list[BaseException | None] = []
+
+        def elsewhere() -> None:
+            try:
+                lazymain.check_not_importing_main()
+                other.append(None)
+            except BaseException as exc:
+                other.append(exc)
+
+        t = threading.Thread(target=elsewhere)
+        t.start()
+        t.join()
+        assert other == [None]  # a task's own nested Guild on another thread is fine
     finally:
-        lazymain._loading = False
+        lazymain._loading_in = None

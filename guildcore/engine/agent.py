@@ -143,6 +143,13 @@ def _reader(conn: Any, inbox: queue.SimpleQueue[Any], control: _Control) -> None
             inbox.put(None)  # the supervisor is gone: stop
             return
         try:
+            kind, task_id = codec.frame_head(data)
+            if kind == Kind.TASK:
+                # Decoded by the main thread, where a failure fails the task:
+                # its fields may unpickle a class of the caller's script, and
+                # the script must run there (signal handlers, one load).
+                inbox.put((kind, task_id, data))
+                continue
             kind, task_id, fields = codec.decode_frame(data)
         except SerializationError:
             inbox.put(None)  # a broken channel cannot be trusted further
@@ -274,12 +281,18 @@ class Agent:
                 return True
         return False
 
-    def _run_task(self, task_id: int, fields: list[Any]) -> bool:
-        """Run one task; False when the agent must exit afterwards."""
-        mode, spec, payload, timeout_s, ctx_ref = fields
+    def _run_task(self, task_id: int, data: bytes) -> bool:
+        """Run one task from its TASK frame; False when the agent must exit afterwards."""
         if self._is_cancelled(task_id):
             self.send(Kind.END, task_id, 0, True)
             return True
+        try:
+            mode, spec, payload, timeout_s, ctx_ref = codec.decode_frame(data)[2]
+        except SerializationError as exc:
+            err = SerializationError(f"the arguments of task {task_id} cannot be decoded in the agent: {exc}")
+            self._send_error(task_id, err, "?", flags=0)
+            return True
+        del data
         fn_name = spec if isinstance(spec, str) else "<function sent by value>"
         try:
             fn = self.functions.get(spec)

@@ -41,7 +41,7 @@ _UNGUARDED = (
     'imported. Put the code that creates the Guild under  if __name__ == "__main__":'
 )
 
-_loading = False  # True while an agent runs the caller's script
+_loading_in: int | None = None  # the thread running the caller's script, while it runs
 # The reader thread may decode a pickle that names the script while the main
 # thread loads it: one load, and lookups wait for it. Reentrant, so the
 # script's own lookups of __main__ while it runs do not deadlock.
@@ -76,18 +76,17 @@ class LazyMain(types.ModuleType):
             raise AttributeError(f"module '__main__' ({self._guild_target}) has no attribute {name!r}") from None
 
     def _guild_load(self, wanted: str) -> None:
-        global _loading
+        global _loading_in
         import runpy
 
         self._guild_state = "loading"
-        _loading = True
+        _loading_in = threading.get_ident()
         try:
             if self._guild_kind == "name":
                 names = runpy.run_module(self._guild_target, run_name="__mp_main__", alter_sys=True)
             else:
                 names = runpy.run_path(self._guild_target, run_name="__mp_main__")
         except BaseException as exc:
-            self._guild_state = "failed"
             if isinstance(exc, SerializationError) and str(exc) == _UNGUARDED:
                 why = (
                     f"your script {self._guild_target} creates a Guild when imported, and agents "
@@ -99,18 +98,20 @@ class LazyMain(types.ModuleType):
                     f"the agent could not run your script {self._guild_target} to find {wanted!r} "
                     f"({type(exc).__name__}: {exc}); agents import the script to reach what it defines"
                 )
-            self._guild_error = SerializationError(why)
-            self._guild_error.__cause__ = exc
+            error = SerializationError(why)
+            error.__cause__ = exc
+            self._guild_error = error  # Invariant: set before the state says "failed"
+            self._guild_state = "failed"
             return
         finally:
-            _loading = False
+            _loading_in = None
         self.__dict__.update(names)
         self._guild_state = "loaded"
 
 
 def loading() -> bool:
-    """Whether this process is an agent running the caller's script right now."""
-    return _loading
+    """Whether this thread is running the caller's script (in an agent) right now."""
+    return _loading_in is not None and _loading_in == threading.get_ident()
 
 
 def check_not_importing_main() -> None:
@@ -124,7 +125,7 @@ def check_not_importing_main() -> None:
         from multiprocessing import process
 
         inheriting = bool(getattr(process.current_process(), "_inheriting", False))
-    if _loading or inheriting:
+    if loading() or inheriting:
         raise SerializationError(_UNGUARDED)
 
 
