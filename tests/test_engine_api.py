@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -202,6 +204,57 @@ def test_agents_that_die_before_ready_lose_no_task_and_shutdown_returns(
             assert g.stats()["counters"]["agents_died"] == 3
         finally:
             g.shutdown()
+
+
+def _exits_at_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gate: str | None = None) -> str:
+    """A module whose import ends the process: preloaded, it kills each (spawned) agent before READY."""
+    wait = f"open({gate!r}, 'rb').read(1)\n" if gate else ""
+    (tmp_path / "exits_at_import.py").write_text(f"import os\n{wait}os._exit(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "exits_at_import"
+
+
+def test_shutdown_returns_once_the_inline_fallback_drains_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _exits_at_import(tmp_path, monkeypatch)
+    with pytest.warns(RuntimeWarning, match="died before they were ready"):
+        g = Guild(max_agents=1, start_method="spawn", optimization={"preload": [module]})
+        g.map(faults.inc, range(3), chunksize=1)  # three agents die; inline from here on
+    futures = [g.submit(faults.sleep_then, 0.01, i) for i in range(50)]
+    # The last inline batch empties the queue; the loop must notice before it waits.
+    g.shutdown()
+    assert sum(f.result(timeout=0) for f in futures) == sum(range(50))
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_cancelled_by_shutdown_stays_cancelled_when_its_agent_dies_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = faults.make_fifo(str(tmp_path / "gate"))
+    module = _exits_at_import(tmp_path, monkeypatch, gate)
+    g = Guild(max_agents=1, start_method="spawn", optimization={"preload": [module]})
+    stream = g.stream(faults.gen_numbers, 5)
+    deadline, tick = time.monotonic() + 20, threading.Event()
+    while not any(a["held"] for a in g.stats()["agents"]):  # sent ahead to the starting agent
+        assert time.monotonic() < deadline, "the stream never reached the starting agent"
+        tick.wait(0.01)
+    g.shutdown(wait=False)  # cancels the stream the starting agent holds
+    faults.release(gate)  # that agent now dies before READY
+    g.shutdown()
+    with pytest.raises(guildcore.TaskCancelled):
+        list(stream)
+    assert g._supervisor.counters.agents_started == 1  # not revived in a new agent
+
+
+def test_an_initializer_that_kills_agents_breaks_the_pool() -> None:
+    with Guild(max_agents=1, initializer=faults.exit_hard, initargs=(3,)) as g:
+        with pytest.raises(guildcore.PoolBroken, match="died before they were ready"):
+            g.map(faults.inc, range(5), chunksize=1)
+        with pytest.raises(guildcore.PoolBroken):
+            g.submit(faults.inc, 1).result(timeout=30)
+        assert g.stats()["counters"]["agents_died"] == 3
+        assert g.stats()["inline"] is False  # no task ran without its initializer
 
 
 def test_initializer_runs_once_per_agent(tmp_path: object) -> None:

@@ -142,6 +142,15 @@ def initializer_failed(fields: list[Any]) -> PoolBroken:
     return broken
 
 
+def agents_die_at_start(why: str) -> PoolBroken:
+    """The pool's error when agents with an initializer keep dying before they are ready."""
+    return PoolBroken(
+        f"{why}, with an agent initializer configured; it may be what kills them (a crash, "
+        "os._exit or a signal, which cannot be reported as an exception). Agents cannot start, "
+        "so every pending and later task fails; fix the initializer or its initargs"
+    )
+
+
 def _who(agent: AgentHandle, task: Task) -> dict[str, Any]:
     """The facts every agent error carries: which task, which agent."""
     return {"task_id": task.id, "fn": task.fn_name, "agent_id": agent.id, "pid": agent.pid}

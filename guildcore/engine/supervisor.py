@@ -426,9 +426,12 @@ class Supervisor:
         self._finish_error(task, err)
 
     def _on_initializer_failed(self, agent: AgentHandle, fields: list[Any]) -> None:
-        broken = postmortem.initializer_failed(fields)
-        self._broken = broken
         agent.exit_reason = ("initializer", None)
+        self._break(postmortem.initializer_failed(fields))
+
+    def _break(self, broken: PoolBroken) -> None:
+        """Agents cannot start: every pending and later task fails with ``broken``."""
+        self._broken = broken
         self._fail_everything(broken)
 
     # ------------------------------------------------------------ agent exits
@@ -462,9 +465,13 @@ class Supervisor:
         held = list(agent.held)
         agent.held.clear()
         if died_starting:
-            # It never sent READY, so it never ran what it was sent ahead of time.
+            # It never sent READY, so it never ran what it was sent ahead of
+            # time: back to the queue, unless shutdown already cancelled it.
             for task in held:
-                self._unsend(task)
+                if self._stopping and task.stream is not None:
+                    self._finish_cancelled(task)
+                else:
+                    self._unsend(task)
         elif held:
             running, prefetched = held[0], held[1:]
             shmbuf.discard_result(os.getpid(), running.id)  # a big result it may have been writing
@@ -477,7 +484,13 @@ class Supervisor:
             for task in prefetched:
                 self._unsend(task)
         if self._start_failures >= _MAX_START_FAILURES and not self._inline and self._broken is None:
-            self._go_inline(f"{self._start_failures} agents in a row died before they were ready (last: {describe_exitcode(exitcode)})")
+            why = f"{self._start_failures} agents in a row died before they were ready (last: {describe_exitcode(exitcode)})"
+            if self._starter.initializer is None:
+                self._go_inline(why)
+            else:
+                # Inline tasks would run without the initializer's state, and
+                # the initializer is the likely killer: break, as when it raises.
+                self._break(postmortem.agents_die_at_start(why))
 
     def _unsend(self, task: Task) -> None:
         """A task sent to an agent that never started it: back to the queue, no attempt counted."""
