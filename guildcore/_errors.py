@@ -95,7 +95,12 @@ class TaskError(GuildError):
 
 
 def _rebuild(cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
-    err = cls.__new__(cls)
+    try:
+        err = cls.__new__(cls)
+    except TypeError:
+        # MemoryLimitExceeded: lookup finds MemoryError.__new__, which refuses
+        # a subclass whose first base is a Python class. BaseException's is safe.
+        err = BaseException.__new__(cls)
     err.args = args
     err.__dict__.update(state)
     return err

@@ -45,6 +45,7 @@ from guildcore._errors import (
     ShutdownError,
     TaskError,
     TaskTimeout,
+    _rebuild,  # noqa: F401  # older pickles of errors name it here
     describe_exitcode,
     format_bytes,
 )

@@ -406,3 +406,21 @@ def test_digest_is_the_xxh3_of_the_segment_after_its_header(big: bool) -> None:
     finally:
         handle.unlink()
         again.unlink()
+
+
+def test_a_failing_digest_beside_the_writes_fails_the_share() -> None:
+    from guildcore.context import writer
+
+    class Broken:
+        def update(self, data: object) -> None:
+            raise MemoryError("digest failed")
+
+        def digest(self) -> bytes:
+            return b"partial"
+
+    size = writer.PARALLEL_DIGEST_BYTES
+    data = memoryview(bytes(size))
+    target = memoryview(bytearray(size))
+    with pytest.raises(MemoryError, match="digest failed"):
+        writer._write_and_digest(-1, target, [(0, data)], Broken(), [data])
+    assert bytes(target[:16]) == bytes(16)  # the writes themselves ran

@@ -37,6 +37,7 @@ class ContextRef(Mapping["Any", "Any"]):
     """
 
     __slots__ = ("generation", "name", "size")
+    __match_args__ = ("name", "generation", "size")
 
     name: str
     generation: int
@@ -55,6 +56,13 @@ class ContextRef(Mapping["Any", "Any"]):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (ContextRef, (self.name, self.generation, self.size))
+
+    def __setstate__(self, state: object) -> None:
+        # Pickles from when ContextRef was a slotted dataclass: its fields, in order.
+        if not isinstance(state, list | tuple) or len(state) != 3:
+            raise TypeError(f"cannot restore a ContextRef from {state!r}")
+        for attr, value in zip(self.__match_args__, state, strict=True):
+            object.__setattr__(self, attr, value)
 
     def __eq__(self, other: object) -> bool:
         # Two references are equal when they name the same generation, not

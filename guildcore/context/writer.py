@@ -152,14 +152,22 @@ def _write_and_digest(
 ) -> bytes:
     """Write the raw values and finish the digest over ``pieces``, side by side when they are big."""
 
-    def digest_all() -> None:
-        for piece in pieces:
-            hasher.update(piece)
+    failed: list[BaseException] = []
 
-    helper = None
+    def digest_all() -> None:
+        try:
+            for piece in pieces:
+                hasher.update(piece)
+        except BaseException as exc:  # re-raised in the caller: a partial digest must not pass
+            failed.append(exc)
+
+    helper: threading.Thread | None = None
     if sum(len(data) for _offset, data in writes) >= PARALLEL_DIGEST_BYTES:
         helper = threading.Thread(target=digest_all, name="guild-context-digest", daemon=True)
-        helper.start()
+        try:
+            helper.start()
+        except RuntimeError:  # no thread to be had: hash after the writes
+            helper = None
     try:
         for offset, data in writes:
             _write_buffer(fd, buf, offset, data)
@@ -168,6 +176,8 @@ def _write_and_digest(
             helper.join()  # Invariant: the thread reads the values; it ends before they are released
     if helper is None:
         digest_all()
+    if failed:
+        raise failed[0]
     return hasher.digest()  # type: ignore[no-any-return]
 
 
