@@ -21,7 +21,9 @@ fix it, instead of the script's work running again inside the agent.
 This module covers the forkserver start method, where the hook is installed
 in the forkserver by preloading the agent module. ``spawn`` children run the
 script before any guildcore code can step in (the stdlib behaviour), and
-``fork`` children inherit the parent's ``__main__`` as it is.
+``fork`` children inherit the parent's ``__main__`` as it is. A forkserver
+that other code started before the first Guild did not preload the agent
+module, so its agents also run the script at start, as the stdlib does.
 """
 
 from __future__ import annotations
