@@ -24,6 +24,7 @@ Targets: guildcore ``Guild`` with defaults within 1.5x of the loop at
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ SIZES = (20_000, 200_000)
 QUICK_SIZES = (20_000,)
 EXTRAPOLATE_CAP = 5_000
 QUICK_EXTRAPOLATE_CAP = 1_000
+SETTLE_S = 0.05  # between samples: see _settle
 # Chunksize candidates: n // (workers * k) for each k.
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
 QUICK_SWEEP = (4, 32)
@@ -62,6 +64,18 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def _settle() -> None:
+    """Let the previous system's background threads and workers go quiet before the next sample.
+
+    Runs share one process: the result-handler threads of a pool that just
+    finished thousands of one-by-one tasks (loky, ProcessPoolExecutor) still
+    hold the GIL for a while, and charged that to whichever system ran next:
+    the loop, or a Guild running a batch inline.
+    """
+    gc.collect()
+    time.sleep(SETTLE_S)
+
+
 def _interleave(
     bench: Bench, group: str, runs: dict[str, tuple[Callable[[], object], float, str]], rounds: int
 ) -> None:
@@ -71,6 +85,7 @@ def _interleave(
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, (fn, scale, _note) in runs.items():
+            _settle()
             samples[name].append(_timed(fn) * scale * 1000)
     for name, values in samples.items():
         bench.record(group, name, values, unit="ms", baseline=LOOP, note=runs[name][2])
@@ -168,6 +183,7 @@ def run(bench: Bench) -> None:
         if bench.available(s.module, s.name):
             live.append(s)
     bench.note(f"{pools.WORKERS} workers/agents per pool; 'warm' = pool started and used once before timing")
+    bench.note(f"samples {SETTLE_S * 1000:.0f} ms apart, after gc.collect(): one system's background threads stay out of the next sample")
     bench.note(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for s in live:
         s.start()
