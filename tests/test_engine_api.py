@@ -265,6 +265,17 @@ def test_initializer_runs_once_per_agent(tmp_path: object) -> None:
         assert f.read().split() == ["init"]
 
 
+def test_stats_after_shutdown_keep_the_final_counters() -> None:
+    with Guild(max_agents=2) as g:
+        g.map(faults.inc, range(10), chunksize=1)
+        assert g.stats()["closed"] is False
+    stats = g.stats()
+    assert stats["closed"] is True
+    assert stats["counters"]["done"] == 10 and stats["counters"]["agents_started"] >= 1
+    assert stats["agents"] == [] and stats["queued"] == 0
+    assert "routing" in stats and "context" in stats
+
+
 def test_stats_report_agents_and_counters(guild: Guild) -> None:
     guild.map(faults.inc, range(10))
     stats = guild.stats()

@@ -152,6 +152,7 @@ class Guild:
             cache_env={"GUILD_CACHING__PATH": self.config.cache_path()},
         )
         self._results: ResultCache | None = None
+        self._final_cache_stats: dict[str, Any] | None = None
         self._results_lock = threading.Lock()
         self._contexts = ContextRegistry()
         self._router = Router()
@@ -555,11 +556,21 @@ class Guild:
     # -------------------------------------------------------------- lifecycle
 
     def stats(self) -> dict[str, Any]:
-        """Pool counters, agents, per-agent peak private memory, cache and context."""
+        """Pool counters, agents, per-agent peak private memory, cache and context.
+
+        After shutdown it still answers, with the final counters and
+        ``"closed": True``: summaries are usually printed after the ``with``.
+        """
+        snap: dict[str, Any]
         if self._supervisor.join(0):
-            return {"closed": True}
-        snap: dict[str, Any] = self._supervisor.call(self._supervisor.snapshot).result(timeout=10)
-        snap["cache"] = self._results.stats() if self._results is not None else None
+            # The owner loop has ended: its state no longer changes, so it is read here.
+            snap = self._supervisor.snapshot()
+            snap["closed"] = True
+            snap["cache"] = self._final_cache_stats
+        else:
+            snap = self._supervisor.call(self._supervisor.snapshot).result(timeout=10)
+            snap["closed"] = False
+            snap["cache"] = self._results.stats() if self._results is not None else None
         snap["routing"] = self._router.stats()
         current = self._contexts.current
         snap["context"] = {
@@ -592,6 +603,7 @@ class Guild:
         with self._results_lock:
             results, self._results = self._results, None
         if results is not None:
+            self._final_cache_stats = results.stats()
             results.close()
         self._contexts.close()
 
