@@ -445,8 +445,8 @@ def decode(data: bytes | bytearray | memoryview, *, allow_pickle: bool = True) -
         return msgpack.unpackb(
             data, ext_hook=_EXT_HOOK if allow_pickle else _EXT_HOOK_NO_PICKLE, strict_map_key=False
         )
-    except SerializationError:
-        raise
+    except (SerializationError, MemoryError):
+        raise  # out of memory is not corrupt data: the caller decides (an agent fails the task)
     except Exception as exc:
         raise SerializationError(
             f"cannot decode {len(data)} bytes: {type(exc).__name__}: {exc}; "

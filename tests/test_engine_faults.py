@@ -140,6 +140,17 @@ def test_initializer_failure_breaks_the_pool_without_respawning() -> None:
         assert g.stats()["counters"]["agents_started"] <= 2
 
 
+def test_arguments_too_big_for_an_agent_fail_that_task_and_nothing_else() -> None:
+    with Guild(max_agents=1, min_agents=1) as g:
+        # Over the limit as encoded: refused before sending, nothing wedges.
+        with pytest.raises(MemoryLimitExceeded, match=r"was not sent: its arguments encode to 15\d\.\d MB"):
+            g.submit(len, bytes(150 * 2**20)).result(timeout=60)
+        # Under the limit as bytes, over it once decoded in the agent.
+        with pytest.raises(MemoryLimitExceeded):
+            g.submit(len, bytes(80 * 2**20)).result(timeout=60)
+        assert g.submit(len, b"still here").result(timeout=30) == 10
+
+
 def test_forked_agents_are_limited_on_their_own_memory_not_the_parents() -> None:
     # A parent holding 150 MB forks agents whose RssAnon starts at 150 MB
     # (shared copy-on-write); the 100 MB limit applies above that baseline.

@@ -57,6 +57,9 @@ MODE_MAP = 1  # payload = [item, item, ...]        -> [fn(item), ...]
 MODE_STARMAP = 2  # payload = [args, args, ...]    -> [fn(*args), ...]
 MODE_STREAM = 3  # payload = [args, kwargs], fn is a generator -> CHUNK*, END
 
+# Exit code of an agent whose reader could not allocate a frame under the cap.
+EXIT_NO_MEMORY = 86
+
 # ERROR frame flags.
 FLAG_MEMORY = 1  # MemoryError under the hard cap: the agent exits after reporting
 FLAG_TIMEOUT = 2  # TaskTimeout raised inside the task
@@ -142,6 +145,11 @@ def _reader(conn: Any, inbox: queue.SimpleQueue[Any], control: _Control) -> None
         except (EOFError, OSError):
             inbox.put(None)  # the supervisor is gone: stop
             return
+        except MemoryError:
+            # A frame too big for the hard cap: its bytes are still in the pipe,
+            # so nothing after it can be read. Exiting closes the pipe, which
+            # unblocks the supervisor's write; it reports the agent's death.
+            os._exit(EXIT_NO_MEMORY)
         try:
             kind, task_id = codec.frame_head(data)
             if kind == Kind.TASK:
@@ -288,6 +296,11 @@ class Agent:
             return True
         try:
             mode, spec, payload, timeout_s, ctx_ref = codec.decode_frame(data)[2]
+        except MemoryError as exc:
+            del data
+            no_room = MemoryError(f"the arguments of task {task_id} do not fit under this agent's memory cap: {exc}")
+            self._send_error(task_id, no_room, "?", flags=FLAG_MEMORY)
+            return False
         except SerializationError as exc:
             err = SerializationError(f"the arguments of task {task_id} cannot be decoded in the agent: {exc}")
             self._send_error(task_id, err, "?", flags=0)

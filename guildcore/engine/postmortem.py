@@ -17,7 +17,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from guildcore.engine import limits
-from guildcore.engine.agent import FLAG_MEMORY, FLAG_TIMEOUT
+from guildcore.engine.agent import EXIT_NO_MEMORY, FLAG_MEMORY, FLAG_TIMEOUT
 from guildcore.engine.task import budget
 from guildcore.errors import (
     AgentDied,
@@ -81,6 +81,9 @@ def death_error(
     reason = agent.exit_reason[0] if agent.exit_reason else None
     if reason == "memory":
         return memory_exceeded(agent, task, limit_bytes, exitcode=exitcode, now=now)
+    if exitcode == EXIT_NO_MEMORY:
+        why = "a task frame sent to it (this task's or one sent ahead) did not fit while being received"
+        return memory_exceeded(agent, task, limit_bytes, reported=why)
     if reason == "timeout":
         return TaskTimeout(
             f"task {task.id} ({task.fn_name}) timed out after {budget(task):.1f} s (limits.timeout) and did not "
@@ -140,6 +143,19 @@ def initializer_failed(fields: list[Any]) -> PoolBroken:
     if isinstance(exc_obj, BaseException):
         exc_obj.__cause__ = RemoteTraceback(tb)
     return broken
+
+
+def arguments_too_big(task: Task, nbytes: int, limit_bytes: int) -> MemoryLimitExceeded:
+    """A task whose encoded arguments alone exceed the agents' memory limit."""
+    return MemoryLimitExceeded(
+        f"task {task.id} ({task.fn_name}) was not sent: its arguments encode to {format_bytes(nbytes)}, "
+        f"more than an agent may hold (limits.per_agent = {format_bytes(limit_bytes)}); share big read-only "
+        "data once with g.share(), pass a path, or raise limits.per_agent",
+        task_id=task.id,
+        fn=task.fn_name,
+        limit_bytes=limit_bytes,
+        peak_bytes=nbytes,
+    )
 
 
 def agents_die_at_start(why: str) -> PoolBroken:

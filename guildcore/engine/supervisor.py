@@ -310,6 +310,12 @@ class Supervisor:
         except SerializationError as exc:
             self._finish_error(task, SerializationError(f"task {task.id} ({task.fn_name}) cannot be sent to an agent: {exc}"))
             return
+        limit = self.settings.limit_bytes
+        if limit is not None and len(frame) > limit:
+            # The agent could not even hold the arguments under its limit:
+            # fail now, not after wedging its pipe or killing it.
+            self._finish_error(task, postmortem.arguments_too_big(task, len(frame), limit))
+            return
         if not agent.held:
             task.started_at = now
         agent.held.append(task)
