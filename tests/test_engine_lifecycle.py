@@ -166,3 +166,32 @@ def test_a_script_read_from_stdin_works(tmp_path: object) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "2 [3, 6]"
+
+
+def test_work_queued_before_shutdown_without_wait_finishes_before_exit(tmp_path: object) -> None:
+    out = os.path.join(str(tmp_path), "out")
+    os.mkdir(out)
+    proc = _run_script(
+        tmp_path,
+        f"""
+        import os, time
+        from guildcore import Guild, GuildExecutor
+
+        def slow_write(name):
+            time.sleep(0.3)
+            with open(os.path.join({out!r}, name), "w") as f:
+                f.write("done")
+
+        if __name__ == "__main__":
+            ex = GuildExecutor(max_workers=1)
+            g = Guild(max_agents=1)
+            for i in range(3):
+                ex.submit(slow_write, f"executor-{{i}}")
+                g.submit(slow_write, f"guild-{{i}}")
+            ex.shutdown(wait=False)
+            g.shutdown(wait=False)
+            # the script ends here: exit waits for the queued work, as the stdlib does
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == sorted([f"executor-{i}" for i in range(3)] + [f"guild-{i}" for i in range(3)])

@@ -102,3 +102,54 @@ def test_failing_initializer_breaks_the_executor_at_once() -> None:
 def test_tasks_have_no_timeout_by_default() -> None:
     with GuildExecutor(max_workers=1) as ex:
         assert ex._guild.config.limits.timeout is None
+
+
+def test_a_later_shutdown_may_still_cancel_what_is_queued(tmp_path: object) -> None:
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
+    ex = GuildExecutor(max_workers=1, pool={"prefetch": 0})
+    running = ex.submit(faults.block, started, release)
+    faults.wait_started(started)
+    queued = [ex.submit(faults.inc, i) for i in range(3)]
+    ex.shutdown(wait=False)
+    ex.shutdown(wait=False, cancel_futures=True)  # the stdlib honours the second call too
+    faults.release(release)
+    ex.shutdown(wait=True)
+    assert running.result() == "released"
+    assert all(f.cancelled() for f in queued)
+
+
+def test_map_timeout_counts_from_the_call() -> None:
+    import time
+
+    with GuildExecutor(max_workers=1) as ex:
+        results = ex.map(faults.sleep_then, [0.6, 0.6], ["a", "b"], timeout=1.0, chunksize=2)
+        time.sleep(0.9)  # the caller is busy: the deadline keeps running, as in the stdlib
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            list(results)
+        assert time.monotonic() - start < 0.6
+
+
+def test_done_callbacks_may_read_stats_and_start_a_shutdown() -> None:
+    import threading
+
+    seen: list[object] = []
+    done = threading.Event()
+    ex = GuildExecutor(max_workers=1)
+
+    def callback(fut: object) -> None:
+        try:
+            seen.append(ex.stats()["counters"]["done"])
+            try:
+                ex.shutdown(wait=True)  # would wait on the thread running this callback
+            except RuntimeError as exc:
+                seen.append(str(exc))
+            ex.shutdown(wait=False)
+        finally:
+            done.set()
+
+    ex.submit(faults.inc, 1).add_done_callback(callback)
+    assert done.wait(30)
+    assert seen[0] == 1 and "done-callbacks" in str(seen[1])
+    ex.shutdown(wait=True)

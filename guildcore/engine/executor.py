@@ -64,10 +64,20 @@ _live: weakref.WeakSet[Guild] = weakref.WeakSet()
 
 
 def _shutdown_all_at_exit() -> None:
-    """Interpreter exit with a live Guild must not hang: stop them all, now."""
+    """At interpreter exit, stop every Guild still running.
+
+    A Guild nobody shut down is stopped now (exit must not hang on a task
+    left running). One already told ``shutdown(wait=False)`` is finishing
+    its queued work, and exit waits for that work, as the stdlib does:
+    nothing submitted is silently lost.
+    """
     for guild in list(_live):
         try:
-            guild.shutdown(wait=True, cancel_futures=True, _kill=True)
+            if guild._is_shutdown and guild._graceful:
+                guild._supervisor.join()
+                guild._close_resources()
+            else:
+                guild.shutdown(wait=True, cancel_futures=True, _kill=True)
         except Exception:
             pass
 
@@ -170,6 +180,7 @@ class Guild:
         self._supervisor = Supervisor(self._settings, starter)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
+        self._graceful = True  # no shutdown asked to cancel or kill: exit waits for queued work
         self._supervisor.start()
         _live.add(self)
 
@@ -581,23 +592,35 @@ class Guild:
         return snap
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, _kill: bool = False) -> None:
-        """Stop taking work; finish (or cancel) what is queued; stop the agents."""
+        """Stop taking work; finish (or cancel) what is queued; stop the agents.
+
+        With ``wait=False`` the queued work still runs, and interpreter exit
+        waits for it, as with the stdlib executors. A later call may still
+        cancel what is queued (``cancel_futures=True``) or wait.
+        """
         with self._shutdown_lock:
             first = not self._is_shutdown
             self._is_shutdown = True
-        if first or _kill:
+            self._graceful = self._graceful and not (_kill or cancel_futures)
+        if first or _kill or cancel_futures:
             self._supervisor.shutdown(wait=False, cancel_futures=cancel_futures, kill=_kill)
-        if wait:
-            self._supervisor.join()
-            self._close_resources()
-        else:
-            # Resources go when the owner loop ends, not before: tasks still run.
-            threading.Thread(target=self._close_after_join, name="guild-closer", daemon=True).start()
+        if not wait:
+            if first:  # resources go when the owner loop ends, not before: tasks still run
+                threading.Thread(target=self._close_after_join, name="guild-closer", daemon=True).start()
+            return
+        if self._supervisor.on_owner_thread():
+            raise RuntimeError(
+                "cannot wait for this Guild to shut down from one of its done-callbacks: they run on "
+                "its supervisor thread, which the wait would block; call shutdown(wait=False) there"
+            )
+        self._supervisor.join()
+        self._close_resources()
         _live.discard(self)
 
     def _close_after_join(self) -> None:
         self._supervisor.join()
         self._close_resources()
+        _live.discard(self)
 
     def _close_resources(self) -> None:
         with self._results_lock:

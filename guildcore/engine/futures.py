@@ -88,8 +88,10 @@ class GuildExecutor(Executor):
         else:
             items = list(zip(*iterables, strict=False))
             tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP)
+        # The clock starts with the call, as in the stdlib, not at the first next().
+        end = None if timeout is None else time.monotonic() + timeout
         self._guild._supervisor.submit(tasks)
-        return _chained_results(tasks, timeout)
+        return _chained_results(tasks, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._guild.shutdown(wait=wait, cancel_futures=cancel_futures)
@@ -98,8 +100,7 @@ class GuildExecutor(Executor):
         return self._guild.stats()
 
 
-def _chained_results(tasks: list[Task], timeout: float | None) -> Iterator[Any]:
-    end = None if timeout is None else time.monotonic() + timeout
+def _chained_results(tasks: list[Task], end: float | None) -> Iterator[Any]:
     try:
         for task in tasks:
             remaining = None if end is None else end - time.monotonic()

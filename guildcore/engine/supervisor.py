@@ -153,10 +153,24 @@ class Supervisor:
         self._post("submit", tasks)
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
-        """Run ``fn`` in the owner thread (to read or change pool state safely)."""
+        """Run ``fn`` in the owner thread (to read or change pool state safely).
+
+        Called from the owner thread itself (a future's done-callback runs
+        there), ``fn`` runs at once: posting would wait on this very thread.
+        """
         fut: Future[Any] = Future()
+        if self.on_owner_thread():
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+            return fut
         self._post("call", (fn, fut))
         return fut
+
+    def on_owner_thread(self) -> bool:
+        """Whether the caller is the owner loop's thread (inside a done-callback)."""
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def grant_credit(self, task: Task, n: int) -> None:
         self._post("credit", (task, n))
