@@ -149,6 +149,7 @@ def test_arguments_too_big_for_an_agent_fail_that_task_and_nothing_else() -> Non
         with pytest.raises(MemoryLimitExceeded):
             g.submit(len, bytes(80 * 2**20)).result(timeout=60)
         assert g.submit(len, b"still here").result(timeout=30) == 10
+        assert g.stats()["counters"]["agents_replaced_memory"] == 1  # the 80 MB one, however it was caught
 
 
 def test_forked_agents_are_limited_on_their_own_memory_not_the_parents() -> None:

@@ -80,3 +80,16 @@ def test_inline_items_see_the_shared_context() -> None:
 
 def _plus_k(x: int) -> int:
     return x + guildcore.context()["k"]  # type: ignore[no-any-return]
+
+
+def test_items_far_slower_than_measured_leave_the_inline_path() -> None:
+    with Guild(max_agents=2) as g:
+        g._router.observe("faults:sleep_then", 1000, 1e-6)  # measured tiny earlier
+        args = [(0.1, i) for i in range(6)]
+        assert g.starmap(faults.sleep_then, args) == list(range(6))
+        stats = g.stats()["routing"]
+        assert stats["inline_batches"] == 1 and stats["inline_items"] == 1  # one slice, then the pool
+        assert stats["pool_batches"] == 1
+        assert (g._router.item_s("faults:sleep_then") or 0) > routing.MAX_INLINE_ITEM_S  # learned
+        assert g.starmap(faults.sleep_then, args) == list(range(6))
+        assert g.stats()["routing"]["inline_batches"] == 1  # the next batch went straight to the pool

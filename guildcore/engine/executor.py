@@ -32,7 +32,7 @@ from guildcore.engine.iterators import MAX_AUTO_CHUNK, ImapRun, StreamIterator
 from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
-from guildcore.engine.routing import Route, Router, decide
+from guildcore.engine.routing import MAX_INLINE_BATCH_S, Route, Router, decide
 from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
@@ -59,6 +59,10 @@ _CHUNKS_PER_AGENT = 16
 # prefetched chunks at once, and no other agent can take them back, so big
 # prefetched chunks would fix half the batch to agents before any finished.
 _GUIDED_SHARE = 2
+
+# An inline batch may run this long whatever its prediction: below it,
+# timing noise is not a reason to give up the inline path.
+_INLINE_SLACK_S = 0.05
 
 _live: weakref.WeakSet[Guild] = weakref.WeakSet()
 
@@ -389,13 +393,19 @@ class Guild:
         # Routing applies to defaults only: an explicit chunksize, timeout or
         # retries asks for the pool's machinery.
         routable = chunksize == "auto" and timeout is _DEFAULT and retries in (None, _DEFAULT)
+        done: list[Any] = []
         if routable and self._routing and self._route(fn, items).inline:
-            return self._map_inline(fn, items, mode)
+            done = self._map_inline(fn, items, mode)
+            if len(done) == len(items):
+                return done
+            items = items[len(done) :]  # items far slower than measured: the rest go to the pool
+            self._router.sent_back(len(items))
         size = self._resolve_chunksize(chunksize, len(items))
         tasks = self._chunk_tasks(
             fn, items, size, mode, guided=chunksize == "auto", priority=priority, timeout=timeout, retries=retries
         )
-        return self._gather(tasks, Progress(len(items), enabled=progress, label=describe(fn)))
+        rest = self._gather(tasks, Progress(len(items), enabled=progress, label=describe(fn)))
+        return done + rest if done else rest
 
     def _gather(self, tasks: list[Task], bar: Progress) -> list[Any]:
         """Submit chunk tasks and concatenate their results in order."""
@@ -427,12 +437,34 @@ class Guild:
         return route
 
     def _map_inline(self, fn: Callable[..., Any], items: list[Any], mode: int) -> list[Any]:
-        """Run a batch of tiny items here: shipping them would cost more than computing them."""
+        """Run a batch of tiny items here: shipping them would cost more than computing them.
+
+        Items run in slices that double in size, with the clock read between
+        slices (a read per item would cost as much as ``x + 1``). Items can be
+        far slower than the measurement that sent them here (the same
+        function, bigger arguments): once the batch runs 10x over its
+        prediction, or past ``MAX_INLINE_BATCH_S``, what is done is returned
+        and the caller sends the rest to the pool; the new timing is recorded,
+        so the next batch of this function goes to the pool at once.
+        """
+        spec = spec_for(fn)
+        predicted = self._router.item_s(spec) if isinstance(spec, str) else None
+        apply = map if mode == MODE_MAP else itertools.starmap
+        out: list[Any] = []
         current = self._contexts.current
+        start = time.perf_counter()
+        step = 1
         with task_scope(current.ref if current is not None else None):
-            if mode == MODE_MAP:
-                return list(map(fn, items))
-            return list(itertools.starmap(fn, items))
+            while len(out) < len(items):
+                out.extend(apply(fn, items[len(out) : len(out) + step]))
+                step *= 2
+                elapsed = time.perf_counter() - start
+                budget = max(_INLINE_SLACK_S, 10 * (predicted or 0.0) * len(out))
+                if len(out) < len(items) and (elapsed > budget or elapsed > MAX_INLINE_BATCH_S):
+                    if isinstance(spec, str):
+                        self._router.observe(spec, len(out), elapsed)
+                    break
+        return out
 
     def _map_cached(
         self,

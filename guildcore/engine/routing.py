@@ -18,7 +18,9 @@ long its items took, and the function has shown it runs (no crash, no
 hang) before it is ever run in the caller. Inline runs keep no crash
 isolation, memory limit or timeout, so they are bounded: only items
 measured under ``MAX_INLINE_ITEM_S`` and batches predicted under
-``MAX_INLINE_BATCH_S`` go inline. ``parallelization.strategy: pool``
+``MAX_INLINE_BATCH_S`` go inline, and an inline batch that runs 10x over
+its prediction hands its remaining items to the pool and records the new
+timing (the Guild's ``_map_inline``). ``parallelization.strategy: pool``
 turns routing off.
 """
 
@@ -87,6 +89,12 @@ class Router:
                 self.inline_items += n_items
             else:
                 self.pool_batches += 1
+
+    def sent_back(self, n_items: int) -> None:
+        """An inline batch gave its last ``n_items`` to the pool (they ran slower than measured)."""
+        with self._lock:
+            self.inline_items -= n_items
+            self.pool_batches += 1
 
     def forget(self) -> None:
         """Drop every measurement (the agent set changed)."""

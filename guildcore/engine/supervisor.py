@@ -434,6 +434,7 @@ class Supervisor:
             # The agent exits by itself after this report (its heap is at the
             # cap): send it nothing more; what it holds goes back to the queue.
             agent.exit_reason = ("memory-reported", None)
+            self.counters.agents_replaced_memory += 1
             if agent.state in (AgentState.STARTING, AgentState.IDLE, AgentState.BUSY):
                 agent.set_state(AgentState.DRAINING)
             agent.shutdown_sent = True
