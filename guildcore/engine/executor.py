@@ -454,9 +454,10 @@ class Guild:
         current = self._contexts.current
         start = time.perf_counter()
         step = 1
+        pending = iter(items)  # islice over one iterator: no copy of the list per slice
         with task_scope(current.ref if current is not None else None):
             while len(out) < len(items):
-                out.extend(apply(fn, items[len(out) : len(out) + step]))
+                out.extend(apply(fn, itertools.islice(pending, step)))
                 step *= 2
                 elapsed = time.perf_counter() - start
                 budget = max(_INLINE_SLACK_S, 10 * (predicted or 0.0) * len(out))
