@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,11 @@ def _guard_main_path() -> None:
         path = data.get("init_main_from_path")
         if path is not None and not os.path.isfile(path):
             del data["init_main_from_path"]
+        if name.startswith(AGENT_NAME_PREFIX) and _main_at_start and not (
+            "init_main_from_path" in data or "init_main_from_name" in data
+        ):
+            key, value = _main_at_start[0]
+            data[key] = value  # the script has finished running: see remember_main
         return data
 
     get_preparation_data._guild_main_guard = True  # type: ignore[attr-defined]
@@ -55,6 +61,28 @@ def _guard_main_path() -> None:
 
 
 _guard_main_path()
+
+_main_at_start: list[tuple[str, str]] = []  # ("init_main_from_path" or "_name", value), once
+
+
+def remember_main() -> None:
+    """Note how the caller's script was started, while ``__main__`` still says so.
+
+    CPython deletes ``__main__.__file__`` once the script has run. Agents
+    started after that, for work queued by ``shutdown(wait=False)`` that
+    finishes at interpreter exit, would not find the script, nor any
+    function defined in it. Called when a Guild is made.
+    """
+    if _main_at_start:
+        return
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    path = getattr(main, "__file__", None)
+    if name is not None:
+        if name != "__main__" and not name.endswith(".__main__"):
+            _main_at_start.append(("init_main_from_name", name))
+    elif path is not None and os.path.isfile(path):
+        _main_at_start.append(("init_main_from_path", os.path.normpath(os.path.abspath(path))))
 
 
 class StartFailed(Exception):
@@ -141,6 +169,7 @@ class AgentStarter:
             # Preloading only takes effect before the forkserver first starts;
             # afterwards the modules are imported by each agent on first use.
             self.ctx.set_forkserver_preload(["guildcore.engine.agent", *preload])
+        remember_main()
         self.limit_bytes = limit_bytes
         self.initializer = initializer
         self.initargs = initargs
