@@ -121,9 +121,12 @@ def _die_once(marker: str) -> str:
 
 def test_quarantine_stops_retry_storms() -> None:
     with Guild(max_agents=1, pool={"quarantine_after": 2}) as g:
-        with pytest.raises(AgentDied, match=r"quarantined after killing agents 2 times"):
+        with pytest.raises(AgentDied, match=r"quarantined after killing agents 2 times") as info:
             g.submit(faults.exit_hard, 1, retries=10).result(timeout=60)
         assert g.stats()["counters"]["agents_died"] == 2
+        assert "attempt 2 of 11" in str(info.value) and "pass retries=N" not in str(info.value)
+        with pytest.raises(AgentDied, match=r"pass retries=N to retry such tasks"):
+            g.submit(faults.exit_hard, 1).result(timeout=60)
 
 
 def test_initializer_failure_breaks_the_pool_without_respawning() -> None:

@@ -103,7 +103,8 @@ def death_error(
     return AgentDied(
         f"agent {agent.id} (pid {agent.pid}) died with {describe_exitcode(exitcode)} while running task "
         f"{task.id} ({task.fn_name}) for {ran}; last private memory {format_bytes(agent.last_private)}"
-        f"{likely}; the agent was replaced; pass retries=N to retry such tasks",
+        f"{likely}; the agent was replaced; "
+        + ("pass retries=N to retry such tasks" if task.retries == 0 else f"attempt {task.attempts} of {task.retries + 1}"),
         **_who(agent, task),
         exitcode=exitcode,
         runtime_s=_runtime_s(task, now),
