@@ -118,6 +118,8 @@ class Kind(enum.IntEnum):
     READY = 9  # agent -> supervisor: started, waiting for work
     CREDIT = 10  # supervisor -> agent: may send N more chunks
     STARTED = 11  # agent -> supervisor: began running a task
+    WITHDRAW = 12  # supervisor -> agent: give this task back if you have not begun it
+    WITHDRAWN = 13  # agent -> supervisor: given back; it will not run here
 
 
 _KIND_BY_VALUE: dict[int, Kind] = {k.value: k for k in Kind}

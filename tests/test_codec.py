@@ -333,6 +333,8 @@ def test_kind_values_are_stable() -> None:
         "READY": 9,
         "CREDIT": 10,
         "STARTED": 11,
+        "WITHDRAW": 12,
+        "WITHDRAWN": 13,
     }
 
 

@@ -141,3 +141,18 @@ def test_done_callbacks_may_read_stats_and_start_a_shutdown() -> None:
     assert done.wait(30)
     assert seen[0] == 1 and "done-callbacks" in str(seen[1])
     ex.shutdown(wait=True)
+
+
+def test_a_task_sent_ahead_moves_to_an_agent_that_frees_up(tmp_path: object) -> None:
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
+    with GuildExecutor(max_workers=2, pool={"min_agents": 2}) as ex:  # prefetch 2, the default
+        assert list(ex.map(faults.inc, range(4))) == [1, 2, 3, 4]  # both agents ready
+        blocked = ex.submit(faults.block, started, release)
+        faults.wait_started(started)
+        shorts = [ex.submit(faults.inc, i) for i in range(6)]
+        # Some were sent ahead to the blocked agent; the free one takes them back.
+        assert [f.result(timeout=30) for f in shorts] == [1, 2, 3, 4, 5, 6]
+        assert not blocked.done()
+        faults.release(release)
+        assert blocked.result(timeout=30) == "released"

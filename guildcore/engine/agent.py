@@ -120,6 +120,31 @@ class _Control:
         self.lock = threading.Condition()
         self.cancelled: set[int] = set()
         self.credits: dict[int, int] = {}
+        # A task is begun once the main thread takes it; until then the
+        # supervisor may withdraw it (to give an idle agent). One lock decides.
+        self.begun: set[int] = set()
+        self.withdrawn: set[int] = set()
+
+    def begin(self, task_id: int) -> bool:
+        """The main thread takes ``task_id``; False if it was withdrawn first."""
+        with self.lock:
+            if task_id in self.withdrawn:
+                self.withdrawn.discard(task_id)
+                return False
+            self.begun.add(task_id)
+            return True
+
+    def end(self, task_id: int) -> None:
+        with self.lock:
+            self.begun.discard(task_id)
+
+    def withdraw(self, task_id: int) -> bool:
+        """The reader gives ``task_id`` back unless the main thread has begun it."""
+        with self.lock:
+            if task_id in self.begun:
+                return False
+            self.withdrawn.add(task_id)
+            return True
 
 
 def _set_parent_death_signal() -> None:
@@ -138,7 +163,9 @@ def _set_parent_death_signal() -> None:
         pass
 
 
-def _reader(conn: Any, inbox: queue.SimpleQueue[Any], control: _Control) -> None:
+def _reader(
+    conn: Any, inbox: queue.SimpleQueue[Any], control: _Control, reply: Callable[[int, int], None]
+) -> None:
     while True:
         try:
             data = conn.recv_bytes()
@@ -166,6 +193,10 @@ def _reader(conn: Any, inbox: queue.SimpleQueue[Any], control: _Control) -> None
             with control.lock:
                 control.cancelled.add(task_id)
                 control.lock.notify_all()
+            continue
+        if kind == Kind.WITHDRAW:
+            if control.withdraw(task_id):
+                reply(Kind.WITHDRAWN, task_id)
             continue
         if kind == Kind.CREDIT:
             with control.lock:
@@ -246,7 +277,10 @@ class Agent:
 
     def run(self) -> None:
         reader = threading.Thread(
-            target=_reader, args=(self.conn, self.inbox, self.control), name="guild-agent-reader", daemon=True
+            target=_reader,
+            args=(self.conn, self.inbox, self.control, self.send),
+            name="guild-agent-reader",
+            daemon=True,
         )
         reader.start()
         signal.signal(signal.SIGALRM, self.timer.on_alarm)
@@ -263,8 +297,15 @@ class Agent:
             kind, task_id, fields = item
             if kind == Kind.SHUTDOWN:
                 return
-            if kind == Kind.TASK and not self._run_task(task_id, fields):
-                return
+            if kind == Kind.TASK:
+                if not self.control.begin(task_id):
+                    continue  # withdrawn: the supervisor sent it to another agent
+                try:
+                    go_on = self._run_task(task_id, fields)
+                finally:
+                    self.control.end(task_id)
+                if not go_on:
+                    return
 
     def _initialize(self) -> bool:
         for module in self.settings.preload:

@@ -312,6 +312,30 @@ class Supervisor:
                 return
             self._last_rr = agent_id
             self._send_task(self._agents[agent_id], task, now)
+        self._steal_for_idle()
+
+    def _steal_for_idle(self) -> None:
+        """An agent idles while another holds tasks sent ahead: ask for one back.
+
+        Prefetch keeps agents from waiting between tasks, but a task sent
+        ahead would otherwise wait behind its agent's current one however
+        long that runs. The holder gives the task back only if it has not
+        begun it (WITHDRAWN); the next dispatch sends it to the idle agent.
+        """
+        if self._queue or self._stopping:
+            return
+        idle = sum(1 for a in self._agents.values() if a.state is AgentState.IDLE and not a.held)
+        for agent in self._agents.values():
+            if idle <= 0:
+                return
+            if agent.state is not AgentState.BUSY or len(agent.held) < 2:
+                continue
+            task = agent.held[-1]
+            if task.withdrawing or task.stream is not None:
+                continue
+            task.withdrawing = True
+            _send(agent, codec.encode_frame(Kind.WITHDRAW, task.id))
+            idle -= 1
 
     def _send_task(self, agent: AgentHandle, task: Task, now: float) -> None:
         task.set_state(TaskState.RUNNING)
@@ -370,6 +394,13 @@ class Supervisor:
         if kind == Kind.ERROR and task_id == 0:
             self._on_initializer_failed(agent, fields)
             return
+        if kind == Kind.WITHDRAWN:
+            withdrawn = agent.find(task_id)
+            if withdrawn is not None:  # else it finished first: its result came before this
+                self._pop_held(agent, withdrawn, ran=False)
+                withdrawn.withdrawing = False
+                self._unsend(withdrawn)
+            return
         task = agent.find(task_id)
         if task is None:
             if kind == Kind.RESULT and len(fields) > 1:
@@ -409,13 +440,14 @@ class Supervisor:
             return
         self._finish_result(task, value)
 
-    def _pop_held(self, agent: AgentHandle, task: Task) -> None:
+    def _pop_held(self, agent: AgentHandle, task: Task, *, ran: bool = True) -> None:
         now = time.monotonic()
         if agent.held and agent.held[0] is task:
             agent.held.popleft()
         else:
             agent.held.remove(task)
-        agent.tasks_done += 1
+        if ran:
+            agent.tasks_done += 1
         if agent.held:
             agent.held[0].started_at = now
         elif agent.state is AgentState.BUSY:

@@ -43,6 +43,7 @@ class Task:
     state: TaskState = TaskState.PENDING
     attempts: int = 0
     agent_kills: int = 0
+    withdrawing: bool = False  # asked back from the agent holding it, not begun (work stealing)
     future_started: bool = False
     started_at: float | None = None
     compute_s: float | None = None  # the agent's own time for a map chunk (routing)
