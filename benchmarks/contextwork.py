@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -129,36 +130,28 @@ def read_whole_context(delay_s: float) -> tuple[int, int, int]:
 # -- lookups -----------------------------------------------------------------------
 
 
-def lookups_context(keys: list[str]) -> tuple[float, float]:
-    """(seconds for the first lookup incl. attach, seconds per lookup after) via guildcore.context()."""
+def _timed_lookups(get: Callable[[], Any], keys: list[str]) -> tuple[float, float]:
+    """(seconds for getting the mapping and its first lookup, seconds per lookup after)."""
     start = time.perf_counter()
-    ctx = guildcore.context()
-    ctx[keys[0]]
+    mapping = get()
+    mapping[keys[0]]
     first_s = time.perf_counter() - start
     start = time.perf_counter()
     for key in keys:
-        ctx[key]
+        mapping[key]
     return first_s, (time.perf_counter() - start) / len(keys)
+
+
+def lookups_context(keys: list[str]) -> tuple[float, float]:
+    """Lookups via guildcore.context() (the first one includes attaching the segment)."""
+    return _timed_lookups(guildcore.context, keys)
 
 
 def lookups_ref(ref: Any, keys: list[str]) -> tuple[float, float]:
     """The same through a ContextRef argument (a read-only Mapping)."""
-    start = time.perf_counter()
-    ref[keys[0]]
-    first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for key in keys:
-        ref[key]
-    return first_s, (time.perf_counter() - start) / len(keys)
+    return _timed_lookups(lambda: ref, keys)
 
 
 def lookups_global(keys: list[str]) -> tuple[float, float]:
     """The same in a plain dict inherited by fork (the floor: a dict lookup)."""
-    d = _GLOBAL
-    start = time.perf_counter()
-    d[keys[0]]
-    first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for key in keys:
-        d[key]
-    return first_s, (time.perf_counter() - start) / len(keys)
+    return _timed_lookups(lambda: _GLOBAL, keys)
