@@ -99,7 +99,9 @@ def test_batch_resumes_after_the_supervisor_is_killed(tmp_path: object, sig: int
                 """
             )
         )
-    proc = subprocess.Popen([sys.executable, script], stderr=subprocess.PIPE, text=True)
+    # multiprocessing's own temp folder lands in tmp_path: a killed process cannot remove it.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, script], stderr=subprocess.PIPE, text=True, env=env)
     try:
         faults.wait_started(os.path.join(control, "started"))
         descendants = psutil.Process(proc.pid).children(recursive=True)

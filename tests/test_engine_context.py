@@ -99,7 +99,11 @@ def test_segments_of_a_killed_supervisor_are_swept_by_the_next_guild(tmp_path: o
                 """
             )
         )
-    proc = subprocess.Popen([sys.executable, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # multiprocessing's own temp folder lands in tmp_path: a killed process cannot remove it.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert proc.stdout is not None
         name = proc.stdout.readline().strip()
