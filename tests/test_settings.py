@@ -374,3 +374,50 @@ def test_preload_true_preloads_what_agents_import(preload: object, expected: lis
         assert g.submit(settingswork.loaded, list(AGENT_MODULES)).result(timeout=60) == expected
         if isinstance(preload, list):
             assert g.submit(settingswork.loaded, preload).result(timeout=60) == preload
+
+
+# -- visible ------------------------------------------------------------------------------
+
+ISSUE_BLOCK = """\
+# notes
+
+```yaml
+performance:
+  parallelization: {enabled: true, max_parallel: 3, strategy: adaptive}
+  caching: {enabled: true, memory_cache: 256MB, disk_cache: 1GB, ttl: 3600}
+  optimization: {preload: true, streaming: true, compression: true}
+  monitoring: {enabled: true, metrics: true, alerts: true}
+```
+"""
+
+
+def test_config_show_gives_each_value_of_the_block_and_its_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from guildcore.cli import main
+
+    (tmp_path / ".guild").mkdir()
+    (tmp_path / ".guild" / "instructions.md").write_text(ISSUE_BLOCK)
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("GUILD_")]:
+        monkeypatch.delenv(name)
+    assert main(["config", "show"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    table = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
+    md = ".guild/instructions.md"
+    assert table["parallelization.strategy"] == f"adaptive # {md} line 5"
+    assert table["parallelization.max_parallel"] == f"3 # {md} line 5"
+    assert table["caching.memory_cache"] == f"256MB # {md} line 6"
+    assert table["caching.disk_cache"] == f"1GB # {md} line 6"
+    assert table["caching.ttl"] == f"1h # {md} line 6"
+    assert table["caching.namespaces.result.ttl"] == "1h # default (follows caching.ttl)"
+    assert table["optimization.preload"] == f"true # {md} line 7"
+    assert table["monitoring.metrics"] == f"true # {md} line 8"
+    assert table["monitoring.alerts"] == f"true # {md} line 8"
+    assert table["limits.total_system"] == "512MB # default"
+    assert main(["config", "show", "--json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["optimization.preload"] == {"value": True, "source": f"{md} line 7"}
+    assert data["parallelization.strategy"] == {"value": "adaptive", "source": f"{md} line 5"}
