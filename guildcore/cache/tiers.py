@@ -400,7 +400,7 @@ class TieredCache:
         return dropped + self._l1.shrink(int(len(self._l1) * fraction))
 
     def memory_bytes(self) -> int:
-        """Bytes held by L1 and L2 (their encoded sizes; L1 holds a subset of L2's values)."""
+        """Bytes held in memory, as L2 counts them (encoded sizes); L1's small values are mostly L2's too."""
         return self._l2.nbytes
 
     def sweep(self, limit: int | None = None) -> int:
