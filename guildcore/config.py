@@ -36,7 +36,7 @@ from guildcore.config_values import (
     GB,
     MB,
     MIB,
-    NAMES,
+    PRELOAD,
     SIZE,
     TEXT,
     Kind,
@@ -58,6 +58,9 @@ from guildcore.config_values import (
 from guildcore.errors import ConfigError
 
 __all__ = [
+    "AGENT_MODULES",
+    "BUILTIN_NAMESPACES",
+    "FOLLOWS_TTL",
     "SHORTCUTS",
     "CachingConfig",
     "Config",
@@ -68,6 +71,7 @@ __all__ = [
     "ParallelizationConfig",
     "PoolConfig",
     "StreamingConfig",
+    "agent_cache_env",
     "explain_config",
     "find_guild_dir",
     "load_config",
@@ -109,7 +113,9 @@ class ParallelizationConfig:
         None, integer(1, optional=True), "tasks at once; null = pool.max_agents"
     )
     strategy: str = _setting(
-        "auto", choice("auto", "pool", "sequential"), "auto lets the router choose"
+        "auto",
+        choice("auto", "pool", "sequential", "adaptive"),
+        "auto lets the router choose; adaptive also follows host load and memory",
     )
 
 
@@ -200,16 +206,21 @@ class FrozenMap(Mapping[str, NamespacePolicy]):
         return (FrozenMap, (self._data,))
 
 
-# Built-in namespaces. `result` (and any namespace declared without a ttl)
-# follows caching.ttl; its entry here shows the default of 1 h.
-_BUILTIN_NAMESPACES = FrozenMap({
+# The one table of built-in namespaces (the cache's policies are made from
+# it: guildcore.cache.policy). `result` (and any namespace declared without a
+# ttl) follows caching.ttl; its entry here shows the default of 1 h.
+BUILTIN_NAMESPACES = FrozenMap({
+    # Per-process values such as resolved functions: never worth a disk round trip.
     "process": NamespacePolicy(None, 100, "session"),
+    # Agent-level facts that stay true across runs.
     "agent": NamespacePolicy(None, None, "persistent"),
     "research": NamespacePolicy(3600.0, 50, "persistent"),
+    # Routing decisions go stale when the agent set or the load changes.
     "routing": NamespacePolicy(1800.0, 100, "persistent"),
+    # Task results: the general TTL, no cap (the disk budget bounds them).
     "result": NamespacePolicy(3600.0, None, "persistent"),
 })  # fmt: skip
-_FOLLOWS_TTL = "result"
+FOLLOWS_TTL = "result"
 _NAMESPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: keys are dotted paths
 
 
@@ -221,7 +232,7 @@ class CachingConfig:
     disk_cache: int = _setting(1 * GB, SIZE, "LMDB map size (L3)")
     ttl: float = _setting(3600.0, duration(), "default time to live of an entry")
     path: str = _setting(".guild/cache", TEXT, "L3 folder, relative to the folder holding .guild")
-    namespaces: Mapping[str, NamespacePolicy] = field(default_factory=lambda: _BUILTIN_NAMESPACES)
+    namespaces: Mapping[str, NamespacePolicy] = field(default_factory=lambda: BUILTIN_NAMESPACES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +252,34 @@ class MonitoringConfig:
     )
     critical_threshold: float = _setting(0.95, FRACTION, "of limits: caching off, one agent")
     alerts: bool = _setting(True, BOOL, "log an alert on each threshold crossing")
+    metrics: bool = _setting(True, BOOL, "record metrics: counters, gauges, run history")
+
+
+# What an agent imports by itself on its first tasks (shared-memory results
+# and streams, the context view): what `optimization.preload: true` preloads
+# when nothing better is known of this project.
+AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.context.view")
 
 
 @dataclass(frozen=True, slots=True)
 class OptimizationConfig:
-    preload: tuple[str, ...] = _setting((), NAMES, "modules the forkserver imports once")
+    preload: bool | tuple[str, ...] = _setting(
+        (), PRELOAD, "modules agents import at start; true = what is likely"
+    )
     streaming: bool = _setting(True, BOOL, "move big results in chunks")
     compression: bool = _setting(True, BOOL, "compress big cache values")
+
+    def preload_modules(self, learned: Sequence[str] = ()) -> tuple[str, ...]:
+        """The modules to preload: a list as given; ``true`` what is likely.
+
+        Likely means ``learned`` (modules this project's functions needed
+        before, where known), else guildcore's own ``AGENT_MODULES``.
+        """
+        if self.preload is True:
+            return tuple(dict.fromkeys(learned)) or AGENT_MODULES
+        if self.preload is False:
+            return ()
+        return self.preload
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +473,8 @@ def _env_value(text: str) -> object:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, dict):  # a subtree: GUILD_CACHING__NAMESPACES='{Mine: {ttl: 10m}}'
+        return from_python(value)
     return value if value is None or isinstance(value, (str, int, float, list)) else text
 
 
@@ -534,9 +568,9 @@ def _build(
 
 
 def _defaults() -> tuple[_Values, dict[str, Origin]]:
-    follows = f"caching.namespaces.{_FOLLOWS_TTL}.ttl"
+    follows = f"caching.namespaces.{FOLLOWS_TTL}.ttl"
     values = {key: (value, DEFAULT) for key, value in Config().flat().items() if key != follows}
-    return values, dict.fromkeys(_BUILTIN_NAMESPACES, DEFAULT)
+    return values, dict.fromkeys(BUILTIN_NAMESPACES, DEFAULT)
 
 
 # -- public entry points -----------------------------------------------------------------
@@ -589,6 +623,33 @@ def load_config(
     return explain_config(overrides, cwd=cwd, environ=environ)[0]
 
 
+def agent_cache_env(config: Config) -> dict[str, str]:
+    """``GUILD_*`` variables that give an agent's own cache this config's settings.
+
+    ``@cached`` inside a task builds its cache from ``load_config()`` in the
+    agent, which reads the project files and the environment but not the
+    keyword arguments the ``Guild`` was made with. Every setting the cache
+    reads (``caching.*``, ``optimization.compression``) therefore travels as
+    a variable holding the merged value, JSON-encoded so that it reads back
+    exactly; namespaces go as one mapping, so that their names keep their case
+    (the names of variables are read lowercased).
+    """
+    import json
+
+    env: dict[str, str] = {}
+    for f in fields(CachingConfig):
+        if f.name == "namespaces":
+            continue
+        value = config.cache_path() if f.name == "path" else getattr(config.caching, f.name)
+        env[f"GUILD_CACHING__{f.name.upper()}"] = json.dumps(value)
+    env["GUILD_CACHING__NAMESPACES"] = json.dumps({
+        ns: {pf.name: getattr(policy, pf.name) for pf in fields(NamespacePolicy)}
+        for ns, policy in config.caching.namespaces.items()
+    })  # fmt: skip
+    env["GUILD_OPTIMIZATION__COMPRESSION"] = json.dumps(config.optimization.compression)
+    return env
+
+
 def performance_yaml() -> str:
     """The ``performance:`` block with every default, commented: what ``guild init`` writes."""
     lines = ["performance:"]
@@ -610,13 +671,13 @@ def _namespace_lines() -> list[str]:
             "    namespaces:", "per namespace; add your own: mine: {ttl: 10m, max_entries: 5}"
         )
     ]
-    for ns, policy in _BUILTIN_NAMESPACES.items():
+    for ns, policy in BUILTIN_NAMESPACES.items():
         parts = [
             f"{pf.name}: {_POLICY_KINDS[pf.name].render(getattr(policy, pf.name))}"
             for pf in fields(NamespacePolicy)
-            if not (ns == _FOLLOWS_TTL and pf.name == "ttl")
+            if not (ns == FOLLOWS_TTL and pf.name == "ttl")
         ]
-        note = "ttl follows caching.ttl" if ns == _FOLLOWS_TTL else ""
+        note = "ttl follows caching.ttl" if ns == FOLLOWS_TTL else ""
         out.append(_commented(f"      {ns}: {{{', '.join(parts)}}}", note))
     return out
 

@@ -279,7 +279,9 @@ def _to_text(value: object) -> str:
     return value
 
 
-def _to_names(value: object) -> tuple[str, ...]:
+def _to_preload(value: object) -> bool | tuple[str, ...]:
+    if isinstance(value, bool):  # true: what is likely; false: nothing
+        return value
     if isinstance(value, str):  # "a, b" from an environment variable
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, Sequence) or not all(isinstance(v, str) and v for v in value):
@@ -292,8 +294,10 @@ FRACTION = Kind(
     _to_fraction, "expected a fraction above 0 and at most 1, such as 0.8 or 80%", render_scalar
 )
 TEXT = Kind(_to_text, "expected a non-empty string", render_scalar)
-NAMES = Kind(
-    _to_names, "expected a list of module names such as [numpy, mypkg.tasks]", render_scalar
+PRELOAD = Kind(
+    _to_preload,
+    "expected true, false or a list of module names such as [numpy, mypkg.tasks]",
+    render_scalar,
 )
 
 

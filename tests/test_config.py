@@ -475,3 +475,72 @@ def test_bad_namespace_policy(project: Path) -> None:
     write_md(project, "performance:\n  caching:\n    namespaces:\n      my.ns: {}\n")
     fails(project, f"bad value 'my.ns' for 'performance.caching.namespaces.my.ns' in {MD} line 9; "
           "a namespace name is letters, digits, _ and -, starting with a letter")  # fmt: skip
+
+
+# -- the performance block as users write it ----------------------------------------------
+
+
+def test_issue_style_block_loads_as_written(project: Path) -> None:
+    write_md(
+        project,
+        """
+        performance:
+          parallelization: {enabled: true, max_parallel: 3, strategy: adaptive}
+          caching: {enabled: true, memory_cache: 256MB, disk_cache: 1GB, ttl: 3600}
+          optimization: {preload: true, streaming: true, compression: true}
+          monitoring: {enabled: true, metrics: true, alerts: true}
+        """,
+    )
+    config, sources = explain_config(cwd=project, environ={})
+    assert config.parallelization.strategy == "adaptive" and config.parallelization.max_parallel == 3
+    assert (config.caching.memory_cache, config.caching.disk_cache, config.caching.ttl) == (256 * 10**6, 10**9, 3600.0)
+    assert config.optimization.preload is True and config.monitoring.metrics is True
+    assert sources["optimization.preload"] == f"{MD} line 9"
+    assert sources["monitoring.metrics"] == f"{MD} line 10"
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [(True, True), (False, False), (["numpy", "json"], ("numpy", "json")), ("numpy, json", ("numpy", "json"))],
+)
+def test_preload_true_false_or_a_list(project: Path, raw: object, stored: object) -> None:
+    assert load(project, {"optimization": {"preload": raw}}).optimization.preload == stored
+
+
+def test_preload_bad_value_names_the_choices(project: Path) -> None:
+    fails(project, "bad value 3 for 'optimization.preload' in keyword argument; "
+          "expected true, false or a list of module names such as [numpy, mypkg.tasks]",
+          {"optimization": {"preload": 3}})  # fmt: skip
+
+
+def test_preload_modules_resolves_true_to_what_is_likely() -> None:
+    from guildcore.config import AGENT_MODULES, OptimizationConfig
+
+    assert OptimizationConfig(preload=True).preload_modules() == AGENT_MODULES
+    assert OptimizationConfig(preload=True).preload_modules(["numpy", "a.b", "numpy"]) == ("numpy", "a.b")
+    assert OptimizationConfig(preload=False).preload_modules(["numpy"]) == ()
+    assert OptimizationConfig(preload=("json",)).preload_modules(["numpy"]) == ("json",)
+
+
+def test_env_mapping_value_sets_a_subtree_keeping_name_case(project: Path) -> None:
+    config = load(project, GUILD_CACHING__NAMESPACES='{MyNs: {ttl: 10m, max_entries: 4}}')
+    assert config.caching.namespaces["MyNs"] == NamespacePolicy(ttl=600.0, max_entries=4, scope="persistent")
+    fails(project, "bad value {'a': 1} for 'pool.max_agents' in env GUILD_POOL__MAX_AGENTS; "
+          "expected a whole number >= 1 or 'auto'", GUILD_POOL__MAX_AGENTS="{a: 1}")  # fmt: skip
+
+
+def test_agent_cache_env_reproduces_the_caching_settings(project: Path) -> None:
+    from guildcore.config import agent_cache_env
+
+    overrides = {
+        "caching": {"enabled": False, "memory_cache": "3MB", "memory_entries": 77, "disk_cache": "20MB",
+                    "ttl": "90s", "path": 'odd: "dir"', "namespaces": {"MyNs": {"ttl": "10m", "max_entries": 3}}},
+        "optimization": {"compression": False},
+    }  # fmt: skip
+    config = load(project, overrides)
+    env = agent_cache_env(config)
+    assert all(name.startswith("GUILD_") and "__" in name for name in env)
+    again = load(project, **env)
+    assert dataclasses.replace(again.caching, path=config.caching.path) == config.caching
+    assert again.cache_path() == config.cache_path() == str(project / 'odd: "dir"')
+    assert again.optimization.compression is False

@@ -5,10 +5,17 @@ hash map with an intrusive LRU list). Does not cover persistence (L3). Bytes
 are the size of a value's encoded form, known when it is written or read
 from L3; values only ever seen in this process (session namespaces) count a
 flat ``SESSION_VALUE_BYTES``.
+
+A namespace with an entry cap (``caps``, from its policy's ``max_entries``)
+loses its oldest written entry when a new one would pass the cap: within a
+namespace the order is of writes, not reads (reads stay one C call).
+``shrink`` drops the least recent entries down to a byte and entry budget
+(the monitor's cleanup).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lru
@@ -24,7 +31,12 @@ SESSION_VALUE_BYTES = 1024
 class L2Cache:
     """``{(namespace, key): (value, expires, nbytes)}``, LRU-evicted."""
 
-    def __init__(self, max_entries: int = 10_000, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        max_bytes: int = 256 * 2**20,
+        caps: Mapping[str, int] | None = None,
+    ) -> None:
         if max_entries < 1 or max_bytes < 0:
             raise ValueError(
                 f"L2 needs max_entries >= 1 and max_bytes >= 0, not {max_entries}, {max_bytes}"
@@ -33,13 +45,40 @@ class L2Cache:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._lru = lru.LRU(max_entries, callback=self._evicted)
+        # Invariant: for each capped namespace, _ns_keys holds exactly its keys
+        # in the LRU, oldest written first.
+        self._caps: dict[str, int] = {}
+        self._ns_keys: dict[str, dict[NsKey, None]] = {}
+        for namespace, cap in (caps or {}).items():
+            self.set_cap(namespace, cap)
 
-    def _evicted(self, _key: NsKey, entry: tuple[Any, float, int]) -> None:
+    def _evicted(self, key: NsKey, entry: tuple[Any, float, int]) -> None:
         # Invariant: self.nbytes is the sum of nbytes over the entries held.
         self.nbytes -= entry[2]
+        self._untrack(key)
+
+    def _untrack(self, key: NsKey) -> None:
+        keys = self._ns_keys.get(key[0]) if self._ns_keys else None
+        if keys is not None:
+            keys.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._lru)
+
+    def set_cap(self, namespace: str, cap: int | None) -> None:
+        """Cap ``namespace`` at ``cap`` entries (None: no cap of its own)."""
+        if cap is None:
+            self._caps.pop(namespace, None)
+            self._ns_keys.pop(namespace, None)
+            return
+        if cap < 1:
+            raise ValueError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}")
+        self._caps[namespace] = cap
+        keys = self._ns_keys.setdefault(namespace, {})
+        if not keys:
+            keys.update((k, None) for k in self._lru.keys() if k[0] == namespace)  # noqa: SIM118 - LRU is not iterable
+        while len(keys) > cap:
+            self.delete(next(iter(keys)))
 
     def get(self, ns_key: NsKey, now: float) -> Any:
         entry = self.entry(ns_key, now)
@@ -60,29 +99,49 @@ class L2Cache:
     def set(self, ns_key: NsKey, value: Any, expires: float, nbytes: int) -> None:
         lru_ = self._lru
         if ns_key in lru_:
-            self.nbytes -= lru_[ns_key][2]
-            del lru_[ns_key]
+            self.delete(ns_key)
         if nbytes > self.max_bytes:
             return
+        cap = self._caps.get(ns_key[0]) if self._caps else None
+        if cap is not None:
+            keys = self._ns_keys[ns_key[0]]
+            while len(keys) >= cap:
+                self.delete(next(iter(keys)))
+            keys[ns_key] = None
         lru_[ns_key] = (value, expires, nbytes)  # may evict the least recent (callback)
         self.nbytes += nbytes
         while self.nbytes > self.max_bytes and len(lru_):
-            _, entry = lru_.popitem(least_recent=True)
-            self.nbytes -= entry[2]
+            self._pop_least_recent()
+
+    def _pop_least_recent(self) -> None:
+        key, entry = self._lru.popitem(least_recent=True)
+        self.nbytes -= entry[2]
+        self._untrack(key)
 
     def delete(self, ns_key: NsKey) -> None:
         entry = self._lru.pop(ns_key, None)
         if entry is not None:
             self.nbytes -= entry[2]
+            self._untrack(ns_key)
 
     def clear(self, namespace: str | None = None) -> None:
         if namespace is None:
             self._lru.clear()
             self.nbytes = 0
+            for keys in self._ns_keys.values():
+                keys.clear()
             return
-        keys = self._lru.keys()
-        for k in [k for k in keys if k[0] == namespace]:
+        for k in [k for k in self._lru.keys() if k[0] == namespace]:  # noqa: SIM118 - LRU is not iterable
             self.delete(k)
+
+    def shrink(self, max_bytes: int, max_entries: int) -> int:
+        """Drop the least recent entries until both budgets hold; return how many went."""
+        lru_ = self._lru
+        dropped = 0
+        while len(lru_) and (self.nbytes > max_bytes or len(lru_) > max_entries):
+            self._pop_least_recent()
+            dropped += 1
+        return dropped
 
     def usage(self, namespace: str) -> tuple[int, int]:
         """``(entries, bytes)`` held for one namespace."""

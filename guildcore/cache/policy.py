@@ -3,7 +3,8 @@
 This module covers the policy table (TTL, entry cap, scope per namespace) and
 the rules for namespace names. It does not cover where entries are stored
 (see ``l1``, ``l2``, ``l3``) or how a policy is read from a config file (see
-``guildcore.config``; :func:`policies_from_config` only converts).
+``guildcore.config``, which also holds the one table of built-in namespaces;
+:func:`policies_from_config` only converts).
 
 A *session* namespace lives in this process only (L1 and L2): it is never
 written to disk, so it may hold values the codec cannot encode, and it is
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from guildcore.config import BUILTIN_NAMESPACES, FOLLOWS_TTL, CachingConfig
+
 __all__ = [
     "DEFAULT_POLICIES",
     "DEFAULT_TTL_S",
@@ -28,8 +31,8 @@ __all__ = [
 SESSION = "session"
 PERSISTENT = "persistent"
 
-# The general TTL, used by namespaces whose policy says "general" (result).
-DEFAULT_TTL_S = 3600.0  # 1 h, as caching.ttl in guildcore.config
+# The general TTL, used by namespaces that follow caching.ttl (result).
+DEFAULT_TTL_S: float = CachingConfig().ttl
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -56,17 +59,14 @@ class CachePolicy:
 
 
 def default_policies(general_ttl_s: float = DEFAULT_TTL_S) -> dict[str, CachePolicy]:
-    """The built-in namespaces (see DESIGN.md, vocabulary: namespace)."""
+    """The built-in namespaces, from the one table in ``guildcore.config``."""
     return {
-        # Resolved task functions, per agent: never worth a disk round trip.
-        "process": CachePolicy(ttl_s=None, max_entries=100, scope=SESSION),
-        # Agent-level facts that stay true across runs.
-        "agent": CachePolicy(ttl_s=None, max_entries=None, scope=PERSISTENT),
-        "research": CachePolicy(ttl_s=3600.0, max_entries=50, scope=PERSISTENT),
-        # Routing decisions go stale when the agent set or the load changes.
-        "routing": CachePolicy(ttl_s=1800.0, max_entries=100, scope=PERSISTENT),
-        # Task results: the general TTL, no cap (the disk budget bounds it).
-        "result": CachePolicy(ttl_s=general_ttl_s, max_entries=None, scope=PERSISTENT),
+        name: CachePolicy(
+            ttl_s=general_ttl_s if name == FOLLOWS_TTL else ns.ttl,
+            max_entries=ns.max_entries,
+            scope=ns.scope,
+        )
+        for name, ns in BUILTIN_NAMESPACES.items()
     }
 
 
@@ -85,14 +85,14 @@ def check_namespace(name: str) -> str:
 def policies_from_config(caching: Any) -> dict[str, CachePolicy]:
     """Convert ``Config.caching`` (general ``ttl``, ``namespaces``) into policies.
 
-    Duck-typed so that this package does not import ``guildcore.config``: a
-    namespace entry needs ``ttl``, ``max_entries`` and ``scope`` attributes.
+    Duck-typed (tests pass simple stand-ins): a namespace entry needs ``ttl``,
+    ``max_entries`` and ``scope`` attributes.
     """
     general = float(getattr(caching, "ttl", DEFAULT_TTL_S) or DEFAULT_TTL_S)
     policies = default_policies(general)
     for name, ns in dict(getattr(caching, "namespaces", {}) or {}).items():
         ttl = getattr(ns, "ttl", None)
-        if ttl is None and name == "result":  # result follows caching.ttl
+        if ttl is None and name == FOLLOWS_TTL:  # result follows caching.ttl
             ttl = general
         policies[check_namespace(name)] = CachePolicy(
             ttl_s=None if ttl is None else float(ttl),

@@ -104,8 +104,9 @@ class TieredCache:
         )
         for name in self.policies:
             check_namespace(name)
-        self._l1 = L1Cache(max(1, memory_entries // L1_SHARE))
-        self._l2 = L2Cache(max(1, memory_entries), memory_bytes)
+        caps = {n: p.max_entries for n, p in self.policies.items() if p.max_entries is not None}
+        self._l1 = L1Cache(max(1, memory_entries // L1_SHARE), caps)
+        self._l2 = L2Cache(max(1, memory_entries), memory_bytes, caps)
         self._l3: L3Store | None = None
         self._persistent = {n for n, p in self.policies.items() if p.persistent}
         # keys of big values read once from L3 (see PROMOTE_ON_SECOND_READ_BYTES)
@@ -150,6 +151,9 @@ class TieredCache:
             self._persistent.add(namespace)
         else:
             self._persistent.discard(namespace)
+        self._l1.set_cap(namespace, policy.max_entries)
+        with self._mem_lock:
+            self._l2.set_cap(namespace, policy.max_entries)
         if self._l3 is not None:
             self._l3.policies[namespace] = policy
 
@@ -383,6 +387,21 @@ class TieredCache:
         with self._mem_lock:
             self._l2.clear()
             self._seen_once.clear()
+
+    def shrink_memory(self, fraction: float = 0.5) -> int:
+        """Keep ``fraction`` of what L1 and L2 hold, least recent out first; return entries dropped.
+
+        The monitor's cleanup under memory pressure: L3 keeps every entry,
+        so what goes is only a slower read away.
+        """
+        with self._mem_lock:
+            dropped = self._l2.shrink(int(self._l2.nbytes * fraction), int(len(self._l2) * fraction))
+            self._seen_once.clear()
+        return dropped + self._l1.shrink(int(len(self._l1) * fraction))
+
+    def memory_bytes(self) -> int:
+        """Bytes held in memory, as L2 counts them (encoded sizes); L1's small values are mostly L2's too."""
+        return self._l2.nbytes
 
     def sweep(self, limit: int | None = None) -> int:
         """Remove expired L3 entries; the owner calls this on a timer."""

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from guildcore.config import Config, load_config
+from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import describe, spec_for
@@ -116,6 +116,8 @@ def _settings_from(config: Config) -> SupervisorSettings:
     max_agents = pool.max_agents
     if config.parallelization.max_parallel is not None:
         max_agents = min(max_agents, config.parallelization.max_parallel)
+    if parallel and config.parallelization.strategy == "adaptive":
+        max_agents = _adaptive_agents(config, max_agents)
     return SupervisorSettings(
         min_agents=min(pool.min_agents, max_agents),
         max_agents=max_agents,
@@ -131,6 +133,16 @@ def _settings_from(config: Config) -> SupervisorSettings:
         stream_window=config.streaming.window,
         parallel=parallel,
     )
+
+
+def _adaptive_agents(config: Config, max_agents: int) -> int:
+    """``strategy: adaptive``: as many agents as the host's load and memory leave room for, at start."""
+    from guildcore import monitor
+    from guildcore.engine import limits
+
+    bounds = monitor.MonitorLimits.from_config(config, max_agents=max_agents)
+    readings = monitor.Probe(limits.read_private_bytes).read((), time.monotonic())
+    return monitor.adaptive_plan(readings, monitor.Mode.NORMAL, bounds).agents
 
 
 class Guild:
@@ -160,17 +172,17 @@ class Guild:
             limit_bytes=self.config.limits.per_agent,
             initializer=initializer,
             initargs=tuple(initargs),
-            preload=tuple(self.config.optimization.preload),
+            preload=self.config.optimization.preload_modules(),
             result_threshold=_result_threshold(self.config),
-            # Agents open the same L3 store as this Guild for @cached inside tasks.
-            cache_env={"GUILD_CACHING__PATH": self.config.cache_path()},
+            # @cached inside a task: the same store and caching settings as this Guild.
+            cache_env=agent_cache_env(self.config),
         )
         self._results: ResultCache | None = None
         self._final_cache_stats: dict[str, Any] | None = None
         self._results_lock = threading.Lock()
         self._contexts = ContextRegistry()
         self._router = Router()
-        self._routing = self._settings.parallel and self.config.parallelization.strategy == "auto"
+        self._routing = self._settings.parallel and self.config.parallelization.strategy in ("auto", "adaptive")
         self._context_digest: bytes | None = None
         # Segments of supervisors that died without cleaning up (SIGKILL).
         sweep_stale()
@@ -582,6 +594,13 @@ class Guild:
         arrives as a new ``bytes`` (``bytearray`` for a bytearray).
         """
         self._check_open()
+        if not self.config.streaming.enabled:  # one plain task; its list arrives at once
+            from guildcore.engine.collect import CollectedStream, run_to_list
+
+            task = self._make_task(run_to_list, MODE_CALL, [(spec_for(fn), args, kwargs), {}], timeout=timeout, retries=0)
+            task.fn_name = describe(fn)
+            self._supervisor.submit([task])
+            return CollectedStream(task.future)
         task = self._make_task(fn, MODE_STREAM, [args, kwargs], timeout=timeout, retries=0)
         sup = self._supervisor
         window = self._settings.stream_window
