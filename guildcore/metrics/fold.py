@@ -51,7 +51,7 @@ from guildcore.metrics.series import Reservoir, Series
 # Finished tasks kept one by one (for the task stream); past this only
 # aggregates grow, and the record says how many rows were dropped.
 TASK_DETAIL_CAP = 20_000
-# Keys remembered per (function, fingerprint, namespace) across lookups.
+# Keys remembered per (function, fingerprint, namespace): the smallest ones.
 CACHE_KEYS_KEPT = 256
 # The live view's throughput: items finished over this many seconds.
 THROUGHPUT_WINDOW_S = 10.0
@@ -356,9 +356,8 @@ class Fold:
         use.last = t
         use.lookups += lookups
         use.hits += hits
-        room = CACHE_KEYS_KEPT - len(use.keys)
-        if room > 0:
-            use.keys.extend(keys[:room])
+        if keys:  # the bottom-k sketch of every key looked up (see RunRecorder.cache_lookup)
+            use.keys = sorted(set(use.keys).union(keys))[:CACHE_KEYS_KEPT]
 
     # ------------------------------------------------------------ derived
 

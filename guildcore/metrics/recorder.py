@@ -27,6 +27,7 @@ this drain or the next; nothing is lost or seen twice.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -153,14 +154,15 @@ class RunRecorder:
         hits: int,
         t: float,
     ) -> None:
-        """One batch lookup of results of ``fn``; ``keys`` are looked-up keys (None: uncacheable)."""
-        sample: list[bytes] = []
-        lookups = 0
-        for key in keys:
-            lookups += 1
-            if key is not None and len(sample) < KEY_SAMPLE:
-                sample.append(key[:8])
-        self._add((CACHE, t, fn, fingerprint, namespace, lookups, hits, sample))
+        """One batch lookup of results of ``fn``; ``keys`` are looked-up keys (None: uncacheable).
+
+        The keys kept are the ``KEY_SAMPLE`` smallest (a bottom-k sketch): two
+        runs over the same keys, in any order, keep the same ones, so a later
+        run can tell keys that repeat from keys that never do.
+        """
+        listed = list(keys)
+        sample = heapq.nsmallest(KEY_SAMPLE, (k[:8] for k in listed if k is not None))
+        self._add((CACHE, t, fn, fingerprint, namespace, len(listed), hits, sample))
 
     def alert(self, alert: Alert) -> None:
         """An alert raised elsewhere (the monitor): recorded, logged and passed on like ours."""
