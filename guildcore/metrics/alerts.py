@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from guildcore.metrics.recorder import DONE, FAILED
+from guildcore.metrics.series import Reservoir
 
 if TYPE_CHECKING:
     from guildcore.metrics.fold import Fold, RecorderSettings
@@ -76,13 +77,18 @@ class AlertRules:
         self._deaths_seen: set[int] = set()
         self._last_death = 0.0
         self._running_alerted: set[int] = set()  # tasks already alerted on while running
+        # Time per item of the tasks checked so far, per function: a task is
+        # compared with those before it, never with itself.
+        self._item_s: dict[str, Reservoir] = {}
 
     # ------------------------------------------------------------ episodes
 
-    def record(self, alert: Alert) -> None:
+    def record(self, alert: Alert) -> Alert:
+        """Open ``alert``'s episode; later occurrences extend it."""
         entry = {**alert.to_dict(), "count": 1, "ended": None}
         self.raised.append(entry)
         self._open[_episode(alert)] = entry
+        return alert
 
     def _extend(self, key: tuple[Any, ...]) -> bool:
         """Count one more occurrence of an open episode; False if none is open."""
@@ -103,34 +109,38 @@ class AlertRules:
     # ------------------------------------------------------------ rules
 
     def check(self, fold: Fold, pool: Mapping[str, Any], now: float) -> list[Alert]:
-        """New alerts at ``now`` (monotonic); extends and closes episodes as it goes."""
+        """New alerts at ``now`` (monotonic), their episodes opened; extends and closes episodes as it goes."""
         wall = time.time() - (time.monotonic() - now)
         out: list[Alert] = []
-        p95 = {name: fn.item_s.percentile(95) for name, fn in fold.functions.items() if fn.item_s.count >= SLOW_MIN_SAMPLES}
-        out += self._slow_finished(fold, p95, wall)
+        out += self._slow_finished(fold, wall)
+        p95 = {fn: r.percentile(95) for fn, r in self._item_s.items() if r.count >= SLOW_MIN_SAMPLES}
         out += self._slow_running(fold, pool, p95, now, wall)
         out += self._memory(pool, wall)
         out += self._hit_rate(fold, wall)
         out += self._failures(fold, now, wall)
         return out
 
-    def _slow_finished(self, fold: Fold, p95: Mapping[str, float | None], wall: float) -> list[Alert]:
+    def _slow_finished(self, fold: Fold, wall: float) -> list[Alert]:
         out = []
         rows = fold.rows[self._seen_rows :]
         self._seen_rows = len(fold.rows)
         for row in rows:
             task_id, fn, agent, n_items, _q, _s, run_s, _f, outcome, _e, _c, _sends, _r, _peak, measured = row
-            limit = p95.get(fn)
-            if not measured or run_s is None or limit is None or outcome not in (DONE, FAILED) or task_id < 0:
+            if not measured or run_s is None or outcome not in (DONE, FAILED) or task_id < 0:
+                continue
+            per_item = run_s / max(1, n_items)
+            seen = self._item_s.get(fn) or self._item_s.setdefault(fn, Reservoir())
+            limit = seen.percentile(95) if seen.count >= SLOW_MIN_SAMPLES else None
+            seen.add(per_item)
+            if limit is None:
                 continue
             if task_id in self._running_alerted:
                 self._running_alerted.discard(task_id)
                 continue
-            per_item = run_s / max(1, n_items)
             if per_item > SLOW_FACTOR * limit:
                 self._normal_runs[fn] = 0
                 if not self._extend(("slow_task", fn)):
-                    out.append(_slow(fn, task_id, agent, per_item, limit, n_items, wall, running=False))
+                    out.append(self.record(_slow(fn, task_id, agent, per_item, limit, n_items, wall, running=False)))
             else:
                 self._normal_runs[fn] = self._normal_runs.get(fn, 0) + 1
                 if self._normal_runs[fn] >= SLOW_QUIET_TASKS:
@@ -154,7 +164,7 @@ class AlertRules:
             if per_item > SLOW_FACTOR * limit:
                 self._normal_runs[task.fn] = 0
                 self._running_alerted.add(task.id)
-                out.append(_slow(task.fn, task.id, agent["id"], per_item, limit, task.n_items, wall, running=True))
+                out.append(self.record(_slow(task.fn, task.id, agent["id"], per_item, limit, task.n_items, wall, running=True)))
         return out
 
     def _memory(self, pool: Mapping[str, Any], wall: float) -> list[Alert]:
@@ -174,13 +184,13 @@ class AlertRules:
             if private > high and key not in self._open:
                 from guildcore.errors import format_bytes
 
-                out.append(Alert(
+                out.append(self.record(Alert(
                     "high_memory",
                     f"agent {agent['id']} (pid {agent.get('pid')}) uses {format_bytes(private)} of private memory, "
                     f"over {self.settings.warning_threshold:.0%} of its {format_bytes(limit)} limit (limits.per_agent); "
                     "past the limit its task fails with MemoryLimitExceeded: raise limits.per_agent or lower the task's memory",
                     wall, agent_id=agent["id"], value=float(private), threshold=high,
-                ))  # fmt: skip
+                )))  # fmt: skip
             elif private < low:
                 self._close(key, wall)
         for key in [k for k in self._open if k[0] == "high_memory" and k[1] not in alive]:
@@ -199,13 +209,13 @@ class AlertRules:
             rate = hits / lookups if lookups else 1.0
             if lookups >= LOW_HIT_MIN_LOOKUPS and rate < LOW_HIT_RATE:
                 if key not in self._open:
-                    out.append(Alert(
+                    out.append(self.record(Alert(
                         "low_hit_rate",
                         f"cache namespace {ns!r} answered {hits} of {lookups} lookups ({rate:.0%}), under "
                         f"{LOW_HIT_RATE:.0%}; run `guild doctor` to see whether keys never repeat, entries "
                         "expire (caching.ttl) or code changes invalidate them",
                         wall, namespace=ns, value=rate, threshold=LOW_HIT_RATE,
-                    ))  # fmt: skip
+                    )))  # fmt: skip
             elif rate >= LOW_HIT_RATE:
                 self._close(key, wall)
         return out
@@ -219,13 +229,13 @@ class AlertRules:
             self._deaths_seen.add(agent.id)
             self._last_death = max(self._last_death, agent.exited)
             if not self._extend(key):
-                out.append(Alert(
+                out.append(self.record(Alert(
                     "agent_failed",
                     f"agent {agent.id} (pid {agent.pid}) died: {agent.reason}; its task was retried or failed "
                     "(see g.stats()['counters']); if agents keep dying, look at memory (limits.per_agent) "
                     "and at what the task does",
                     wall, agent_id=agent.id, fn=None,
-                ))  # fmt: skip
+                )))  # fmt: skip
         if key in self._open and now - self._last_death > FAILURE_QUIET_S:
             self._close(key, wall)
         return out

@@ -166,7 +166,7 @@ class RunRecorder:
 
     def alert(self, alert: Alert) -> None:
         """An alert raised elsewhere (the monitor): recorded, logged and passed on like ours."""
-        self._deliver([alert])
+        self._deliver([self.rules.record(alert)])
 
     # ------------------------------------------------------------ timer
 
@@ -208,7 +208,6 @@ class RunRecorder:
 
     def _deliver(self, alerts: list[Alert]) -> None:
         for alert in alerts:
-            self.rules.record(alert)
             if self.settings.log_alerts:
                 alert_log.warning("%s", alert.message)
             if self.on_alert is not None:
