@@ -57,11 +57,12 @@ def _busy(agents: Sequence[Mapping[str, Any]]) -> str:
 def _guilds_table(running: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None) -> Any:
     from rich.table import Table
 
-    table = Table(title="running guilds", title_justify="left", expand=True)
+    table = Table(title="running guilds", title_justify="left", expand=True, box=None, header_style="bold")
     for name, justify in (("", "left"), ("pid", "right"), ("run", "left"), ("program", "left"), ("up", "right"),
-                          ("agents busy", "right"), ("queued", "right"), ("items/s", "right"),
+                          ("busy", "right"), ("queued", "right"), ("items/s", "right"),
                           ("done", "right"), ("failed", "right"), ("mode", "left"), ("cache hits", "right")):  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=name != "program")  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
+                         ratio=1 if name == "program" else None, min_width=6 if name == "program" else None)  # fmt: skip
     now = time.time()
     for snap in running:
         counts = snap.get("counts") or {}
@@ -84,28 +85,28 @@ def _guilds_table(running: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any
 
 def _memory_bar(private: int | None, limit: int | None) -> Any:
     from rich.progress_bar import ProgressBar
-    from rich.table import Table
 
-    grid = Table.grid(padding=(0, 1))
-    if private is None:
-        grid.add_row("-")
-        return grid
-    if not limit:
-        grid.add_row(format_bytes(private))
-        return grid
+    if private is None or not limit:
+        return ""
     share = private / limit
     style = "red" if share >= 0.9 else "yellow" if share >= 0.7 else "green"
-    bar = ProgressBar(total=limit, completed=min(private, limit), width=20, complete_style=style, finished_style=style)
-    grid.add_row(bar, f"{format_bytes(private)} / {format_bytes(limit)}")
-    return grid
+    return ProgressBar(total=limit, completed=min(private, limit), width=12, complete_style=style, finished_style=style)
+
+
+def _memory_text(private: int | None, limit: int | None) -> str:
+    if private is None:
+        return "-"
+    return format_bytes(private) + (f" / {format_bytes(limit)}" if limit else "")
 
 
 def _agents_table(snap: Mapping[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(expand=True)
-    for name in ("agent", "pid", "state", "task", "memory (private)", "busy", "done"):
-        table.add_column(name, no_wrap=True, justify="right" if name in ("pid", "busy", "done") else "left")
+    table = Table(expand=True, box=None, header_style="bold")
+    for name in ("agent", "pid", "state", "task", "memory", "private", "busy", "done"):
+        table.add_column(name, no_wrap=True, overflow="ellipsis", ratio=1 if name == "task" else None,
+                         min_width=8 if name == "task" else None,
+                         justify="right" if name in ("pid", "private", "busy", "done") else "left")  # fmt: skip
     limit = snap.get("limit_bytes")
     state_style = {"BUSY": "bold green", "IDLE": "dim", "STARTING": "cyan", "DRAINING": "yellow"}
     for agent in snap.get("agents") or []:
@@ -121,11 +122,12 @@ def _agents_table(snap: Mapping[str, Any]) -> Any:
             f"[{state_style.get(state, '')}]{state}[/]" if state in state_style else state,
             doing,
             _memory_bar(agent.get("private_bytes"), limit),
+            _memory_text(agent.get("private_bytes"), limit),
             "-" if busy is None else f"{busy:.0%}",
             f"{agent.get('tasks_done', 0):,}",
         )
     if not snap.get("agents"):
-        table.add_row("-", "-", "inline" if snap.get("inline") else "no agents", "-", "-", "-", "-")
+        table.add_row("-", "-", "inline" if snap.get("inline") else "no agents", "-", "", "-", "-", "-")
     return table
 
 
@@ -133,7 +135,7 @@ def _alerts(snap: Mapping[str, Any]) -> Any:
     from rich.table import Table
 
     alerts = snap.get("alerts") or []
-    table = Table(title="alerts", title_justify="left", expand=True, show_header=False)
+    table = Table(title="alerts", title_justify="left", expand=True, show_header=False, box=None)
     table.add_column("when", no_wrap=True)
     table.add_column("kind", no_wrap=True)
     table.add_column("message", ratio=1)

@@ -11,8 +11,8 @@ Databases inside the environment::
     runs      run id -> msgpack summary (with "bytes": the size of both entries)
     records   run id -> 1 flag byte (bit 0: LZ4-block compressed) + msgpack record
 
-Run ids start with the UTC time of the run's start (``20250101-120000-1a2b``),
-so key order is time order.
+Run ids are the UTC time of the run's start to the millisecond
+(``20250101-120000-123a``), so key order is time order.
 
 Hazards: the environment is opened, used and closed within each call, so
 it is never held across a fork nor by an idle Guild; writes are one

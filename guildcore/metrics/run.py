@@ -64,8 +64,12 @@ def _default_label() -> str:
 
 
 def new_run_id(wall: float) -> str:
-    """``YYYYMMDD-HHMMSS-xxxx`` (UTC start, then random): sorts by time, reads by eye."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall)) + "-" + os.urandom(2).hex()
+    """``YYYYMMDD-HHMMSS-mmmx``: the UTC start to the millisecond, then one random hex digit.
+
+    Ids sort by time (the history's key order), and read and type by eye.
+    """
+    ms = int((wall % 1) * 1000)
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall)) + f"-{ms:03d}" + os.urandom(1).hex()[0]
 
 
 class Run:
