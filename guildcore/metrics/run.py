@@ -88,6 +88,7 @@ class Run:
         self.caches: dict[int, Any] = {}  # guild number -> its result cache statistics
         self.steps: list[dict[str, Any]] = []
         self.record: dict[str, Any] | None = None
+        self.saved = False  # the record is in the history
         self._lock = threading.Lock()
         self._pid_start: int | None = None
         self._live_dir: str | None = None
@@ -209,6 +210,7 @@ class Run:
             return
         try:
             History(self.store).save(self.record)
+            self.saved = True
         except Exception as exc:  # history is a record, not the work: the run has succeeded
             log.warning("run %s was not saved to the history at %s: %s", self.id, self.store, exc)
 
