@@ -75,7 +75,7 @@ def _layout(title: str, xtitle: str, ytitle: str, **extra: Any) -> dict[str, Any
         "yaxis": {"title": {"text": ytitle}},
         "margin": {"l": 70, "r": 20, "t": 50, "b": 50},
         "height": 360,
-        "legend": {"orientation": "h", "y": -0.2},
+        "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
         "hovermode": "closest",
         **extra,
     }
@@ -206,15 +206,20 @@ def memory(record: Mapping[str, Any]) -> dict[str, Any]:
                              "line": {"dash": dash, "color": "#444444" if name == "total" else "#999999"}})  # fmt: skip
     layout = _layout("Memory per agent (private, RssAnon)", "seconds since the run started", "MB")
     shapes = _alert_shapes(record)
-    for limit in limits:
+    top = max((y for trace in data for y in trace["y"]), default=0.0)
+    far = bool(limits) and max(limits) / 1e6 > 3 * max(top, 1.0)  # the limit would flatten every line
+    for limit in limits if not far else ():
         shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": limit / 1e6, "y1": limit / 1e6,
                        "line": {"color": FAILED_COLOR, "width": 1}})  # fmt: skip
     shapes += _mode_shapes(record)
     layout["shapes"] = shapes
     if limits:
-        layout["annotations"] = [{"text": f"limits.per_agent {format_bytes(max(limits))}", "xref": "paper", "x": 1,
-                                  "y": max(limits) / 1e6, "xanchor": "right", "yanchor": "bottom", "showarrow": False,
-                                  "font": {"color": FAILED_COLOR, "size": 11}}]  # fmt: skip
+        text = f"limits.per_agent {format_bytes(max(limits))}" + (" (above this chart)" if far else "")
+        layout["annotations"] = [{"text": text, "xref": "paper", "x": 1, "yref": "paper" if far else "y",
+                                  "y": 1 if far else max(limits) / 1e6, "xanchor": "right", "yanchor": "bottom",
+                                  "showarrow": False, "font": {"color": FAILED_COLOR, "size": 11}}]  # fmt: skip
+    if far:
+        layout["yaxis"]["range"] = [0, top * 1.25]
     if not data:
         _empty(layout, "no memory sample (agents are sampled while busy, every limits.sample_interval)")
     return {"data": data, "layout": layout}
@@ -371,7 +376,7 @@ section p.note { color: #666; margin: 0 0 6px; font-size: 12px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eee; vertical-align: top; }
 th { color: #555; font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .alert { color: #b91c1c; }
 footer { color: #888; font-size: 12px; padding: 0 28px 24px; }
 """

@@ -62,10 +62,17 @@ def run_demo(opts: DemoOptions, *, write: bool = False) -> dict[str, Any]:
     # in the demo's own cache folder: its Guilds are recorded together.
     label = f"guild demo: rename {opts.old} -> {opts.new} in {os.path.basename(opts.root) or opts.root}"
     with recorded_run(label, kind="demo", store=store_path(load_config().cache_path())) as run:
+        marks = [time.monotonic()]
         seq = sequential_pass(opts, files)
+        marks.append(time.monotonic())
         cold, indexes, outcomes = pool_pass("cold", opts, files)
+        marks.append(time.monotonic())
         warm, _indexes, _outcomes = pool_pass("warm", opts, files)
+        marks.append(time.monotonic())
         written = write_changes(opts, files, outcomes) if write else None
+        # The passes, as the steps of this run's timeline.
+        run.add_steps({"name": p.name, "start": a, "end": b, "status": "done", "cached": p.name == "warm",
+                       "items": p.sample_files or p.files} for p, a, b in zip((seq, cold, warm), marks[:-1], marks[1:], strict=True))  # fmt: skip
     report = build_report(
         codebase={
             "path": opts.root,
