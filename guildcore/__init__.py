@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from guildcore.engine.executor import Guild
     from guildcore.engine.futures import GuildExecutor
     from guildcore.engine.shmbuf import ResultStream
+    from guildcore.metrics.alerts import Alert
+    from guildcore.metrics.run import recorded_run
     from guildcore.errors import (
         AgentDied,
         AgentError,
@@ -57,6 +59,8 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "Guild": "guildcore.engine.executor",
     "GuildExecutor": "guildcore.engine.futures",
     "ResultStream": "guildcore.engine.shmbuf",
+    "Alert": "guildcore.metrics.alerts",
+    "recorded_run": "guildcore.metrics.run",
     **dict.fromkeys(
         (
             "AgentDied",
@@ -79,6 +83,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
 
 __all__ = [
     "AgentDied",
+    "Alert",
     "AgentError",
     "CacheError",
     "Config",
@@ -101,6 +106,7 @@ __all__ = [
     "cached",
     "context",
     "load_config",
+    "recorded_run",
 ]
 
 
