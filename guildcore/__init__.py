@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from guildcore.engine.executor import Guild
     from guildcore.engine.futures import GuildExecutor
     from guildcore.engine.shmbuf import ResultStream
-    from guildcore.metrics.alerts import Alert
-    from guildcore.metrics.run import recorded_run
     from guildcore.errors import (
         AgentDied,
         AgentError,
@@ -49,6 +47,8 @@ if TYPE_CHECKING:
         TaskError,
         TaskTimeout,
     )
+    from guildcore.metrics.alerts import Alert
+    from guildcore.metrics.run import recorded_run
 
 _LAZY = {  # public name -> the module that defines it, imported on first use
     "TieredCache": "guildcore.cache",
@@ -83,8 +83,8 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
 
 __all__ = [
     "AgentDied",
-    "Alert",
     "AgentError",
+    "Alert",
     "CacheError",
     "Config",
     "ConfigError",

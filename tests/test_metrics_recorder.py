@@ -166,7 +166,7 @@ def test_mode_changes_reach_the_record() -> None:
 # ---------------------------------------------------------------- alerts
 
 
-def _warm(rec: RunRecorder, n: int = SLOW_MIN_SAMPLES, run_s: float = 0.01) -> float:
+def _warm(rec: RunRecorder, n: int = SLOW_MIN_SAMPLES, run_s: float = 0.02) -> float:
     t = T0
     rec.agent_started(1, 101, T0)
     for i in range(n):
@@ -177,14 +177,22 @@ def _warm(rec: RunRecorder, n: int = SLOW_MIN_SAMPLES, run_s: float = 0.01) -> f
 def test_a_slow_task_alerts_once_per_episode(caplog: pytest.LogCaptureFixture) -> None:
     rec, got = _recorder()
     t = _warm(rec)
-    t = _run_task(rec, 1, 1, t, 0.01 * SLOW_FACTOR * 2)  # twice over k x p95
-    t = _run_task(rec, 2, 1, t, 0.01 * SLOW_FACTOR * 2)  # the same episode
+    t = _run_task(rec, 1, 1, t, 0.02 * SLOW_FACTOR * 2)  # twice over k x p95
+    t = _run_task(rec, 2, 1, t, 0.02 * SLOW_FACTOR * 2)  # the same episode
     with caplog.at_level(logging.WARNING, logger="guildcore.alerts"):
         rec.tick(t, lambda: _pool(_agent(1)))
     assert [a.kind for a in got] == ["slow_task"] and got[0].task_id == 1 and got[0].fn == "m:f"
     assert "6.0x the p95 of m:f" in got[0].message and "limits.timeout" in got[0].message
     assert rec.rules.raised[0]["count"] == 2
     assert caplog.text.count("the p95 of m:f") == 1  # logged once
+
+
+def test_tiny_tasks_are_never_slow() -> None:
+    rec, got = _recorder()
+    t = _warm(rec, run_s=0.0001)
+    t = _run_task(rec, 1, 1, t, 0.001)  # 10x the p95, but a millisecond
+    rec.tick(t, lambda: _pool(_agent(1)))
+    assert got == []
 
 
 def test_a_running_task_past_k_times_p95_alerts_before_it_ends() -> None:

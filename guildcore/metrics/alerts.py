@@ -5,8 +5,9 @@ This module covers the ``Alert`` record and ``AlertRules``, which look at a
 episodes:
 
 - ``slow_task``: a task whose time per item is over ``SLOW_FACTOR`` times the
-  p95 of its function (finished, or still running); one episode per
-  function, ended by ``SLOW_QUIET_TASKS`` tasks of normal speed in a row;
+  p95 of its function (finished, or still running) and that took at least
+  ``SLOW_MIN_S``; one episode per function, ended by ``SLOW_QUIET_TASKS``
+  tasks of normal speed in a row;
 - ``high_memory``: an agent's private memory over ``monitoring.warning_threshold``
   of ``limits.per_agent``; one episode per agent, ended when it falls
   ``MEMORY_CLEAR_MARGIN`` below that or the agent exits;
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 
 SLOW_FACTOR = 3.0  # k in "slower than k x the p95 of its function"
 SLOW_MIN_SAMPLES = 20  # a p95 of fewer tasks says little
+# A task shorter than this is never "slow": scheduling noise on a busy host
+# makes a 100 us chunk take 3x its p95 now and then, and nobody needs to know.
+SLOW_MIN_S = 0.05
 SLOW_QUIET_TASKS = 10
 LOW_HIT_RATE = 0.70
 LOW_HIT_MIN_LOOKUPS = 100
@@ -137,7 +141,7 @@ class AlertRules:
             if task_id in self._running_alerted:
                 self._running_alerted.discard(task_id)
                 continue
-            if per_item > SLOW_FACTOR * limit:
+            if per_item > SLOW_FACTOR * limit and run_s >= SLOW_MIN_S:
                 self._normal_runs[fn] = 0
                 if not self._extend(("slow_task", fn)):
                     out.append(self.record(_slow(fn, task_id, agent, per_item, limit, n_items, wall, running=False)))
@@ -161,7 +165,7 @@ class AlertRules:
             if since is None:
                 continue
             per_item = (now - since) / max(1, task.n_items)
-            if per_item > SLOW_FACTOR * limit:
+            if per_item > SLOW_FACTOR * limit and now - since >= SLOW_MIN_S:
                 self._normal_runs[task.fn] = 0
                 self._running_alerted.add(task.id)
                 out.append(self.record(_slow(task.fn, task.id, agent["id"], per_item, limit, task.n_items, wall, running=True)))
