@@ -47,6 +47,8 @@ if TYPE_CHECKING:
         TaskError,
         TaskTimeout,
     )
+    from guildcore.metrics.alerts import Alert
+    from guildcore.metrics.run import recorded_run
 
 _LAZY = {  # public name -> the module that defines it, imported on first use
     "TieredCache": "guildcore.cache",
@@ -57,6 +59,8 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "Guild": "guildcore.engine.executor",
     "GuildExecutor": "guildcore.engine.futures",
     "ResultStream": "guildcore.engine.shmbuf",
+    "Alert": "guildcore.metrics.alerts",
+    "recorded_run": "guildcore.metrics.run",
     **dict.fromkeys(
         (
             "AgentDied",
@@ -80,6 +84,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
 __all__ = [
     "AgentDied",
     "AgentError",
+    "Alert",
     "CacheError",
     "Config",
     "ConfigError",
@@ -101,6 +106,7 @@ __all__ = [
     "cached",
     "context",
     "load_config",
+    "recorded_run",
 ]
 
 

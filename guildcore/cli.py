@@ -5,6 +5,10 @@
     guild config show [--json]      the merged settings, each with its source
     guild cache stats [--json] | clear [NAMESPACE] | compact
     guild demo [--path FOLDER] [--rename OLD=NEW] [--write] [--json]   a timed codemod
+    guild stats [-n N] [--json | --prometheus]    the last runs: time, memory, cache, errors
+    guild top [GUILD] [--once] [--wait]           the Guilds running on this host, live
+    guild report [RUN] [-o FILE]                  one run as a self-contained HTML file
+    guild doctor [RUN] [--last N] [--json]        what made a run slow, memory-hungry or cache-poor
 
 Adding a command group: write one ``_add_xxx_parser(subparsers)`` function that
 adds its parser(s) and sets ``func`` (a handler taking the parsed arguments and
@@ -180,11 +184,18 @@ def _add_demo_parser(subparsers: _Subparsers) -> None:
     ))  # fmt: skip
 
 
+def _add_metrics_parsers(subparsers: _Subparsers) -> None:
+    from guildcore.dashboard.commands import add_parsers  # argparse only: light
+
+    add_parsers(subparsers)
+
+
 _COMMAND_GROUPS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_init_parser,
     _add_config_parser,
     _add_cache_parser,
     _add_demo_parser,
+    _add_metrics_parsers,
 )
 
 

@@ -252,7 +252,9 @@ class MonitoringConfig:
     )
     critical_threshold: float = _setting(0.95, FRACTION, "of limits: caching off, one agent")
     alerts: bool = _setting(True, BOOL, "log an alert on each threshold crossing")
-    metrics: bool = _setting(True, BOOL, "record metrics: counters, gauges, run history")
+    metrics: bool = _setting(
+        True, BOOL, "record task and agent metrics, run history and live status"
+    )
 
 
 # What an agent imports by itself on its first tasks (shared-memory results

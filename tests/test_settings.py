@@ -87,6 +87,8 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "monitoring.warning_threshold": ("test_monitor.py::test_thresholds_from_config_move_the_transitions",),
     "monitoring.critical_threshold": ("test_monitor.py::test_thresholds_from_config_move_the_transitions",),
     "monitoring.alerts": ("test_monitor.py::test_alerts_off_changes_mode_without_alert",),
+    "monitoring.metrics": ("test_metrics_engine.py::test_metrics_off_records_nothing",
+                           "test_metrics_engine.py::test_stats_and_the_full_record_of_a_run"),
     "optimization.preload": ("test_settings.py::test_preload_true_preloads_what_agents_import",
                              "test_engine_api.py::test_agents_that_die_before_ready_lose_no_task_and_shutdown_returns"),
     "optimization.streaming": ("test_settings.py::test_result_threshold_follows_streaming_settings",),
@@ -96,7 +98,6 @@ EFFECTS: dict[str, tuple[str, ...]] = {
 PENDING: dict[str, str] = {
     "pool.queue_strategy": "the supervisor's queue orders tasks by it (fifo or priority)",
     "monitoring.enabled": "the supervisor's loop runs the monitor (guildcore.monitor) only when it is true",
-    "monitoring.metrics": "metrics are recorded only when it is true",
 }
 
 

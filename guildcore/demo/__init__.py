@@ -48,18 +48,32 @@ def clear_store(folder: str) -> None:
 
 def run_demo(opts: DemoOptions, *, write: bool = False) -> dict[str, Any]:
     """Run the three passes (and ``--write``); return the report as a JSON-ready dict."""
+    from guildcore.config import load_config
     from guildcore.demo.index import summarize
     from guildcore.demo.report import build_report
     from guildcore.demo.sources import SKIP_DIRS, discover
+    from guildcore.metrics import recorded_run
+    from guildcore.metrics.run import store_path
 
     t0 = time.perf_counter()
     files = evenly_spaced(discover(opts.root), opts.subset)
     clear_store(opts.cache_dir)
-    seq = sequential_pass(opts, files)
-    cold, indexes, outcomes = pool_pass("cold", opts, files)
-    warm, _indexes, _outcomes = pool_pass("warm", opts, files)
-    written = write_changes(opts, files, outcomes) if write else None
-    return build_report(
+    # One run in the project's history (guild stats / report / doctor), not
+    # in the demo's own cache folder: its Guilds are recorded together.
+    label = f"guild demo: rename {opts.old} -> {opts.new} in {os.path.basename(opts.root) or opts.root}"
+    with recorded_run(label, kind="demo", store=store_path(load_config().cache_path())) as run:
+        marks = [time.monotonic()]
+        seq = sequential_pass(opts, files)
+        marks.append(time.monotonic())
+        cold, indexes, outcomes = pool_pass("cold", opts, files)
+        marks.append(time.monotonic())
+        warm, _indexes, _outcomes = pool_pass("warm", opts, files)
+        marks.append(time.monotonic())
+        written = write_changes(opts, files, outcomes) if write else None
+        # The passes, as the steps of this run's timeline.
+        run.add_steps({"name": p.name, "start": a, "end": b, "status": "done", "cached": p.name == "warm",
+                       "items": p.sample_files or p.files} for p, a, b in zip((seq, cold, warm), marks[:-1], marks[1:], strict=True))  # fmt: skip
+    report = build_report(
         codebase={
             "path": opts.root,
             "files": len(files),
@@ -73,3 +87,5 @@ def run_demo(opts: DemoOptions, *, write: bool = False) -> dict[str, Any]:
         write=written,
         total_s=time.perf_counter() - t0,
     )
+    report["metrics_run"] = {"id": run.id, "store": run.store} if run.saved else None
+    return report

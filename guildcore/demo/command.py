@@ -97,4 +97,7 @@ def run_command(args: argparse.Namespace) -> int:
         from guildcore.demo.report import render
 
         print(render(report))
+        if report.get("metrics_run"):
+            print(f"\nrecorded as run {report['metrics_run']['id']}: `guild report -o report.html` draws it, "
+                  "`guild doctor` diagnoses it")  # fmt: skip
     return 0

@@ -41,6 +41,7 @@ from guildcore.errors import ConfigError, ShutdownError
 
 if TYPE_CHECKING:
     from guildcore.engine.resultcache import ResultCache
+    from guildcore.metrics import Alert, Run, RunRecorder
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -151,7 +152,9 @@ class Guild:
     Keyword arguments override configuration by section
     (``pool={"max_agents": 4}``) or by shortcut (``max_agents=4``,
     ``per_agent="200MB"``, ``timeout=None``). ``initializer(*initargs)`` runs
-    once in every agent before its first task.
+    once in every agent before its first task. ``on_alert(alert)`` receives
+    each ``guildcore.Alert`` as it is raised (on the supervisor's thread:
+    keep it quick).
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class Guild:
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         config: Config | None = None,
+        on_alert: Callable[[Alert], object] | None = None,
         **overrides: Any,
     ) -> None:
         check_not_importing_main()
@@ -167,6 +171,19 @@ class Guild:
         if config is not None and overrides:
             raise ConfigError("pass either config= or keyword overrides to Guild, not both", key="config")
         self._settings = _settings_from(self.config)
+        self._run: Run | None = None
+        self._recorder: RunRecorder | None = None
+        if self.config.monitoring.metrics:
+            from guildcore.engine.limits import read_private_bytes
+            from guildcore.metrics.run import guild_recorder
+
+            self._run, self._recorder = guild_recorder(
+                self.config,
+                max_agents=self._settings.max_agents,
+                min_agents=self._settings.min_agents,
+                memory_probe=read_private_bytes,
+                on_alert=on_alert,
+            )
         starter = AgentStarter(
             start_method=self.config.pool.start_method,
             limit_bytes=self.config.limits.per_agent,
@@ -176,6 +193,7 @@ class Guild:
             result_threshold=_result_threshold(self.config),
             # @cached inside a task: the same store and caching settings as this Guild.
             cache_env=agent_cache_env(self.config),
+            report_stats=self._recorder is not None,
         )
         self._results: ResultCache | None = None
         self._final_cache_stats: dict[str, Any] | None = None
@@ -193,7 +211,7 @@ class Guild:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        self._supervisor = Supervisor(self._settings, starter)
+        self._supervisor = Supervisor(self._settings, starter, self._recorder)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         self._graceful = True  # no shutdown asked to cancel or kill: exit waits for queued work
@@ -310,7 +328,9 @@ class Guild:
         if cache:
             rc = self._result_cache()
             item_keys = rc.keys_for(fn, MODE_CALL, [payload], self._context_digest)
-            hit = rc.lookup(item_keys)[0]
+            found = rc.lookup(item_keys)
+            hit = found[0]
+            self._record_lookup(fn, item_keys, found)
             from guildcore.engine.resultcache import MISS
 
             if hit is not MISS:
@@ -416,7 +436,7 @@ class Guild:
         tasks = self._chunk_tasks(
             fn, items, size, mode, guided=chunksize == "auto", priority=priority, timeout=timeout, retries=retries
         )
-        rest = self._gather(tasks, Progress(len(items), enabled=progress, label=describe(fn)))
+        rest = self._gather(tasks, Progress(len(items), enabled=progress, label=describe(fn), status=self._live))
         return done + rest if done else rest
 
     def _gather(self, tasks: list[Task], bar: Progress) -> list[Any]:
@@ -465,6 +485,7 @@ class Guild:
         out: list[Any] = []
         current = self._contexts.current
         start = time.perf_counter()
+        began = time.monotonic()
         step = 1
         pending = iter(items)  # islice over one iterator: no copy of the list per slice
         with task_scope(current.ref if current is not None else None):
@@ -477,6 +498,8 @@ class Guild:
                     if isinstance(spec, str):
                         self._router.observe(spec, len(out), elapsed)
                     break
+        if self._recorder is not None:
+            self._recorder.inline_batch(describe(fn), len(out), began, time.monotonic())
         return out
 
     def _map_cached(
@@ -493,6 +516,7 @@ class Guild:
         rc = self._result_cache()
         item_keys = rc.keys_for(fn, mode, items, self._context_digest)
         out = rc.lookup(item_keys)
+        hits = self._record_lookup(fn, item_keys, out)
         from guildcore.engine.resultcache import MISS
 
         todo = [i for i, value in enumerate(out) if value is MISS]
@@ -508,7 +532,8 @@ class Guild:
             )
             rc.store_when_done(task.future, [item_keys[i] for i in index], single=False)
             tasks.append(task)
-        computed = self._gather(tasks, Progress(len(todo), enabled=progress, label=describe(fn)))
+        bar = Progress(len(todo), enabled=progress, label=describe(fn), status=self._live, cache_hits=hits)
+        computed = self._gather(tasks, bar)
         for i, value in zip(todo, computed, strict=True):
             out[i] = value
         return out
@@ -635,6 +660,7 @@ class Guild:
             snap["closed"] = False
             snap["cache"] = self._results.stats() if self._results is not None else None
         snap["routing"] = self._router.stats()
+        snap["metrics"] = self._metrics_summary()
         current = self._contexts.current
         snap["context"] = {
             "generation": self._contexts.generation,
@@ -642,6 +668,60 @@ class Guild:
             "live_generations": self._contexts.live_generations(),
         }
         return snap
+
+    def metrics(self) -> dict[str, Any] | None:
+        """The full record of this Guild's run: every task, agent, series and alert.
+
+        Its layout is described in ``guildcore.metrics.summary``; after
+        shutdown it is the record saved to the run history. None when
+        ``monitoring.metrics`` is off.
+        """
+        run, rec = self._run, self._recorder
+        if run is None or rec is None:
+            return None
+        if run.record is not None:
+            return run.record
+        if self._supervisor.join(0):
+            rec.drain()
+            return run.build()
+
+        def build() -> dict[str, Any]:
+            rec.drain()
+            return run.build()
+
+        record: dict[str, Any] = self._supervisor.call(build).result(timeout=30)
+        return record
+
+    def _metrics_summary(self) -> dict[str, Any] | None:
+        record = self.metrics()
+        if record is None:
+            return None
+        summary = dict(record["summary"])
+        summary["run_id"] = record["id"]
+        summary["alerts_raised"] = [a for g in record["guilds"] for a in g["alerts"]]
+        summary["agents"] = {
+            a["key"]: {k: a[k] for k in ("tasks", "busy_fraction", "peak_private_bytes", "reason")}
+            for g in record["guilds"] for a in g["agents"]
+        }  # fmt: skip
+        return summary
+
+    def _live(self) -> dict[str, Any] | None:
+        return self._recorder.live if self._recorder is not None else None
+
+    def _record_lookup(self, fn: Callable[..., Any], item_keys: list[bytes | None], found: list[Any]) -> int:
+        """Tell the recorder about one batch lookup of the result cache; return its hits."""
+        from guildcore.engine.resultcache import MISS, NAMESPACE
+
+        hits = sum(1 for v in found if v is not MISS)
+        if self._recorder is not None:
+            from guildcore.keys import fingerprint
+
+            try:
+                fp: str | None = fingerprint(fn)
+            except Exception:
+                fp = None
+            self._recorder.cache_lookup(describe(fn), fp, NAMESPACE, item_keys, hits, time.monotonic())
+        return hits
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, _kill: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is queued; stop the agents.
@@ -681,6 +761,8 @@ class Guild:
             self._final_cache_stats = results.stats()
             results.close()
         self._contexts.close()
+        if self._run is not None and self._recorder is not None:
+            self._run.guild_closed(self._recorder, self._final_cache_stats)
 
     def __enter__(self) -> Guild:
         return self

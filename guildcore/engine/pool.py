@@ -161,6 +161,7 @@ class AgentStarter:
         preload: tuple[str, ...] = (),
         cache_env: dict[str, str] | None = None,
         result_threshold: int | None = None,
+        report_stats: bool = False,
     ) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"unknown start method {start_method!r}; choose one of {', '.join(START_METHODS)}")
@@ -176,6 +177,7 @@ class AgentStarter:
         self.preload = preload
         self.cache_env = dict(cache_env or {})
         self.result_threshold = result_threshold
+        self.report_stats = report_stats
 
     def start(self, agent_id: int) -> AgentHandle:
         settings = AgentSettings(
@@ -188,6 +190,7 @@ class AgentStarter:
             result_threshold=self.result_threshold,
             supervisor_pid=os.getpid(),
             forked=self.ctx.get_start_method() == "fork",
+            report_stats=self.report_stats,
         )
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(  # type: ignore[attr-defined]

@@ -58,6 +58,7 @@ from guildcore.errors import (
     TaskTimeout,
     describe_exitcode,
 )
+from guildcore.metrics.recorder import RunRecorder, error_name, exit_reason
 
 log = logging.getLogger("guildcore.supervisor")
 
@@ -106,8 +107,9 @@ class _Counters:
 class Supervisor:
     """Owns the pool; every public method may be called from any thread."""
 
-    def __init__(self, settings: SupervisorSettings, starter: AgentStarter) -> None:
+    def __init__(self, settings: SupervisorSettings, starter: AgentStarter, recorder: RunRecorder | None = None) -> None:
         self.settings = settings
+        self.recorder = recorder  # metrics; None when monitoring.metrics is off
         self._starter = starter
         self._inbox = Inbox()
         self._ids = itertools.count(1)
@@ -259,6 +261,8 @@ class Supervisor:
             self._finish_cancelled(task)
             return
         self.counters.submitted += 1
+        if self.recorder is not None:
+            self.recorder.task_queued(task.id, task.fn_name, task.n_items, time.monotonic())
         heapq.heappush(self._queue, (task.priority, next(self._seq), task))
 
     def _pop_task(self) -> Task | None:
@@ -357,6 +361,8 @@ class Supervisor:
         if not agent.held:
             task.started_at = now
         agent.held.append(task)
+        if self.recorder is not None:
+            self.recorder.task_sent(task.id, agent.id, now)
         if agent.state is AgentState.IDLE:
             agent.set_state(AgentState.BUSY)
         if _send(agent, frame) and task.stream is not None:
@@ -387,6 +393,8 @@ class Supervisor:
         if kind == Kind.READY:
             agent.baseline_private = int(fields[1]) if len(fields) > 1 else 0
             self._start_failures = 0
+            if self.recorder is not None:
+                self.recorder.agent_ready(agent.id, time.monotonic())
             if agent.state is AgentState.STARTING:
                 agent.set_state(AgentState.BUSY if agent.held else AgentState.IDLE)
                 agent.idle_since = time.monotonic()
@@ -417,6 +425,8 @@ class Supervisor:
             self._on_task_error(agent, task, fields)
         elif kind == Kind.STATS:
             task.compute_s = float(fields[0])
+            if self.recorder is not None:
+                self.recorder.task_ran(task.id, agent.id, fields, time.monotonic())
         elif kind == Kind.CHUNK:
             if task.stream is not None:
                 task.stream.put_chunk(fields[0], fields[1], fields[2:], now=time.monotonic())
@@ -502,6 +512,9 @@ class Supervisor:
         expected = agent.state is AgentState.DRAINING and agent.shutdown_sent
         died_starting = agent.state is AgentState.STARTING
         agent.set_state(AgentState.STOPPED if expected else AgentState.DEAD)
+        if self.recorder is not None:
+            why = exit_reason(expected, died_starting, agent.exit_reason, exitcode)
+            self.recorder.agent_exited(agent.id, why, time.monotonic())
         self._unwatch(agent)
         agent.close()
         del self._agents[agent.id]
@@ -557,6 +570,8 @@ class Supervisor:
         quarantined = task.agent_kills >= self.settings.quarantine_after
         if task.attempts <= task.retries and not quarantined and not self._stopping and task.stream is None:
             self.counters.retried += 1
+            if self.recorder is not None:
+                self.recorder.task_retried(task.id, type(err).__name__, time.monotonic())
             task.set_state(TaskState.RETRYING)
             self._requeue(task)
             return
@@ -576,6 +591,8 @@ class Supervisor:
     # ------------------------------------------------------------------ timers
 
     def _check_timers(self, now: float) -> None:
+        if self.recorder is not None and now >= self.recorder.next_tick:
+            self.recorder.tick(now, self.snapshot)
         busy = [a for a in self._agents.values() if a.held and a.state is not AgentState.DEAD]
         if now >= self._next_sample:
             self._next_sample = now + self.settings.sample_interval_s
@@ -588,6 +605,8 @@ class Supervisor:
                     continue
                 private = max(0, private - agent.baseline_private)
                 agent.last_private = private
+                if self.recorder is not None:
+                    self.recorder.memory_sample(agent.id, private, now)
                 agent.peak_private = max(agent.peak_private or 0, private)
                 self.counters.peak_private_bytes[agent.id] = agent.peak_private
                 if limit and private > limit and agent.exit_reason is None:
@@ -631,6 +650,8 @@ class Supervisor:
                 deadlines.append(agent.stop_deadline)
         if self._next_scale_check is not None:
             deadlines.append(self._next_scale_check)
+        if self.recorder is not None:
+            deadlines.append(self.recorder.next_tick)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -687,6 +708,8 @@ class Supervisor:
         self._selector.register(agent.conn.fileno(), selectors.EVENT_READ, (agent, True))
         self._selector.register(agent.sentinel, selectors.EVENT_READ, (agent, False))
         self.counters.agents_started += 1
+        if self.recorder is not None:
+            self.recorder.agent_started(agent.id, agent.pid, time.monotonic())
         return True
 
     def _unwatch(self, agent: AgentHandle) -> None:
@@ -811,6 +834,9 @@ class Supervisor:
 
     def _task_done(self, task: Task) -> None:
         task.payload = None  # let big arguments go as soon as possible
+        if self.recorder is not None:
+            failed = error_name(task.future) if task.state is TaskState.FAILED else None
+            self.recorder.task_finished(task.id, task.state.name.lower(), failed, time.monotonic())
         if task.on_done is not None:
             try:
                 task.on_done(task)
