@@ -65,23 +65,25 @@ _GUIDED_SHARE = 2
 _INLINE_SLACK_S = 0.05
 
 _live: weakref.WeakSet[Guild] = weakref.WeakSet()
+# Set when interpreter exit begins: from then on every submit raises, as the
+# stdlib executors do (an atexit handler runs after this point).
+_interpreter_exiting = threading.Event()
 
 
 def _shutdown_all_at_exit() -> None:
-    """At interpreter exit, stop every Guild still running.
+    """At interpreter exit, finish the work of every Guild still running.
 
-    A Guild nobody shut down is stopped now (exit must not hang on a task
-    left running). One already told ``shutdown(wait=False)`` is finishing
-    its queued work, and exit waits for that work, as the stdlib does:
-    nothing submitted is silently lost.
+    As with ``ProcessPoolExecutor``, work submitted and never waited for
+    runs to completion before the interpreter goes, unless it was
+    cancelled: a script may end right after its last ``submit``. Nothing
+    submitted is silently lost. A task that hangs holds exit up to its
+    timeout (``limits.timeout``; none by default for ``GuildExecutor``, as in
+    the stdlib).
     """
+    _interpreter_exiting.set()
     for guild in list(_live):
         try:
-            if guild._is_shutdown and guild._graceful:
-                guild._supervisor.join()
-                guild._close_resources()
-            else:
-                guild.shutdown(wait=True, cancel_futures=True, _kill=True)
+            guild.shutdown(wait=True)
         except Exception:
             pass
 
@@ -196,7 +198,6 @@ class Guild:
         self._supervisor = Supervisor(self._settings, starter)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
-        self._graceful = True  # no shutdown asked to cancel or kill: exit waits for queued work
         self._supervisor.start()
         _live.add(self)
 
@@ -278,6 +279,8 @@ class Guild:
             return self._results
 
     def _check_open(self) -> None:
+        if _interpreter_exiting.is_set():
+            raise ShutdownError("cannot schedule new futures after interpreter shutdown")
         if self._is_shutdown:
             raise ShutdownError("cannot submit: this Guild is shut down; create a new Guild")
 
@@ -653,7 +656,6 @@ class Guild:
         with self._shutdown_lock:
             first = not self._is_shutdown
             self._is_shutdown = True
-            self._graceful = self._graceful and not (_kill or cancel_futures)
         if first or _kill or cancel_futures:
             self._supervisor.shutdown(wait=False, cancel_futures=cancel_futures, kill=_kill)
         if not wait:
