@@ -166,12 +166,16 @@ def _ext(code: int, data: bytes) -> msgpack.ExtType:
 def _pickle_ext(obj: object) -> msgpack.ExtType:
     try:
         data = pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a __reduce__ that calls sys.exit() fails this value only
         cls = type(obj)
-        raise SerializationError(
-            f"cannot encode a value of type {cls.__module__}.{cls.__qualname__}: {exc}; "
+        raised = exc if isinstance(exc, Exception) else f"{type(exc).__name__}: {exc}"
+        raise SerializationError.because(
+            f"cannot encode a value of type {cls.__module__}.{cls.__qualname__}: {raised}; "
             "send something picklable instead (plain data, a module-level function, "
-            "an object with __reduce__), or create it inside the task"
+            "an object with __reduce__), or create it inside the task",
+            exc,
         ) from exc
     _state.pickles += 1
     return _ext(EXT_PICKLE, data)

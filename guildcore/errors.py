@@ -46,6 +46,7 @@ from guildcore._errors import (
     TaskError,
     TaskTimeout,
     _rebuild,  # noqa: F401  # older pickles of errors name it here
+    _rebuild_serialization,  # noqa: F401  # pickles of errors may name it here
     describe_exitcode,
     format_bytes,
 )

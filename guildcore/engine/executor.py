@@ -227,6 +227,7 @@ class Guild:
         timeout: Any = _DEFAULT,
         retries: Any = _DEFAULT,
         n_items: int = 1,
+        future_type: type[Future[Any]] = Future,
     ) -> Task:
         task_id = self._supervisor.new_task_id()
         # The task holds the context generation current at submit time.
@@ -239,7 +240,7 @@ class Guild:
             spec=spec_for(fn),
             mode=mode,
             payload=payload,
-            future=Future(),
+            future=future_type(),
             priority=priority,
             timeout_s=self._timeout(timeout),
             retries=self._retries(retries),

@@ -19,11 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP
 from guildcore.engine.executor import Guild
 from guildcore.engine.task import Task
+from guildcore.errors import SerializationError
 
 R = TypeVar("R")
 
@@ -68,7 +70,7 @@ class GuildExecutor(Executor):
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         self._guild._check_open()  # ShutdownError is a RuntimeError, as the stdlib raises
-        task = self._guild._make_task(fn, MODE_CALL, [args, kwargs])
+        task = self._guild._make_task(fn, MODE_CALL, [args, kwargs], future_type=StdlibFuture)
         self._guild._supervisor.submit([task])
         return task.future
 
@@ -84,10 +86,10 @@ class GuildExecutor(Executor):
             # One iterable: items travel as themselves, not as 1-tuples, which
             # the codec would encode one ext each (about 10x slower on ints).
             items: list[Any] = list(iterables[0])
-            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_MAP)
+            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_MAP, future_type=StdlibFuture)
         else:
             items = list(zip(*iterables, strict=False))
-            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP)
+            tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP, future_type=StdlibFuture)
         # The clock starts with the call, as in the stdlib, not at the first next().
         end = None if timeout is None else time.monotonic() + timeout
         self._guild._supervisor.submit(tasks)
@@ -98,6 +100,35 @@ class GuildExecutor(Executor):
 
     def stats(self) -> dict[str, Any]:
         return self._guild.stats()
+
+
+class StdlibFuture(Future[Any]):
+    """A future whose failures have the types ``ProcessPoolExecutor`` gives them.
+
+    guildcore's errors already subclass the stdlib's where the meaning is
+    the same (``AgentDied`` is a ``BrokenProcessPool``, a pickling failure
+    is an instance of the error the object raised). Two facts need a
+    different type in the stdlib face: arguments or a result that cannot
+    be unpickled break a ``ProcessPoolExecutor`` (``BrokenProcessPool``),
+    and a ``SystemExit`` raised while a result is pickled reaches the
+    caller as ``SystemExit``. ``Guild`` keeps guildcore's own types.
+    """
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        super().set_exception(_as_stdlib(exception))
+
+
+def _as_stdlib(err: BaseException | None) -> BaseException | None:
+    if not isinstance(err, SerializationError):
+        return err
+    if err.decoding:
+        return err.also(BrokenProcessPool)
+    original = err.original
+    if original is not None and not isinstance(original, Exception):
+        twin = type(original)(*original.args)
+        twin.__cause__ = err
+        return twin
+    return err
 
 
 def _chained_results(tasks: list[Task], end: float | None) -> Iterator[Any]:
