@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from guildcore import CacheError
 from guildcore.cache import (
     TieredCache,
     cache_clear,
@@ -131,7 +132,7 @@ def test_cli_functions(tmp_path: Path) -> None:
     assert cache_stats(cfg)["namespaces"]["result"]["l3"]["entries"] == 0
     before, after = cache_compact(cfg)
     assert after < before
-    with pytest.raises(ValueError, match="no cache namespace 'nope'"):
+    with pytest.raises(CacheError, match="no cache namespace 'nope'"):
         cache_clear(cfg, "nope")
 
 
