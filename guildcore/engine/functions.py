@@ -12,11 +12,16 @@ A spec is either a ``str`` (a reference) or ``bytes`` (a cloudpickle blob).
 
 from __future__ import annotations
 
+import functools
 import importlib
+import io
+import marshal
 import os
 import pickle
 import sys
+import types
 import weakref
+from collections import ChainMap
 from collections.abc import Callable
 
 from guildcore._errors import SerializationError
@@ -79,7 +84,7 @@ def spec_for(fn: Callable[..., Any]) -> FnSpec:
 
 def _by_value(fn: Callable[..., Any]) -> bytes:
     try:
-        import cloudpickle
+        import cloudpickle  # noqa: F401  # only whether it is installed: _pickler_keeping_filenames uses it
     except ImportError:
         try:
             return pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
@@ -90,13 +95,37 @@ def _by_value(fn: Callable[..., Any]) -> bytes:
                 "define it at module level, or install cloudpickle (pip install 'guildcore[cloudpickle]')"
             ) from None
     try:
-        blob: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        buffer = io.BytesIO()
+        _pickler_keeping_filenames()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
+        blob = buffer.getvalue()
     except Exception as exc:
         raise SerializationError(
             f"function {describe(fn)} cannot be pickled by cloudpickle ({type(exc).__name__}: {exc}); "
             "define it at module level and pass what it captures as arguments"
         ) from exc
     return blob
+
+
+@functools.cache
+def _pickler_keeping_filenames() -> type[pickle.Pickler]:
+    """cloudpickle's Pickler, but code objects keep their file and line numbers.
+
+    cloudpickle (3.x) renames every code object it sends by value to
+    ``<dynamic-code>``, so a traceback from the agent shows no file and no
+    source line. Code travels through ``marshal`` instead, which keeps
+    ``co_filename`` and the line table whole; the agent runs the same
+    Python (the one that started it), so marshal's format matches.
+    """
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = ChainMap({types.CodeType: _code_by_marshal}, cloudpickle.Pickler.dispatch_table)
+
+    return Pickler
+
+
+def _code_by_marshal(code: types.CodeType) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
+    return marshal.loads, (marshal.dumps(code),)
 
 
 def resolve_reference(ref: str) -> Callable[..., Any]:
