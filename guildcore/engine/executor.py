@@ -309,6 +309,9 @@ class Guild:
         arguments and context is returned without running anything.
         """
         self._check_open()
+        if stream_result and cache:
+            # Refused up front, hit or miss: a cached value is not a stream.
+            raise ConfigError("stream_result=True cannot be combined with cache=True; cache the value instead", key="stream_result")
         payload = [args, kwargs]
         item_keys: list[bytes | None] = []
         if cache:
@@ -321,8 +324,6 @@ class Guild:
                 done: Future[R] = Future()
                 done.set_result(hit)
                 return done
-        if stream_result and cache:
-            raise ConfigError("stream_result=True cannot be combined with cache=True; cache the value instead", key="stream_result")
         task = self._make_task(fn, MODE_CALL, payload, priority=priority, timeout=timeout, retries=retries)
         task.raw_result = stream_result
         if cache:
