@@ -429,3 +429,28 @@ def test_two_caches_on_one_folder_in_one_process_share_the_store(
         assert first.get("result", b"b") == 2  # still open after the other closed
     assert caplog.text == ""
     assert list((tmp_path / "store").glob("data.mdb.broken-*")) == []
+
+
+def test_sweep_goes_past_expiry_hints_of_namespaces_it_has_not_opened(tmp_path: Path) -> None:
+    """Hints of a namespace with no database (or one opened elsewhere) must not stall the sweep."""
+    import struct
+
+    now = [1_000_000.0]
+    s = L3Store(str(tmp_path / "store"), map_size=2**24, policies=dict(DEFAULT_POLICIES), clock=lambda: now[0])
+    try:
+        # Ten expiry hints, due first, of a namespace this store never opened.
+        with s._lock, s._env.begin(write=True) as txn:
+            for i in range(10):
+                hint = b"e" + struct.pack(">d", now[0] - 100) + b"ghost\0" + bytes([i])
+                txn.put(hint, b"", db=s._index)
+        s.set("result", b"short", "expires", ttl_s=5)  # an expiry hint of its own, due later
+        now[0] += 10
+        for _ in range(5):
+            s.sweep(limit=4)
+        assert s.lookup("result", b"short") is None
+        assert list(s.entries("result")) == []  # removed, not just unreadable
+        with s._lock, s._env.begin() as txn:
+            left = [k for k, _ in txn.cursor(db=s._index) if k.startswith(b"e")]
+        assert left == []  # the ghost hints are gone too: their namespace has no database
+    finally:
+        s.close()

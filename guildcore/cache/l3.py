@@ -790,25 +790,38 @@ class L3Store:
         return removed
 
     def _sweep_hinted(self, txn: Any, now: float, limit: int | None) -> int:
+        """Remove entries whose own expiry hint is due; return how many hints were handled.
+
+        A hint of a namespace this store has not opened is passed over, not
+        counted: counted, ten such hints at the head would fill every
+        ``limit`` and the sweep would never reach the entries behind them.
+        A namespace with no database at all is gone: its hints are dropped.
+        """
         cur = txn.cursor(self._index)
         if not cur.set_range(b"e"):
             return 0
-        due: list[bytes] = []
+        due: list[tuple[bytes, Any]] = []
+        dead: list[bytes] = []
         bound = _pack_f64(now)
         for k in cur.iternext(values=False):
             if k[:1] != b"e" or k[1:9] > bound or (limit is not None and len(due) >= limit):
                 break
-            due.append(k)
-        for k in due:
+            ns = k[9:].partition(_NUL)[0]
+            db = self._dbs.get(ns.decode(errors="replace"))
+            if db is not None:
+                due.append((k, db))
+            elif txn.get(b"ns:" + ns) is None:
+                dead.append(k)
+            # else opened by another agent since: the timed sweep refreshes and gets it
+        for k in dead:
+            txn.delete(k, db=self._index)
+        for k, db in due:
             ns, _, key = k[9:].partition(_NUL)
-            db = self._dbs.get(ns.decode())
-            if db is None:
-                continue  # a namespace opened elsewhere since; the timed sweep gets it
             txn.delete(k, db=self._index)
             raw = txn.get(key, db=db)
             if raw is not None and _pack_f64(record.peek_times(raw)[1]) == k[1:9]:
                 self._remove(txn, ns, key, db)
-        return len(due)
+        return len(due) + len(dead)
 
     def _sweep_aged(
         self, txn: Any, ns: bytes, db: Any, now: float, cutoff: float, limit: int | None
