@@ -69,6 +69,10 @@ class ConfigError(GuildError, ValueError):
         self.value = value
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting or argument of the wrong type (also a ``TypeError``, as Python's own are)."""
+
+
 class SerializationError(GuildError, TypeError):
     """A value cannot be encoded, or bytes received are not a valid frame.
 

@@ -53,7 +53,7 @@ from collections.abc import Callable
 
 import msgpack
 
-from guildcore._errors import SerializationError
+from guildcore._errors import ConfigError, SerializationError
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -515,14 +515,14 @@ def register_ext(
     a code or class already taken by something else is a ``ValueError``.
     """
     if code not in EXT_USER_RANGE:
-        raise ValueError(
+        raise ConfigError(
             f"ext code {code} is outside the range other modules may use ({EXT_USER_RANGE.start}..{EXT_USER_RANGE.stop - 1})"
         )
     owner = _REGISTERED.get(code)
     if owner is not None and owner is not cls:
-        raise ValueError(f"ext code {code} is already registered for {owner.__qualname__}")
+        raise ConfigError(f"ext code {code} is already registered for {owner.__qualname__}")
     if cls in _ENCODERS and _REGISTERED.get(code) is not cls:
-        raise ValueError(f"{cls.__qualname__} already has an encoding; pick another class")
+        raise ConfigError(f"{cls.__qualname__} already has an encoding; pick another class")
     _REGISTERED[code] = cls
     _ENCODERS[cls] = lambda o: _ext(code, to_bytes(o))
     _DECODERS[code] = from_bytes

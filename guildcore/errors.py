@@ -6,7 +6,8 @@ action that fixes it. Errors carry their facts as attributes too, so code can
 react without parsing text.
 
     GuildError
-     ├── ConfigError            bad setting: file, line, key path, value, hint
+     ├── ConfigError            bad setting or argument: file, line, key path, value, hint
+     │    └── ConfigTypeError   of the wrong type (also builtins.TypeError)
      ├── SerializationError     a value the codec cannot encode or a bad frame
      ├── ContextError           shared context: too big, unencodable, unlinked
      ├── CacheError             a cache store that cannot be opened or used
@@ -18,6 +19,14 @@ react without parsing text.
      │         └── MemoryLimitExceeded
      ├── PoolBroken             agents cannot start at all (also BrokenExecutor)
      └── ShutdownError          work submitted after shutdown (also RuntimeError)
+
+Where the stdlib's contract names a builtin type, the guildcore error is
+also an instance of it: ``ConfigError`` is a ``ValueError``,
+``SerializationError`` a ``TypeError`` (and, for a value that failed to
+pickle, an instance of the error the value raised), ``ShutdownError`` a
+``RuntimeError``. The few builtin errors raised on purpose are protocol
+answers (``KeyError`` from a mapping, ``AttributeError`` from
+``__getattr__``, ``ValueError`` from a closed stream), never failures.
 
 ``AgentDied`` subclasses ``concurrent.futures.process.BrokenProcessPool`` so
 code written for the stdlib keeps catching it; ``PoolBroken`` subclasses
@@ -37,6 +46,7 @@ from guildcore._errors import (
     AgentError,
     CacheError,
     ConfigError,
+    ConfigTypeError,
     ContextError,
     GuildError,
     MemoryLimitExceeded,
@@ -56,6 +66,7 @@ __all__ = [
     "AgentError",
     "CacheError",
     "ConfigError",
+    "ConfigTypeError",
     "ContextError",
     "GuildError",
     "MemoryLimitExceeded",

@@ -65,7 +65,7 @@ import msgpack
 
 from guildcore.cache import record, storefiles
 from guildcore.cache.policy import CachePolicy, check_namespace
-from guildcore.errors import CacheError, format_bytes
+from guildcore.errors import CacheError, ConfigError, format_bytes
 
 __all__ = ["L3Store"]
 
@@ -514,7 +514,7 @@ class L3Store:
         expires = now + ttl if ttl else 0.0
         tag_list = [t.encode() for t in tags] if tags else []
         if any(_NUL in t or not t for t in tag_list):
-            raise ValueError(f"tags must be non-empty and contain no NUL: {tag_list!r}")
+            raise ConfigError(f"tags must be non-empty and contain no NUL: {tag_list!r}", key="tags")
         secret, compress, tagged, pack = self._secret, self.compress, bool(tag_list), record.pack
         rows = [
             (
@@ -595,8 +595,8 @@ class L3Store:
         if ttl_s is None or ttl_s == float("inf"):
             return 0.0
         if ttl_s <= 0:
-            raise ValueError(
-                f"ttl must be positive, None (the namespace's) or math.inf, not {ttl_s!r}"
+            raise ConfigError(
+                f"ttl must be positive, None (the namespace's) or math.inf, not {ttl_s!r}", key="ttl"
             )
         return float(ttl_s)
 

@@ -665,7 +665,7 @@ class Guild:
                 threading.Thread(target=self._close_after_join, name="guild-closer", daemon=True).start()
             return
         if self._supervisor.on_owner_thread():
-            raise RuntimeError(
+            raise ShutdownError(
                 "cannot wait for this Guild to shut down from one of its done-callbacks: they run on "
                 "its supervisor thread, which the wait would block; call shutdown(wait=False) there"
             )

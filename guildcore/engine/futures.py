@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP
 from guildcore.engine.executor import Guild
 from guildcore.engine.task import Task
-from guildcore.errors import SerializationError
+from guildcore.errors import ConfigError, ConfigTypeError, SerializationError
 
 R = TypeVar("R")
 
@@ -49,11 +49,11 @@ class GuildExecutor(Executor):
         **overrides: Any,
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
-            raise ValueError("max_workers must be greater than 0")
+            raise ConfigError("max_workers must be greater than 0", key="max_workers", value=max_workers)
         if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+            raise ConfigTypeError("initializer must be a callable", key="initializer", value=initializer)
         if max_tasks_per_child is not None and (not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0):
-            raise ValueError("max_tasks_per_child must be >= 1")
+            raise ConfigError("max_tasks_per_child must be >= 1", key="max_tasks_per_child", value=max_tasks_per_child)
         pool = dict(overrides.pop("pool", {}) or {})
         limits = dict(overrides.pop("limits", {}) or {})
         if max_workers is not None:
@@ -78,7 +78,7 @@ class GuildExecutor(Executor):
         self, fn: Callable[..., R], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
     ) -> Iterator[R]:
         if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
+            raise ConfigError("chunksize must be >= 1.", key="chunksize", value=chunksize)
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         self._guild._check_open()
