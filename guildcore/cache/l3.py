@@ -104,6 +104,17 @@ _DAMAGE = (
     lmdb.VersionMismatchError,
 )
 
+# What LMDB says when the file system refuses a write: its own ENOSPC and
+# EACCES classes, and a plain Error quoting errno for a failed commit (on
+# tmpfs a full disk surfaces as EIO from the write behind the commit).
+_DISK_ERRORS = (lmdb.DiskError, lmdb.ReadonlyError)
+_DISK_WORDS = ("No space left", "Input/output error", "Read-only file system", "Disk quota")
+
+
+def _disk_refused(exc: BaseException) -> bool:
+    return isinstance(exc, _DISK_ERRORS) or any(w in str(exc) for w in _DISK_WORDS)
+
+
 _F64 = struct.Struct(">d")
 _pack_f64 = _F64.pack
 _NUL = b"\0"
@@ -226,6 +237,7 @@ class L3Store:
         self._inode = -1  # of the data.mdb we opened: tells whether another agent replaced it
         self._env_key: tuple[int, int] | None = None  # our use of a _SHARED environment
         self._recovering = False  # inside a call that recovers from damage (under _lock)
+        self._writes_off: str | None = None  # why the disk refused our writes, once it did
         storefiles.ensure_dir(self.path)
         self._secret = storefiles.load_secret(self.path)
         with self._lock:
@@ -465,8 +477,16 @@ class L3Store:
     # ------------------------------------------------------------ writes
 
     def _write(self, fn: Callable[[Any], T]) -> T | None:
-        """Run ``fn(txn)`` in a write transaction; on a full map evict and retry."""
+        """Run ``fn(txn)`` in a write transaction; on a full map evict and retry.
+
+        A disk that refuses the commit (full, read-only, failing) turns this
+        store's writes off, with one warning: every later write would fail
+        the same way, each costing a transaction and a log line, and results
+        are still returned without the disk tier.
+        """
         with self._lock:
+            if self._writes_off is not None:
+                return None
             env = self._env if self._env is not None else self._env_checked()
             for attempt in range(MAP_FULL_RETRIES):
                 try:
@@ -475,6 +495,18 @@ class L3Store:
                 except lmdb.MapFullError:
                     if not self._evict_for_space(MAP_FULL_EVICT_FRACTION * 2**attempt):
                         break
+                except lmdb.Error as exc:
+                    if isinstance(exc, _DAMAGE) or not _disk_refused(exc):
+                        raise
+                    self._writes_off = f"{type(exc).__name__}: {exc}"
+                    log.warning(
+                        "cache store %s cannot be written (%s): the disk is probably full or read-only; "
+                        "this process stores nothing more on disk (results are still returned); "
+                        "free space there or point caching.path elsewhere",
+                        self.path,
+                        self._writes_off,
+                    )
+                    return None
             log.warning(
                 "cache store %s is full (map_size %s) and eviction did not free enough; "
                 "the write was dropped; raise caching.disk_cache",
