@@ -17,7 +17,7 @@ react without parsing text.
      │    └── AgentError        the agent running the task failed
      │         ├── AgentDied    (also BrokenProcessPool)
      │         └── MemoryLimitExceeded
-     ├── PoolBroken             agents cannot start at all (also BrokenExecutor)
+     ├── PoolBroken             agents cannot start at all (also BrokenProcessPool)
      └── ShutdownError          work submitted after shutdown (also RuntimeError)
 
 Where the stdlib's contract names a builtin type, the guildcore error is
@@ -28,9 +28,9 @@ pickle, an instance of the error the value raised), ``ShutdownError`` a
 answers (``KeyError`` from a mapping, ``AttributeError`` from
 ``__getattr__``, ``ValueError`` from a closed stream), never failures.
 
-``AgentDied`` subclasses ``concurrent.futures.process.BrokenProcessPool`` so
-code written for the stdlib keeps catching it; ``PoolBroken`` subclasses
-``concurrent.futures.BrokenExecutor`` for the same reason.
+``AgentDied`` and ``PoolBroken`` subclass
+``concurrent.futures.process.BrokenProcessPool`` (a ``BrokenExecutor``), so
+code written for the stdlib keeps catching them.
 
 Most classes live in ``guildcore._errors``, which agents import without
 pulling in ``concurrent.futures``; this module adds the three with stdlib
@@ -39,7 +39,7 @@ executor parents. Import errors from here.
 
 from __future__ import annotations
 
-from concurrent.futures import BrokenExecutor, CancelledError
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
 from guildcore._errors import (
@@ -94,5 +94,9 @@ class AgentDied(AgentError, BrokenProcessPool):
     """
 
 
-class PoolBroken(GuildError, BrokenExecutor):
-    """Agents cannot be started at all (for example, the initializer raises)."""
+class PoolBroken(GuildError, BrokenProcessPool):
+    """Agents cannot be started at all (for example, the initializer raises).
+
+    A ``BrokenProcessPool`` (so a ``BrokenExecutor``), as the stdlib's pool
+    reports a failed initializer.
+    """

@@ -279,11 +279,11 @@ class Guild:
                 self._results = ResultCache(TieredCache.from_config(self.config))
             return self._results
 
-    def _check_open(self) -> None:
+    def _check_open(self, after_shutdown: str = "cannot submit: this Guild is shut down; create a new Guild") -> None:
         if _interpreter_exiting.is_set():
             raise ShutdownError("cannot schedule new futures after interpreter shutdown")
         if self._is_shutdown:
-            raise ShutdownError("cannot submit: this Guild is shut down; create a new Guild")
+            raise ShutdownError(after_shutdown)
 
     def submit(
         self,

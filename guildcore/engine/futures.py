@@ -69,7 +69,7 @@ class GuildExecutor(Executor):
         self._guild = Guild(initializer=initializer, initargs=initargs, pool=pool, limits=limits, **overrides)
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        self._guild._check_open()  # ShutdownError is a RuntimeError, as the stdlib raises
+        self._check_open()
         task = self._guild._make_task(fn, MODE_CALL, [args, kwargs], future_type=StdlibFuture)
         self._guild._supervisor.submit([task])
         return task.future
@@ -81,7 +81,7 @@ class GuildExecutor(Executor):
             raise ConfigError("chunksize must be >= 1.", key="chunksize", value=chunksize)
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        self._guild._check_open()
+        self._check_open()
         if len(iterables) == 1:
             # One iterable: items travel as themselves, not as 1-tuples, which
             # the codec would encode one ext each (about 10x slower on ints).
@@ -94,6 +94,10 @@ class GuildExecutor(Executor):
         end = None if timeout is None else time.monotonic() + timeout
         self._guild._supervisor.submit(tasks)
         return _chained_results(tasks, end)
+
+    def _check_open(self) -> None:
+        """Refuse work as the stdlib does: a ShutdownError is a RuntimeError, with its words."""
+        self._guild._check_open(after_shutdown="cannot schedule new futures after shutdown")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._guild.shutdown(wait=wait, cancel_futures=cancel_futures)

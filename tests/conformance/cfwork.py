@@ -97,3 +97,50 @@ def start_method(_: object = None) -> str:
     import multiprocessing
 
     return multiprocessing.get_start_method(allow_none=True) or "?"
+
+
+MARK = "unset"  # the tests set it in the caller: a forked worker sees the caller's value
+
+
+def whoami(_: object = None) -> tuple[int, int, str]:
+    """``(pid, parent pid, MARK)`` of the worker running this."""
+    return os.getpid(), os.getppid(), MARK
+
+
+def exit_when(path: str) -> None:
+    """Exit the worker abruptly once ``path`` exists: a death the test controls."""
+    wait_for_file(path)
+    os._exit(7)
+
+
+def record_init(folder: str) -> None:
+    """An initializer that leaves a file named after its worker's pid."""
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+
+
+def started_then_wait(started: str, release: str) -> str:
+    """Say the task began (create ``started``), then wait for ``release``."""
+    open(started, "w").close()
+    return wait_for_file(release)
+
+
+def wait_until_exists(path: str, timeout_s: float = 30.0) -> None:
+    """Caller side: block until a task created ``path``, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not created within {timeout_s} s")
+        time.sleep(0.005)
+
+
+def wait_until(predicate: object, timeout_s: float = 30.0) -> None:
+    """Caller side: block until ``predicate()`` holds, with a deadline.
+
+    For states no waiter hears of: ``Future.cancel()`` does not wake
+    ``concurrent.futures.wait`` (only set_running_or_notify_cancel does).
+    """
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{predicate!r} did not hold within {timeout_s} s")
+        time.sleep(0.005)
