@@ -70,7 +70,7 @@ class L1Cache:
             self._ns_keys.pop(namespace, None)
             return
         if cap < 1:
-            raise ValueError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}")
+            raise ConfigError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}", key="max_entries")
         self._caps[namespace] = cap
         keys = self._ns_keys.setdefault(namespace, {})
         if not keys:
