@@ -69,8 +69,111 @@ class ConfigError(GuildError, ValueError):
         self.value = value
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting or argument of the wrong type (also a ``TypeError``, as Python's own are)."""
+
+
 class SerializationError(GuildError, TypeError):
-    """A value cannot be encoded, or bytes received are not a valid frame."""
+    """A value cannot be encoded, or bytes received are not a valid frame.
+
+    ``stage`` says which value: ``"arguments"``, ``"result"`` or None;
+    ``decoding`` whether reading it failed (rather than writing it);
+    ``original`` is the exception the value itself raised, when it travels.
+
+    Code written for the stdlib catches the error the object raised while
+    it was pickled (``pickle.PicklingError``, ``TypeError: cannot pickle
+    ...``, ``RuntimeError`` for a ``multiprocessing.Event``): ``because``
+    makes an error that is a ``SerializationError`` and an instance of that
+    type too, so both ``except`` clauses match.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str | None = None,
+        decoding: bool = False,
+        original: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.decoding = decoding
+        self.original = original
+
+    @classmethod
+    def because(
+        cls, message: str, raised: BaseException, *, stage: str | None = None, decoding: bool = False
+    ) -> SerializationError:
+        """The error for a value that raised ``raised``; also an instance of its type.
+
+        ``raised`` may itself be a ``SerializationError`` (from the codec):
+        the value's own exception is then taken from it.
+        """
+        if isinstance(raised, SerializationError):
+            stage = stage or raised.stage
+            decoding = decoding or raised.decoding
+            original = raised.original
+        else:
+            original = raised
+        mixed = _also(type(original)) if original is not None and not decoding else SerializationError
+        return mixed(message, stage=stage, decoding=decoding, original=original)
+
+    def also(self, extra: type[BaseException]) -> SerializationError:
+        """This error, as an instance of ``extra`` too (``BrokenProcessPool`` for the stdlib face)."""
+        twin = _also(extra)(*self.args)
+        twin.__dict__.update(self.__dict__)
+        twin.__cause__ = self.__cause__
+        return twin
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The mixed-in type and the original travel when they pickle (by
+        # reference); otherwise the error arrives as a plain one.
+        import pickle
+
+        extra = next((b for b in type(self).__bases__ if b is not SerializationError), None)
+        state = dict(self.__dict__)
+        for name, value in (("extra", extra), ("original", state.get("original"))):
+            try:
+                pickle.dumps(value)
+            except Exception:
+                if name == "extra":
+                    extra = None
+                else:
+                    state["original"] = None
+        return (_rebuild_serialization, (extra, self.args, state))
+
+
+# Mixed classes made by SerializationError.because/also, one per extra type.
+_ALSO: dict[type[BaseException], type[SerializationError]] = {}
+
+
+def _also(extra: type[BaseException]) -> type[SerializationError]:
+    """``SerializationError`` that is also an ``extra``, where Python allows it.
+
+    Only ``Exception`` types are mixed in: a ``SerializationError`` that is a
+    ``SystemExit`` would escape ``except Exception``. A type that cannot be
+    a base (a layout conflict, a final class) leaves the plain error.
+    """
+    if issubclass(SerializationError, extra) or not issubclass(extra, Exception):
+        return SerializationError
+    mixed = _ALSO.get(extra)
+    if mixed is None:
+        try:
+            mixed = type("SerializationError", (SerializationError, extra), {"__module__": "guildcore.errors"})
+        except TypeError:
+            return SerializationError
+        _ALSO[extra] = mixed
+    return mixed
+
+
+def _rebuild_serialization(
+    extra: type[BaseException] | None, args: tuple[object, ...], state: dict[str, object]
+) -> SerializationError:
+    cls = _also(extra) if extra is not None else SerializationError
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
 
 
 class ContextError(GuildError):

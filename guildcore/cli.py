@@ -16,9 +16,11 @@ returning an exit code) with ``set_defaults``, then list it in
 ``_COMMAND_GROUPS``. Import heavy modules inside the handler, not at the top,
 so ``guild --version`` stays fast.
 
-Exit codes: 0 success; 1 the command refused (e.g. init without --force);
-2 bad usage or a ``GuildError`` (printed as ``guild: error: <message>``, no
-traceback); 130 interrupted.
+Exit codes: 0 success; 1 the command refused (e.g. init without --force)
+or the file system failed it (``guild: error: [Errno ...] ...``); 2 bad usage
+or a ``GuildError`` (printed as ``guild: error: <message>``); 3 an error
+guildcore did not expect (a bug: one line, and ``guild --traceback ...``
+shows where); 130 interrupted. No command ends in a raw traceback.
 """
 
 from __future__ import annotations
@@ -150,11 +152,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
                 print(f"{name:<16} {ns['l3']['entries']:>9} entries {format_bytes(ns['l3']['bytes']):>10}"
                       f"  hits {saved['hits']}  misses {saved['misses']}  hit rate {saved['hit_rate']:.0%}")  # fmt: skip
     elif args.cache_command == "clear":
-        try:
-            cache_clear(cfg, args.namespace)
-        except ValueError as exc:
-            print(f"guild: error: {exc}", file=sys.stderr)
-            return 2
+        cache_clear(cfg, args.namespace)
         print(f"cleared {args.namespace or 'every namespace'} in {cfg.cache_path()}")
     else:
         before, after = cache_compact(cfg)
@@ -204,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="guild", description="guildcore: a supervised multiprocessing engine."
     )
     parser.add_argument("--version", action="version", version=f"guild {__version__}")
+    parser.add_argument(
+        "--traceback", action="store_true", help="on an unexpected error, show the whole traceback"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_group in _COMMAND_GROUPS:
         add_group(subparsers)
@@ -226,10 +227,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
         return 1
     except Exception as exc:
-        from guildcore.errors import GuildError
-
-        if not isinstance(exc, GuildError):
+        if args.traceback:
             raise
+        return _report(exc)
+    return code
+
+
+def _report(exc: Exception) -> int:
+    """One line on stderr for a failed command, and its exit code (see the module docstring)."""
+    from guildcore.errors import GuildError
+
+    if isinstance(exc, GuildError):
         print(f"guild: error: {exc}", file=sys.stderr)
         return 2
-    return code
+    if isinstance(exc, OSError):
+        print(f"guild: error: {exc}; check the path and its permissions", file=sys.stderr)
+        return 1
+    print(
+        f"guild: error: unexpected {type(exc).__name__}: {exc}; this is a bug in guildcore: "
+        "rerun with guild --traceback ... and report what it prints",
+        file=sys.stderr,
+    )
+    return 3

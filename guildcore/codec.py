@@ -53,7 +53,7 @@ from collections.abc import Callable
 
 import msgpack
 
-from guildcore._errors import SerializationError
+from guildcore._errors import ConfigError, SerializationError
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -166,12 +166,16 @@ def _ext(code: int, data: bytes) -> msgpack.ExtType:
 def _pickle_ext(obj: object) -> msgpack.ExtType:
     try:
         data = pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a __reduce__ that calls sys.exit() fails this value only
         cls = type(obj)
-        raise SerializationError(
-            f"cannot encode a value of type {cls.__module__}.{cls.__qualname__}: {exc}; "
+        raised = exc if isinstance(exc, Exception) else f"{type(exc).__name__}: {exc}"
+        raise SerializationError.because(
+            f"cannot encode a value of type {cls.__module__}.{cls.__qualname__}: {raised}; "
             "send something picklable instead (plain data, a module-level function, "
-            "an object with __reduce__), or create it inside the task"
+            "an object with __reduce__), or create it inside the task",
+            exc,
         ) from exc
     _state.pickles += 1
     return _ext(EXT_PICKLE, data)
@@ -511,14 +515,14 @@ def register_ext(
     a code or class already taken by something else is a ``ValueError``.
     """
     if code not in EXT_USER_RANGE:
-        raise ValueError(
+        raise ConfigError(
             f"ext code {code} is outside the range other modules may use ({EXT_USER_RANGE.start}..{EXT_USER_RANGE.stop - 1})"
         )
     owner = _REGISTERED.get(code)
     if owner is not None and owner is not cls:
-        raise ValueError(f"ext code {code} is already registered for {owner.__qualname__}")
+        raise ConfigError(f"ext code {code} is already registered for {owner.__qualname__}")
     if cls in _ENCODERS and _REGISTERED.get(code) is not cls:
-        raise ValueError(f"{cls.__qualname__} already has an encoding; pick another class")
+        raise ConfigError(f"{cls.__qualname__} already has an encoding; pick another class")
     _REGISTERED[code] = cls
     _ENCODERS[cls] = lambda o: _ext(code, to_bytes(o))
     _DECODERS[code] = from_bytes

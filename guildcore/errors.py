@@ -6,7 +6,8 @@ action that fixes it. Errors carry their facts as attributes too, so code can
 react without parsing text.
 
     GuildError
-     ├── ConfigError            bad setting: file, line, key path, value, hint
+     ├── ConfigError            bad setting or argument: file, line, key path, value, hint
+     │    └── ConfigTypeError   of the wrong type (also builtins.TypeError)
      ├── SerializationError     a value the codec cannot encode or a bad frame
      ├── ContextError           shared context: too big, unencodable, unlinked
      ├── CacheError             a cache store that cannot be opened or used
@@ -16,12 +17,20 @@ react without parsing text.
      │    └── AgentError        the agent running the task failed
      │         ├── AgentDied    (also BrokenProcessPool)
      │         └── MemoryLimitExceeded
-     ├── PoolBroken             agents cannot start at all (also BrokenExecutor)
+     ├── PoolBroken             agents cannot start at all (also BrokenProcessPool)
      └── ShutdownError          work submitted after shutdown (also RuntimeError)
 
-``AgentDied`` subclasses ``concurrent.futures.process.BrokenProcessPool`` so
-code written for the stdlib keeps catching it; ``PoolBroken`` subclasses
-``concurrent.futures.BrokenExecutor`` for the same reason.
+Where the stdlib's contract names a builtin type, the guildcore error is
+also an instance of it: ``ConfigError`` is a ``ValueError``,
+``SerializationError`` a ``TypeError`` (and, for a value that failed to
+pickle, an instance of the error the value raised), ``ShutdownError`` a
+``RuntimeError``. The few builtin errors raised on purpose are protocol
+answers (``KeyError`` from a mapping, ``AttributeError`` from
+``__getattr__``, ``ValueError`` from a closed stream), never failures.
+
+``AgentDied`` and ``PoolBroken`` subclass
+``concurrent.futures.process.BrokenProcessPool`` (a ``BrokenExecutor``), so
+code written for the stdlib keeps catching them.
 
 Most classes live in ``guildcore._errors``, which agents import without
 pulling in ``concurrent.futures``; this module adds the three with stdlib
@@ -30,13 +39,14 @@ executor parents. Import errors from here.
 
 from __future__ import annotations
 
-from concurrent.futures import BrokenExecutor, CancelledError
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
 from guildcore._errors import (
     AgentError,
     CacheError,
     ConfigError,
+    ConfigTypeError,
     ContextError,
     GuildError,
     MemoryLimitExceeded,
@@ -46,6 +56,7 @@ from guildcore._errors import (
     TaskError,
     TaskTimeout,
     _rebuild,  # noqa: F401  # older pickles of errors name it here
+    _rebuild_serialization,  # noqa: F401  # pickles of errors may name it here
     describe_exitcode,
     format_bytes,
 )
@@ -55,6 +66,7 @@ __all__ = [
     "AgentError",
     "CacheError",
     "ConfigError",
+    "ConfigTypeError",
     "ContextError",
     "GuildError",
     "MemoryLimitExceeded",
@@ -82,5 +94,9 @@ class AgentDied(AgentError, BrokenProcessPool):
     """
 
 
-class PoolBroken(GuildError, BrokenExecutor):
-    """Agents cannot be started at all (for example, the initializer raises)."""
+class PoolBroken(GuildError, BrokenProcessPool):
+    """Agents cannot be started at all (for example, the initializer raises).
+
+    A ``BrokenProcessPool`` (so a ``BrokenExecutor``), as the stdlib's pool
+    reports a failed initializer.
+    """

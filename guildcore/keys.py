@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import importlib
 import math
 import pickle
 import struct
@@ -45,6 +44,7 @@ from typing import Any
 
 import xxhash
 
+from guildcore import _refs
 from guildcore.errors import SerializationError
 
 __all__ = ["fingerprint", "fn_ref", "hex_key", "key_of", "resolve_ref"]
@@ -204,10 +204,11 @@ def _function_fingerprint(fn: types.FunctionType) -> str:
     return f"{fn_ref(fn)}@{xxhash.xxh3_128_hexdigest(b''.join(out))}"
 
 
-# fn -> (code, defaults, kwdefaults, fingerprint). Keyed weakly so that a
-# function's entry goes with it; the identity checks on code and defaults
-# catch a function whose __code__ or __defaults__ was reassigned.
-_FINGERPRINTS: weakref.WeakKeyDictionary[Callable[..., Any], tuple[object, object, object, str]]
+# fn -> (what it carried, fingerprint). Keyed weakly so that a function's
+# entry goes with it; the identity checks (_refs.carried_state) catch a
+# function whose code or defaults were reassigned and a closure whose
+# captured name was rebound. A closure over a mutable value is never cached.
+_FINGERPRINTS: weakref.WeakKeyDictionary[Callable[..., Any], tuple[tuple[object, ...], str]]
 _FINGERPRINTS = weakref.WeakKeyDictionary()
 
 
@@ -227,15 +228,12 @@ def fingerprint(fn: Callable[..., Any]) -> str:
     """
     if type(fn) is types.FunctionType:
         entry = _FINGERPRINTS.get(fn)
-        if (
-            entry is not None
-            and entry[0] is fn.__code__
-            and entry[1] is fn.__defaults__
-            and entry[2] is fn.__kwdefaults__
-        ):
-            return entry[3]
+        carried = _refs.carried_state(fn)
+        if entry is not None and _refs.same_state(entry[0], carried):
+            return entry[1]
         fp = _function_fingerprint(fn)
-        _FINGERPRINTS[fn] = (fn.__code__, fn.__defaults__, fn.__kwdefaults__, fp)
+        if carried is not None:
+            _FINGERPRINTS[fn] = (carried, fp)
         return fp
     if isinstance(fn, functools.partial):
         inner = fingerprint(fn.func)
@@ -274,33 +272,8 @@ def fn_ref(fn: Callable[..., Any]) -> str:
 
 
 def resolve_ref(ref: str) -> Callable[..., Any]:
-    """Import the module of ``"module:qualname"`` and return the object it names."""
-    module_name, sep, qualname = ref.partition(":")
-    if not sep or not module_name or not qualname:
-        raise SerializationError(f"bad function reference {ref!r}; expected 'module:qualname'")
-    if "<locals>" in qualname or "<lambda>" in qualname:
-        raise SerializationError(
-            f"cannot send {ref} by reference: lambdas and functions defined inside "
-            "other functions have no importable name; define it at module level, "
-            "or install cloudpickle (pip install 'guildcore[cloudpickle]') to send it by value"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot resolve {ref}: importing {module_name!r} failed ({type(exc).__name__}: {exc}); "
-            "is the module importable in the agent (same sys.path and working directory)?"
-        ) from exc
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise SerializationError(
-                f"cannot resolve {ref}: {module_name} has no attribute path {qualname!r} "
-                f"(missing {part!r}); was it renamed or defined conditionally?"
-            ) from None
-    if not callable(obj):
-        raise SerializationError(
-            f"cannot resolve {ref}: it names a {type(obj).__name__}, not a callable"
-        )
-    return obj  # type: ignore[no-any-return]
+    """Import the module of ``"module:qualname"`` and return the object it names.
+
+    The one resolver of references (``_refs.resolve``); agents use it too.
+    """
+    return _refs.resolve(ref)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from guildcore import CacheError
 from guildcore.cache import (
     TieredCache,
     cache_clear,
@@ -131,5 +132,41 @@ def test_cli_functions(tmp_path: Path) -> None:
     assert cache_stats(cfg)["namespaces"]["result"]["l3"]["entries"] == 0
     before, after = cache_compact(cfg)
     assert after < before
-    with pytest.raises(ValueError, match="no cache namespace 'nope'"):
+    with pytest.raises(CacheError, match="no cache namespace 'nope'"):
         cache_clear(cfg, "nope")
+
+
+@pytest.mark.parametrize(("ttl", "seconds"), [("1h", 3600.0), ("30min", 1800.0), ("250ms", 0.25), (90, 90.0), (2.5, 2.5)])
+def test_ttl_is_a_config_duration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ttl: object, seconds: float
+) -> None:
+    now = [1_000_000.0]
+    runs: list[int] = []
+    with TieredCache(str(tmp_path / "s"), map_size=2**24, clock=lambda: now[0]) as store:
+
+        @cached(ttl=ttl, cache=store)  # type: ignore[call-overload]
+        def double(x: int) -> int:
+            runs.append(x)
+            return 2 * x
+
+        with caplog.at_level(logging.WARNING, logger="guildcore.cache"):
+            assert [double(4), double(4)] == [8, 8]
+            assert runs == [4]  # the second call was a hit
+            now[0] += seconds * 0.99
+            assert double(4) == 8 and runs == [4]  # still fresh
+            now[0] += seconds * 0.02
+            assert double(4) == 8 and runs == [4, 4]  # expired after exactly ttl
+        assert caplog.text == ""
+
+
+@pytest.mark.parametrize("ttl", ["soon", "-5s", 0, "1 fortnight", True])
+def test_bad_ttl_is_refused_at_decoration_naming_the_function(ttl: object) -> None:
+    from guildcore import ConfigError
+
+    with pytest.raises(ConfigError, match=r"@cached\(ttl=\) of test_cache_cached\..*\.plain") as info:
+
+        @cached(ttl=ttl)  # type: ignore[call-overload]
+        def plain(x: int) -> int:
+            return x
+
+    assert info.value.key == "ttl"

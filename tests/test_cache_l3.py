@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lmdbdamage
 import pytest
 
 from guildcore.cache import CachePolicy, TieredCache
@@ -91,6 +92,16 @@ def test_bad_entry_is_a_logged_miss_and_removed(
     assert _raw(store, "result", b"k") is None
 
 
+class _Touch:
+    """Pickles to a call that creates ``path`` when unpickled: a live payload."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Path.touch, (self.path,))
+
+
 def test_forged_pickle_with_valid_checksum_is_never_unpickled(
     store: L3Store, tmp_path: Path
 ) -> None:
@@ -98,13 +109,21 @@ def test_forged_pickle_with_valid_checksum_is_never_unpickled(
     from guildcore.cache import record
 
     marker = tmp_path / "pwned"
+
+    def forged(secret: bytes) -> bytes:
+        return record.pack(
+            _Touch(marker), namespace=b"result", key=b"k", created=1.0, expires=None,
+            secret=secret, compress=False,
+        )  # fmt: skip
+
     store.set("result", b"k", _value(True))
-    evil = record.pack(
-        _value(True), namespace=b"result", key=b"k", created=1.0, expires=None,
-        secret=b"wrong key" * 4, compress=False,
-    )  # fmt: skip
-    assert b"fractions" in evil  # really a pickle payload
-    _rewrite(store, "result", b"k", lambda raw: evil)
+    # The payload is live: signed with the store's own key, reading it runs it.
+    _rewrite(store, "result", b"k", lambda raw: forged(store._secret))
+    store.get("result", b"k")
+    assert marker.exists()
+    marker.unlink()
+    # Signed with any other key, it is never unpickled.
+    _rewrite(store, "result", b"k", lambda raw: forged(b"wrong key" * 4))
     assert store.get("result", b"k") is None
     assert not marker.exists()
 
@@ -135,8 +154,11 @@ def test_compact_shrinks_the_file(store: L3Store) -> None:
     store.set("agent", b"keep", "kept")
     store.clear("agent")
     store.set("agent", b"keep", "kept")
+    data = os.path.join(store.path, "data.mdb")
+    size = os.path.getsize(data)
     before, after = store.compact()
-    assert before == os.path.getsize(os.path.join(store.path, "data.mdb")) or after
+    assert before == size
+    assert after == os.path.getsize(data)
     assert after < before / 4
     assert store.get("agent", b"keep") == "kept"
     store.set("agent", b"more", 1)
@@ -316,5 +338,119 @@ def test_cap_policy_is_enforced_in_l3(tmp_path: Path) -> None:
     try:
         s.set_many("few", [(bytes([i]), i) for i in range(5)])
         assert s.stats()["namespaces"]["few"]["entries"] == 2
+    finally:
+        s.close()
+
+
+def _filled_and_damaged(path: Path, how: str, n: int = 3000) -> None:
+    s = L3Store(str(path), map_size=2**24, policies=dict(DEFAULT_POLICIES))
+    s.set_many("result", [(i.to_bytes(16, "big"), b"v" * 100) for i in range(n)])
+    s.set("agent", b"other", "kept in another database")
+    s.close()
+    assert lmdbdamage.damage_database(str(path), b"ns:result", lmdbdamage.DAMAGE[how]) > 1
+
+
+_OPERATIONS: dict[str, Callable[[L3Store], object]] = {
+    "lookup": lambda s: s.lookup("result", (5).to_bytes(16, "big")),
+    "get_many": lambda s: s.get_many("result", [i.to_bytes(16, "big") for i in range(10)]),
+    "set": lambda s: s.set("result", b"new", 1),
+    "delete": lambda s: s.delete("result", (5).to_bytes(16, "big")),
+    "clear": lambda s: s.clear("result"),
+    "compact": lambda s: s.compact(),
+    "entries": lambda s: list(s.entries("result")),
+    "invalidate_tag": lambda s: s.invalidate_tag("t"),
+}
+
+
+@pytest.mark.parametrize("how", list(lmdbdamage.DAMAGE))
+@pytest.mark.parametrize("operation", list(_OPERATIONS))
+def test_damaged_pages_are_detected_and_the_store_starts_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str, operation: str
+) -> None:
+    path = tmp_path / "store"
+    _filled_and_damaged(path, how)
+    s = L3Store(str(path), map_size=2**24, policies=dict(DEFAULT_POLICIES))
+    try:
+        # Opening does not reach the damaged pages; the operation does.
+        with caplog.at_level(logging.WARNING, logger="guildcore.cache"):
+            _OPERATIONS[operation](s)
+        if operation != "invalidate_tag":  # reaches only the index, which is intact
+            assert "could not be used" in caplog.text and "started an empty one" in caplog.text
+            assert len(list(path.glob("data.mdb.broken-*"))) == 1
+            assert s.stats()["namespaces"]["result"]["entries"] <= 1  # fresh: nothing of the old
+        s.set("result", b"after", "works")
+        assert s.get("result", b"after") == "works"
+    finally:
+        s.close()
+
+
+def test_a_store_another_agent_already_replaced_is_reopened_not_moved_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store"
+    _filled_and_damaged(path, "wrong page type")
+    first = L3Store(str(path), map_size=2**24, policies=dict(DEFAULT_POLICIES))
+    second = L3Store(str(path), map_size=2**24, policies=dict(DEFAULT_POLICIES))
+    try:
+        assert first.lookup("result", (1).to_bytes(16, "big")) is None  # moves it aside
+        first.set("result", b"fresh", "written after the damage")
+        # The second store still maps the damaged file; it finds it replaced.
+        assert second.get_many("result", [(2).to_bytes(16, "big")]) == {}
+        assert second.get("result", b"fresh") == "written after the damage"
+        assert len(list(path.glob("data.mdb.broken-*"))) == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def test_damaged_store_through_the_tiers_still_returns_results(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _filled_and_damaged(path, "garbage flags")
+    with TieredCache(str(path), map_size=2**24) as c:
+        assert c.get_many("result", [i.to_bytes(16, "big") for i in range(100)]) == {}
+        c.set_many("result", [(i.to_bytes(16, "big"), i) for i in range(100)])
+        c.evict_memory()
+        assert c.get_many("result", [i.to_bytes(16, "big") for i in range(100)]) == {
+            i.to_bytes(16, "big"): i for i in range(100)
+        }
+
+
+def test_two_caches_on_one_folder_in_one_process_share_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Guild's result cache and @cached's default cache: one environment, nothing moved aside."""
+    path = str(tmp_path / "store")
+    with caplog.at_level(logging.WARNING, logger="guildcore.cache"), TieredCache(path, map_size=2**24) as first:
+        first.set("result", b"a", 1)
+        with TieredCache(path, map_size=2**24) as second:
+            assert second.get("result", b"a") == 1
+            second.set("result", b"b", 2)
+        first.evict_memory()
+        assert first.get("result", b"b") == 2  # still open after the other closed
+    assert caplog.text == ""
+    assert list((tmp_path / "store").glob("data.mdb.broken-*")) == []
+
+
+def test_sweep_goes_past_expiry_hints_of_namespaces_it_has_not_opened(tmp_path: Path) -> None:
+    """Hints of a namespace with no database (or one opened elsewhere) must not stall the sweep."""
+    import struct
+
+    now = [1_000_000.0]
+    s = L3Store(str(tmp_path / "store"), map_size=2**24, policies=dict(DEFAULT_POLICIES), clock=lambda: now[0])
+    try:
+        # Ten expiry hints, due first, of a namespace this store never opened.
+        with s._lock, s._env.begin(write=True) as txn:
+            for i in range(10):
+                hint = b"e" + struct.pack(">d", now[0] - 100) + b"ghost\0" + bytes([i])
+                txn.put(hint, b"", db=s._index)
+        s.set("result", b"short", "expires", ttl_s=5)  # an expiry hint of its own, due later
+        now[0] += 10
+        for _ in range(5):
+            s.sweep(limit=4)
+        assert s.lookup("result", b"short") is None
+        assert list(s.entries("result")) == []  # removed, not just unreadable
+        with s._lock, s._env.begin() as txn:
+            left = [k for k, _ in txn.cursor(db=s._index) if k.startswith(b"e")]
+        assert left == []  # the ghost hints are gone too: their namespace has no database
     finally:
         s.close()

@@ -71,9 +71,12 @@ def test_memory_past_the_limit_is_sampled_and_the_agent_replaced(tmp_path: objec
 
 
 def test_runaway_allocation_hits_the_hard_cap_inside_the_task() -> None:
-    with Guild(max_agents=1, per_agent=50 * 1000 * 1000) as g:
-        with pytest.raises(MemoryLimitExceeded, match=r"ran out of memory under its hard cap"):
-            g.submit(faults.allocate, 2 * 1000 * 1000 * 1000).result(timeout=30)
+    with Guild(max_agents=1, per_agent="100MB") as g:
+        # The message names the cap the agent hit and the limit the user set.
+        match = r"ran out of memory under its hard cap of \d+\.\d MB \(the 100\.0 MB limits\.per_agent plus headroom"
+        with pytest.raises(MemoryLimitExceeded, match=match) as info:
+            g.submit(faults.allocate, 600 * 1000 * 1000).result(timeout=30)
+        assert info.value.limit_bytes == 100 * 1000 * 1000
         assert g.submit(faults.inc, 1).result(timeout=30) == 2
 
 

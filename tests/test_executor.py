@@ -38,7 +38,7 @@ def test_map_with_timeout_and_chunksize() -> None:
 def test_runtime_error_after_shutdown() -> None:
     ex = GuildExecutor(max_workers=1)
     ex.shutdown()
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         ex.submit(faults.inc, 1)
 
 

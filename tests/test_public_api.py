@@ -142,6 +142,8 @@ def _sample_errors() -> list[BaseException]:
         e.GuildError("g"),
         e.ConfigError("c", source="config.yaml", line=4, key="pool.max_agents", value=-1),
         e.SerializationError("s"),
+        e.SerializationError("s2", stage="result", original=ValueError("v")),
+        e.SerializationError.because("s3", __import__("pickle").PicklingError("p"), stage="arguments"),
         e.ContextError("x"),
         e.CacheError("k"),
         e.TaskError("t", task_id=3, fn="m:f"),
@@ -162,11 +164,16 @@ def test_every_error_pickles_with_its_facts_under_its_public_name(err: BaseExcep
 
     assert type(err).__module__ == "guildcore.errors"
     back = pickle.loads(pickle.dumps(err))
-    assert type(back) is type(err) and back.args == err.args and vars(back) == vars(err)
+    assert type(back) is type(err) and back.args == err.args and _facts(back) == _facts(err)
     # Pickles written before the hierarchy was split name the rebuild helper
     # under guildcore.errors (protocol 0 spells module names out).
     old = pickle.dumps(err, protocol=0).replace(b"cguildcore._errors\n", b"cguildcore.errors\n")
-    assert vars(pickle.loads(old)) == vars(err)
+    assert _facts(pickle.loads(old)) == _facts(err)
+
+
+def _facts(err: BaseException) -> dict[str, object]:
+    """Attributes, with exceptions among them compared by type and args."""
+    return {k: (type(v), v.args) if isinstance(v, BaseException) else v for k, v in vars(err).items()}
 
 
 def test_context_refs_pickled_as_dataclasses_still_load(monkeypatch: pytest.MonkeyPatch) -> None:

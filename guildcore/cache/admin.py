@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from guildcore.cache.tiers import TieredCache
+from guildcore.errors import CacheError
 
 __all__ = ["cache_clear", "cache_compact", "cache_stats"]
 
@@ -35,7 +36,8 @@ def cache_clear(cfg: Any, namespace: str | None = None) -> None:
     with TieredCache.from_config(cfg) as cache:
         if namespace is not None and namespace not in cache.policies:
             if namespace not in cache.l3.namespaces():
-                raise ValueError(f"no cache namespace {namespace!r} in {cfg.cache_path()}")
+                known = ", ".join(sorted(set(cache.policies) | set(cache.l3.namespaces())))
+                raise CacheError(f"no cache namespace {namespace!r} in {cfg.cache_path()}; known: {known}")
             cache.l3.clear(namespace)
         else:
             cache.clear(namespace)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
@@ -92,7 +93,7 @@ def cached(fn: Callable[P, R], /) -> Callable[P, R]: ...
 def cached(
     *,
     namespace: str = "result",
-    ttl: float | None = None,
+    ttl: float | str | None = None,
     tags: tuple[str, ...] = (),
     cache: TieredCache | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
@@ -103,18 +104,22 @@ def cached(
     /,
     *,
     namespace: str = "result",
-    ttl: float | None = None,
+    ttl: float | str | None = None,
     tags: tuple[str, ...] = (),
     cache: TieredCache | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Memoize ``fn`` in ``namespace`` of ``cache`` (default: the process-wide cache).
 
-    ``ttl=None`` uses the namespace's TTL. Arguments and results must be
+    ``ttl`` is a duration written as in the config (``"30min"``, ``"1h"``,
+    ``"250ms"``, a number of seconds), ``math.inf`` for never, or ``None``
+    for the namespace's TTL; a bad one fails at decoration with a
+    ``ConfigError`` naming the function. Arguments and results must be
     encodable by ``guildcore.codec`` to reach L3; values that need pickle are
     stored signed.
     """
 
     def decorate(f: Callable[P, R]) -> Callable[P, R]:
+        ttl_s = _ttl_seconds(ttl, f)
         fingerprint: list[str] = []  # computed once per process, on first call
 
         @functools.wraps(f)
@@ -137,7 +142,7 @@ def cached(
                 return value  # type: ignore[no-any-return]
             result = f(*args, **kwargs)
             try:
-                store.set(namespace, key, result, ttl=ttl, tags=tags)
+                store.set(namespace, key, result, ttl=ttl_s, tags=tags)
             except Exception as exc:
                 log.warning(
                     "@cached %s: result not cached: %s: %s", f.__qualname__, type(exc).__name__, exc
@@ -147,3 +152,21 @@ def cached(
         return wrapper
 
     return decorate if fn is None else decorate(fn)
+
+
+def _ttl_seconds(ttl: object, fn: Callable[..., Any]) -> float | None:
+    """Seconds from a config-style duration; refused at decoration, never per call."""
+    if ttl is None or ttl == math.inf:
+        return ttl  # type: ignore[return-value]
+    from guildcore.config_values import parse_duration
+    from guildcore.errors import ConfigError
+
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+    try:
+        return parse_duration(ttl, f"@cached(ttl=) of {name}")
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}; or math.inf for never, or None for the namespace's TTL",
+            key="ttl",
+            value=ttl,
+        ) from None

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from itertools import islice
 from typing import Any
 
+from guildcore.errors import ConfigError
+
 __all__ = ["MISS", "L1Cache", "NsKey"]
 
 NsKey = tuple[str, bytes]  # (namespace, key)
@@ -48,7 +50,7 @@ class L1Cache:
 
     def __init__(self, max_entries: int = 1024, caps: Mapping[str, int] | None = None) -> None:
         if max_entries < 0:
-            raise ValueError(f"max_entries must be >= 0, not {max_entries}")
+            raise ConfigError(f"max_entries must be >= 0, not {max_entries}", key="max_entries")
         self.max_entries = max_entries
         self._data: dict[NsKey, tuple[Any, float]] = {}
         # Invariant: for each capped namespace, _ns_keys holds exactly its keys
@@ -68,7 +70,7 @@ class L1Cache:
             self._ns_keys.pop(namespace, None)
             return
         if cap < 1:
-            raise ValueError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}")
+            raise ConfigError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}", key="max_entries")
         self._caps[namespace] = cap
         keys = self._ns_keys.setdefault(namespace, {})
         if not keys:

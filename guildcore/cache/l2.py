@@ -21,6 +21,7 @@ from typing import Any
 import lru
 
 from guildcore.cache.l1 import MISS, NsKey
+from guildcore.errors import ConfigError
 
 __all__ = ["SESSION_VALUE_BYTES", "L2Cache"]
 
@@ -38,7 +39,7 @@ class L2Cache:
         caps: Mapping[str, int] | None = None,
     ) -> None:
         if max_entries < 1 or max_bytes < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"L2 needs max_entries >= 1 and max_bytes >= 0, not {max_entries}, {max_bytes}"
             )
         self.max_entries = max_entries
@@ -72,7 +73,7 @@ class L2Cache:
             self._ns_keys.pop(namespace, None)
             return
         if cap < 1:
-            raise ValueError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}")
+            raise ConfigError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}", key="max_entries")
         self._caps[namespace] = cap
         keys = self._ns_keys.setdefault(namespace, {})
         if not keys:

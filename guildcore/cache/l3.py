@@ -36,11 +36,20 @@ Hazards, in py-lmdb's order:
   cache, not for data of record.
 - Growth: ``map_size`` is fixed at open (the file is sparse; the map is
   address space). A full map evicts the oldest entries and retries.
+- Damage: LMDB reports a damaged file (flipped bytes in a page, a page
+  that does not exist) only when an operation reaches it. Every public
+  method treats those errors (``_DAMAGE``) as it treats a damaged header at
+  open: the store is moved aside, a fresh one is opened, and the call runs
+  once more on it (a read then misses). Another agent that hits the same
+  damage finds the file already replaced (its inode changed) and reopens.
+  Damage that makes LMDB read outside the map (SIGBUS, SIGSEGV) cannot be
+  caught in Python; a truncated file is checked for at open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -49,19 +58,20 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import lmdb
 import msgpack
 
 from guildcore.cache import record, storefiles
 from guildcore.cache.policy import CachePolicy, check_namespace
-from guildcore.errors import CacheError, format_bytes
+from guildcore.errors import CacheError, ConfigError, format_bytes
 
 __all__ = ["L3Store"]
 
 log = logging.getLogger("guildcore.cache")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 FORMAT = b"guildcore-cache/1"
 MAX_DBS = 126  # namespaces plus our two internal databases
@@ -77,6 +87,34 @@ SPARE_READ_TXNS = 4
 # the last probe found nothing due (other agents may add earlier expiries).
 SWEEP_PROBE_INTERVAL_S = 1.0
 
+# LMDB's errors for a damaged store, as opposed to a full map or misuse.
+# Bad page contents surface as any of these: MDB_CORRUPTED for a page of the
+# wrong type, MDB_PAGE_NOTFOUND past the end, MDB_CURSOR_FULL for a branch
+# that leads down forever, MDB_BAD_TXN once a read has failed inside the
+# transaction (our transactions are never misused that way otherwise),
+# MDB_INCOMPATIBLE from a compacting copy that meets a page of the wrong kind.
+_DAMAGE = (
+    lmdb.CorruptedError,
+    lmdb.IncompatibleError,
+    lmdb.PageNotFoundError,
+    lmdb.CursorFullError,
+    lmdb.BadTxnError,
+    lmdb.InvalidError,
+    lmdb.PanicError,
+    lmdb.VersionMismatchError,
+)
+
+# What LMDB says when the file system refuses a write: its own ENOSPC and
+# EACCES classes, and a plain Error quoting errno for a failed commit (on
+# tmpfs a full disk surfaces as EIO from the write behind the commit).
+_DISK_ERRORS = (lmdb.DiskError, lmdb.ReadonlyError)
+_DISK_WORDS = ("No space left", "Input/output error", "Read-only file system", "Disk quota")
+
+
+def _disk_refused(exc: BaseException) -> bool:
+    return isinstance(exc, _DISK_ERRORS) or any(w in str(exc) for w in _DISK_WORDS)
+
+
 _F64 = struct.Struct(">d")
 _pack_f64 = _F64.pack
 _NUL = b"\0"
@@ -87,6 +125,84 @@ _LIVE: weakref.WeakSet[L3Store] = weakref.WeakSet()
 
 class _Broken(Exception):
     """The files exist but are not a store we can use."""
+
+
+class _SharedEnvs:
+    """The environments open in this process, one per data file, and who uses each.
+
+    LMDB must not open the same files twice in one process (its fcntl locks
+    belong to the process), and py-lmdb refuses to. Two stores on one
+    folder in one process (a Guild's result cache and ``@cached``'s default
+    cache) therefore share one environment, closed when the last lets go.
+    Files are told apart by inode, as py-lmdb does: a store moved aside and
+    started afresh at the same path is a new environment.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.envs: dict[tuple[int, int], list[Any]] = {}  # (dev, inode) -> [env, users]
+
+    def acquire(self, data: str, open_env: Callable[[], Any]) -> tuple[Any, tuple[int, int]]:
+        with self.lock:
+            key = _file_id(data)
+            if key is not None and key in self.envs:
+                entry = self.envs[key]
+                entry[1] += 1
+                return entry[0], key
+            env = open_env()
+            opened = _file_id(data)
+            assert opened is not None  # the environment was just opened on it
+            self.envs[opened] = [env, 1]
+            return env, opened
+
+    def release(self, key: tuple[int, int]) -> None:
+        with self.lock:
+            entry = self.envs.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self.envs[key]
+                entry[0].close()
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+_SHARED = _SharedEnvs()
+
+
+def _recovering(method: Callable[Concatenate[L3Store, P], T]) -> Callable[Concatenate[L3Store, P], T]:
+    """Run ``method``; on damage, start a fresh store and run it once more there.
+
+    Only the outermost call of a thread recovers (methods call each other
+    under the store's lock); a store damaged again at once is a CacheError.
+    """
+
+    @functools.wraps(method)
+    def call(self: L3Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._lock:
+            if self._recovering:
+                return method(self, *args, **kwargs)
+            self._recovering = True
+            try:
+                try:
+                    return method(self, *args, **kwargs)
+                except _DAMAGE as exc:
+                    self._start_afresh(exc)
+                try:
+                    return method(self, *args, **kwargs)
+                except _DAMAGE as exc:
+                    raise self._still_damaged(exc) from exc
+            finally:
+                self._recovering = False
+
+    return call
 
 
 class L3Store:
@@ -118,6 +234,10 @@ class L3Store:
         self._pid = -1
         self._lock_fd = -1
         self._closed = False
+        self._inode = -1  # of the data.mdb we opened: tells whether another agent replaced it
+        self._env_key: tuple[int, int] | None = None  # our use of a _SHARED environment
+        self._recovering = False  # inside a call that recovers from damage (under _lock)
+        self._writes_off: str | None = None  # why the disk refused our writes, once it did
         storefiles.ensure_dir(self.path)
         self._secret = storefiles.load_secret(self.path)
         with self._lock:
@@ -134,9 +254,13 @@ class L3Store:
         """Open (or reopen) the environment; move a broken store aside once."""
         if self._lock_fd < 0 or self._pid != os.getpid():
             self._lock_fd = storefiles.open_lock(self.path)
+        data = os.path.join(self.path, "data.mdb")
         for attempt in (1, 2):
             try:
-                self._env = self._open_env()
+                self._env, env_key = _SHARED.acquire(data, self._open_env)
+                self._env_key = env_key
+                self._meta = self._env.open_db(b"__meta__")
+                self._index = self._env.open_db(b"__index__")
                 break
             except (lmdb.Error, _Broken) as exc:
                 if attempt == 2:
@@ -146,6 +270,7 @@ class L3Store:
                     ) from exc
                 storefiles.move_aside(self.path, f"{type(exc).__name__}: {exc}")
         self._pid = os.getpid()
+        self._inode = env_key[1]
         self._dbs = {}
         wanted = {n for n, p in self.policies.items() if p.persistent}
         for name in sorted(wanted | set(self._names())):
@@ -184,14 +309,32 @@ class L3Store:
                 elif fmt != FORMAT:
                     raise _Broken(f"format {bytes(fmt)!r}, expected {FORMAT!r}")
                 env.open_db(b"__index__", txn=txn)
-            self._meta = env.open_db(b"__meta__")
-            self._index = env.open_db(b"__index__")
         except BaseException:
             env.close()
             raise
         for name in ("data.mdb", "lock.mdb"):
             storefiles.tighten(os.path.join(self.path, name), storefiles.FILE_MODE)
         return env
+
+    def _start_afresh(self, exc: BaseException) -> None:
+        """The store is damaged: move it aside (unless another agent did) and open a new one."""
+        opened = list(self._dbs)
+        self._close_env()
+        try:
+            current = os.stat(os.path.join(self.path, "data.mdb")).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == self._inode:
+            storefiles.move_aside(self.path, f"{type(exc).__name__}: {exc}")
+        self._open()
+        for name in opened:
+            self._db(name)
+
+    def _still_damaged(self, exc: BaseException) -> CacheError:
+        return CacheError(
+            f"cache store {self.path} is damaged ({type(exc).__name__}: {exc}) and a fresh one "
+            "failed the same way; check the disk, or turn caching off (caching.enabled: false)"
+        )
 
     def _env_checked(self) -> Any:
         """The environment, reopened if this is a new process. Call under ``_lock``."""
@@ -225,9 +368,10 @@ class L3Store:
             self._db(name)
 
     def _close_env(self) -> None:
-        if self._env is not None and self._pid == os.getpid():
-            self._env.close()
+        if self._env is not None and self._pid == os.getpid() and self._env_key is not None:
+            _SHARED.release(self._env_key)
         self._env = None
+        self._env_key = None
         self._dbs = {}
 
     def close(self) -> None:
@@ -244,6 +388,13 @@ class L3Store:
 
     def lookup(self, namespace: str, key: bytes) -> tuple[Any, float, int] | None:
         """``(value, expires, nbytes)`` of a live entry, else ``None``; bad entries are removed."""
+        try:
+            return self._lookup(namespace, key)
+        except _DAMAGE as exc:
+            self._after_damaged_read(exc)
+            return None
+
+    def _lookup(self, namespace: str, key: bytes) -> tuple[Any, float, int] | None:
         with self._lock:
             # Fork-safety: the fork hooks empty ``_dbs`` on both sides, so a
             # database handle found here belongs to this process's environment.
@@ -274,6 +425,22 @@ class L3Store:
         self, namespace: str, keys: Iterable[bytes]
     ) -> dict[bytes, tuple[Any, float, int]]:
         """Live entries among ``keys``, read in one transaction."""
+        try:
+            return self._get_many(namespace, keys)
+        except _DAMAGE as exc:
+            self._after_damaged_read(exc)
+            return {}
+
+    def _after_damaged_read(self, exc: BaseException) -> None:
+        """A read met damage: start afresh, where the read is a miss."""
+        with self._lock:
+            if self._recovering:
+                raise exc  # the outer call recovers
+            self._start_afresh(exc)
+
+    def _get_many(
+        self, namespace: str, keys: Iterable[bytes]
+    ) -> dict[bytes, tuple[Any, float, int]]:
         out = {}
         bad = []
         ns, secret, unpack_live = namespace.encode(), self._secret, record.unpack_live
@@ -310,8 +477,16 @@ class L3Store:
     # ------------------------------------------------------------ writes
 
     def _write(self, fn: Callable[[Any], T]) -> T | None:
-        """Run ``fn(txn)`` in a write transaction; on a full map evict and retry."""
+        """Run ``fn(txn)`` in a write transaction; on a full map evict and retry.
+
+        A disk that refuses the commit (full, read-only, failing) turns this
+        store's writes off, with one warning: every later write would fail
+        the same way, each costing a transaction and a log line, and results
+        are still returned without the disk tier.
+        """
         with self._lock:
+            if self._writes_off is not None:
+                return None
             env = self._env if self._env is not None else self._env_checked()
             for attempt in range(MAP_FULL_RETRIES):
                 try:
@@ -320,6 +495,18 @@ class L3Store:
                 except lmdb.MapFullError:
                     if not self._evict_for_space(MAP_FULL_EVICT_FRACTION * 2**attempt):
                         break
+                except lmdb.Error as exc:
+                    if isinstance(exc, _DAMAGE) or not _disk_refused(exc):
+                        raise
+                    self._writes_off = f"{type(exc).__name__}: {exc}"
+                    log.warning(
+                        "cache store %s cannot be written (%s): the disk is probably full or read-only; "
+                        "this process stores nothing more on disk (results are still returned); "
+                        "free space there or point caching.path elsewhere",
+                        self.path,
+                        self._writes_off,
+                    )
+                    return None
             log.warning(
                 "cache store %s is full (map_size %s) and eviction did not free enough; "
                 "the write was dropped; raise caching.disk_cache",
@@ -359,7 +546,7 @@ class L3Store:
         expires = now + ttl if ttl else 0.0
         tag_list = [t.encode() for t in tags] if tags else []
         if any(_NUL in t or not t for t in tag_list):
-            raise ValueError(f"tags must be non-empty and contain no NUL: {tag_list!r}")
+            raise ConfigError(f"tags must be non-empty and contain no NUL: {tag_list!r}", key="tags")
         secret, compress, tagged, pack = self._secret, self.compress, bool(tag_list), record.pack
         rows = [
             (
@@ -386,10 +573,11 @@ class L3Store:
         own_ttl = policy is not None and ttl == (policy.ttl_s or 0.0)
         prefix_e = b"e" + _pack_f64(expires) + ns + _NUL if expires and not own_ttl else b""
         tag_blob = msgpack.packb(tag_list) if tag_list else b""
-        index = self._index
 
         def write(txn: Any) -> None:
-            db = self._dbs[namespace]
+            # Handles are read here, not captured: a damaged store replaced
+            # by a fresh one between two attempts has new ones.
+            db, index = self._dbs[namespace], self._index
             put = txn.put
             for k, raw in rows:
                 # New keys (the usual case: result keys name their inputs)
@@ -417,9 +605,19 @@ class L3Store:
                 self._sweep_some(txn, now, namespace)
 
         with self._lock:
-            if namespace not in self._dbs:
-                self._db(namespace)
-            self._write(write)
+            try:
+                if namespace not in self._dbs:
+                    self._db(namespace)
+                self._write(write)
+            except _DAMAGE as exc:
+                if self._recovering:
+                    raise  # the outer call recovers
+                self._start_afresh(exc)
+                try:  # once more, on the fresh store
+                    self._db(namespace)
+                    self._write(write)
+                except _DAMAGE as again:
+                    raise self._still_damaged(again) from again
         return [len(raw) for _, raw in rows]
 
     def _ttl(self, namespace: str, ttl_s: float | None) -> float:
@@ -429,11 +627,12 @@ class L3Store:
         if ttl_s is None or ttl_s == float("inf"):
             return 0.0
         if ttl_s <= 0:
-            raise ValueError(
-                f"ttl must be positive, None (the namespace's) or math.inf, not {ttl_s!r}"
+            raise ConfigError(
+                f"ttl must be positive, None (the namespace's) or math.inf, not {ttl_s!r}", key="ttl"
             )
         return float(ttl_s)
 
+    @_recovering
     def delete(self, namespace: str, key: bytes) -> bool:
         """Remove one entry; return whether it was there."""
         ns = namespace.encode()
@@ -441,6 +640,7 @@ class L3Store:
             db = self._db(namespace)
             return bool(self._write(lambda txn: self._remove(txn, ns, key, db)))
 
+    @_recovering
     def clear(self, namespace: str | None = None) -> None:
         """Remove every entry of one namespace, or of all of them."""
         with self._lock:
@@ -455,6 +655,7 @@ class L3Store:
 
             self._write(write)
 
+    @_recovering
     def invalidate_tag(self, tag: str) -> list[tuple[str, bytes]]:
         """Remove every entry set with ``tag``; return their ``(namespace, key)``."""
         prefix = b"t" + tag.encode() + _NUL
@@ -572,6 +773,7 @@ class L3Store:
 
     # ------------------------------------------------------------ sweeping
 
+    @_recovering
     def sweep(self, limit: int | None = None) -> int:
         """Remove expired entries (up to ``limit``); return how many. Call on a timer."""
         now = self.clock()
@@ -620,25 +822,38 @@ class L3Store:
         return removed
 
     def _sweep_hinted(self, txn: Any, now: float, limit: int | None) -> int:
+        """Remove entries whose own expiry hint is due; return how many hints were handled.
+
+        A hint of a namespace this store has not opened is passed over, not
+        counted: counted, ten such hints at the head would fill every
+        ``limit`` and the sweep would never reach the entries behind them.
+        A namespace with no database at all is gone: its hints are dropped.
+        """
         cur = txn.cursor(self._index)
         if not cur.set_range(b"e"):
             return 0
-        due: list[bytes] = []
+        due: list[tuple[bytes, Any]] = []
+        dead: list[bytes] = []
         bound = _pack_f64(now)
         for k in cur.iternext(values=False):
             if k[:1] != b"e" or k[1:9] > bound or (limit is not None and len(due) >= limit):
                 break
-            due.append(k)
-        for k in due:
+            ns = k[9:].partition(_NUL)[0]
+            db = self._dbs.get(ns.decode(errors="replace"))
+            if db is not None:
+                due.append((k, db))
+            elif txn.get(b"ns:" + ns) is None:
+                dead.append(k)
+            # else opened by another agent since: the timed sweep refreshes and gets it
+        for k in dead:
+            txn.delete(k, db=self._index)
+        for k, db in due:
             ns, _, key = k[9:].partition(_NUL)
-            db = self._dbs.get(ns.decode())
-            if db is None:
-                continue  # a namespace opened elsewhere since; the timed sweep gets it
             txn.delete(k, db=self._index)
             raw = txn.get(key, db=db)
             if raw is not None and _pack_f64(record.peek_times(raw)[1]) == k[1:9]:
                 self._remove(txn, ns, key, db)
-        return len(due)
+        return len(due) + len(dead)
 
     def _sweep_aged(
         self, txn: Any, ns: bytes, db: Any, now: float, cutoff: float, limit: int | None
@@ -673,19 +888,21 @@ class L3Store:
 
     # ------------------------------------------------------------ space, stats
 
+    @_recovering
     def namespaces(self) -> list[str]:
         """Namespaces that have a database in this store (written by any agent)."""
         with self._lock:
             self._env_checked()
             return self._names()
 
+    @_recovering
     def entries(self, namespace: str) -> Iterator[tuple[bytes, float, float, int]]:
         """``(key, created, expires, nbytes)`` of every entry, for inspection tools."""
         with self._lock:
             db = self._db(namespace)
             with self._env.begin(db=db) as txn:
                 rows = [(k, *record.peek_times(v), len(v)) for k, v in txn.cursor()]
-        yield from rows
+        return iter(rows)
 
     def file_bytes(self) -> int:
         try:
@@ -693,6 +910,7 @@ class L3Store:
         except FileNotFoundError:
             return 0
 
+    @_recovering
     def compact(self) -> tuple[int, int]:
         """Rewrite the store without free pages; return file sizes before and after.
 
@@ -725,6 +943,7 @@ class L3Store:
                 storefiles.back_to_shared(self._lock_fd)
             return before, self.file_bytes()
 
+    @_recovering
     def stats(self) -> dict[str, Any]:
         """Entries and bytes per namespace, and the file's size and use."""
         with self._lock:
@@ -748,6 +967,7 @@ class L3Store:
                 out["used_bytes"] = (info["last_pgno"] + 1) * st["psize"]
             return out
 
+    @_recovering
     def add_counters(self, deltas: dict[str, tuple[int, int]]) -> None:
         """Add per-namespace ``(hits, misses)`` to the totals kept in the store."""
         if not deltas:
@@ -762,6 +982,7 @@ class L3Store:
 
         self._write(write)
 
+    @_recovering
     def counters(self) -> dict[str, tuple[int, int]]:
         """Per-namespace ``(hits, misses)`` kept in the store by every agent that closed."""
         with self._lock:
@@ -804,6 +1025,9 @@ def _at_fork_parent() -> None:
 
 
 def _at_fork_child() -> None:
+    # Fork-safety: environments open in the parent are the parent's (every
+    # live store closed its own before the fork); the registry starts empty.
+    _SHARED.__init__()  # type: ignore[misc]
     while _FORKING:
         _FORKING.pop()._after_fork_child()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guildcore.config import BUILTIN_NAMESPACES, FOLLOWS_TTL, CachingConfig
+from guildcore.errors import ConfigError
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -47,11 +48,11 @@ class CachePolicy:
 
     def __post_init__(self) -> None:
         if self.scope not in (SESSION, PERSISTENT):
-            raise ValueError(f"scope must be 'session' or 'persistent', not {self.scope!r}")
+            raise ConfigError(f"scope must be 'session' or 'persistent', not {self.scope!r}", key="scope")
         if self.ttl_s is not None and self.ttl_s <= 0:
-            raise ValueError(f"ttl_s must be positive or None, not {self.ttl_s!r}")
+            raise ConfigError(f"ttl_s must be positive or None, not {self.ttl_s!r}", key="ttl_s")
         if self.max_entries is not None and self.max_entries < 1:
-            raise ValueError(f"max_entries must be at least 1 or None, not {self.max_entries!r}")
+            raise ConfigError(f"max_entries must be at least 1 or None, not {self.max_entries!r}", key="max_entries")
 
     @property
     def persistent(self) -> bool:
@@ -74,9 +75,9 @@ DEFAULT_POLICIES: Mapping[str, CachePolicy] = default_policies()
 
 
 def check_namespace(name: str) -> str:
-    """Return ``name`` if it is a valid namespace name, else raise ``ValueError``."""
+    """Return ``name`` if it is a valid namespace name, else raise ``ConfigError``."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
+        raise ConfigError(
             f"namespace {name!r} is not a valid name; use 1 to 64 letters, digits, '_', '.' or '-'"
         )
     return name

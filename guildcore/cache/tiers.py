@@ -44,6 +44,7 @@ from guildcore.cache.policy import (
     check_namespace,
     policies_from_config,
 )
+from guildcore.errors import ConfigError, ConfigTypeError
 
 __all__ = ["Key", "TieredCache"]
 
@@ -69,7 +70,7 @@ def _norm(key: Key) -> bytes:
     if isinstance(key, str):
         key = key.encode()
     elif not isinstance(key, bytes | bytearray | memoryview):
-        raise TypeError(f"cache keys are bytes or str, not {type(key).__name__}")
+        raise ConfigTypeError(f"cache keys are bytes or str, not {type(key).__name__}", key="key", value=key)
     key = bytes(key)
     return key if len(key) <= MAX_KEY_BYTES else b"#" + xxhash.xxh3_128_digest(key)
 
@@ -160,9 +161,11 @@ class TieredCache:
     def _policy(self, namespace: str) -> CachePolicy:
         policy = self.policies.get(namespace)
         if policy is None:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown cache namespace {namespace!r}; declare it with "
-                f"declare({namespace!r}, CachePolicy(...)) or under caching.namespaces"
+                f"declare({namespace!r}, CachePolicy(...)) or under caching.namespaces",
+                key="namespace",
+                value=namespace,
             )
         return policy
 

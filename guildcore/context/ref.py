@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 import msgpack
 
 from guildcore import codec
+from guildcore._errors import SerializationError
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class ContextRef(Mapping["Any", "Any"]):
     def __setstate__(self, state: object) -> None:
         # Pickles from when ContextRef was a slotted dataclass: its fields, in order.
         if not isinstance(state, list | tuple) or len(state) != 3:
-            raise TypeError(f"cannot restore a ContextRef from {state!r}")
+            raise SerializationError(f"cannot restore a ContextRef from {state!r}")
         for attr, value in zip(self.__match_args__, state, strict=True):
             object.__setattr__(self, attr, value)
 

@@ -91,6 +91,25 @@ def _check_free_space(needed: int) -> None:
         )
 
 
+def _reserve(shm: Any, needed: int) -> None:
+    """Back every page of the new segment before writing into it.
+
+    The free-space check above can be overtaken (another process fills
+    /dev/shm meanwhile); tmpfs then kills the writer with SIGBUS on the first
+    page it has no room for. Reserving first turns that into ENOSPC here.
+    """
+    fd = getattr(shm, "_fd", -1)
+    if fd < 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, needed)
+    except OSError as exc:
+        raise ContextError(
+            f"context needs {format_bytes(needed)} ({needed} bytes) of shared memory but {SHM_DIR} "
+            f"could not provide it ({exc}); share less data, or enlarge {SHM_DIR} (docker: --shm-size)"
+        ) from exc
+
+
 def _raw_bytes(kind: Kind, value: Any) -> memoryview:
     """The bytes of a raw value, in segment order (C order for arrays), without a copy."""
     if kind is Kind.NDARRAY:
@@ -283,6 +302,7 @@ def write_context(
             f"could not create shared-memory segment {name} of {format_bytes(used)}: {exc}"
         ) from exc
     try:
+        _reserve(shm, used)
         buf = shm.buf
         assert buf is not None  # Invariant: a freshly created SharedMemory is mapped
         layout.HEADER.pack_into(

@@ -352,8 +352,8 @@ class Agent:
             self._send_error(task_id, no_room, "?", flags=FLAG_MEMORY)
             return False
         except SerializationError as exc:
-            err = SerializationError(f"the arguments of task {task_id} cannot be decoded in the agent: {exc}")
-            self._send_error(task_id, err, "?", flags=0)
+            msg = f"the arguments of task {task_id} cannot be decoded in the agent: {exc}"
+            self._send_error(task_id, SerializationError.because(msg, exc, stage="arguments", decoding=True), "?", flags=0)
             return True
         del data
         fn_name = spec if isinstance(spec, str) else "<function sent by value>"
@@ -398,8 +398,7 @@ class Agent:
         try:
             frame = codec.encode_frame(Kind.RESULT, task_id, result)
         except SerializationError as exc:
-            err = SerializationError(f"the result of task {task_id} ({fn_name}) cannot be sent back: {exc}")
-            self._send_error(task_id, err, fn_name, flags=0)
+            self._send_error(task_id, _unsendable_result(task_id, fn_name, result, exc), fn_name, flags=0)
             return True
         if threshold is not None and len(frame) > threshold and self._send_big_result(task_id, result, frame):
             return True
@@ -529,6 +528,18 @@ class Agent:
             frame = codec.encode_frame(Kind.ERROR, task_id, None, tb, type_name, str(exc), flags)
         with self.write_lock:
             self.conn.send_bytes(frame)
+
+
+def _unsendable_result(task_id: int, fn_name: str, result: object, exc: SerializationError) -> SerializationError:
+    """The error of a result the codec cannot encode; a generator is told about streams."""
+    what = f"the result of task {task_id} ({fn_name}) cannot be sent back: {exc}"
+    if type(result).__name__ in ("generator", "async_generator"):
+        what = (
+            f"task {task_id} ({fn_name}) returned a {type(result).__name__}, which cannot be sent back; "
+            "to receive what it yields as it yields it, run it with g.stream(fn, *args) "
+            "(Guild.stream), or return a list"
+        )
+    return SerializationError.because(what, exc, stage="result")
 
 
 def _apply(fn: Callable[..., Any], mode: int, payload: Any, timer: _Timer) -> Any:

@@ -66,23 +66,25 @@ _GUIDED_SHARE = 2
 _INLINE_SLACK_S = 0.05
 
 _live: weakref.WeakSet[Guild] = weakref.WeakSet()
+# Set when interpreter exit begins: from then on every submit raises, as the
+# stdlib executors do (an atexit handler runs after this point).
+_interpreter_exiting = threading.Event()
 
 
 def _shutdown_all_at_exit() -> None:
-    """At interpreter exit, stop every Guild still running.
+    """At interpreter exit, finish the work of every Guild still running.
 
-    A Guild nobody shut down is stopped now (exit must not hang on a task
-    left running). One already told ``shutdown(wait=False)`` is finishing
-    its queued work, and exit waits for that work, as the stdlib does:
-    nothing submitted is silently lost.
+    As with ``ProcessPoolExecutor``, work submitted and never waited for
+    runs to completion before the interpreter goes, unless it was
+    cancelled: a script may end right after its last ``submit``. Nothing
+    submitted is silently lost. A task that hangs holds exit up to its
+    timeout (``limits.timeout``; none by default for ``GuildExecutor``, as in
+    the stdlib).
     """
+    _interpreter_exiting.set()
     for guild in list(_live):
         try:
-            if guild._is_shutdown and guild._graceful:
-                guild._supervisor.join()
-                guild._close_resources()
-            else:
-                guild.shutdown(wait=True, cancel_futures=True, _kill=True)
+            guild.shutdown(wait=True)
         except Exception:
             pass
 
@@ -214,7 +216,6 @@ class Guild:
         self._supervisor = Supervisor(self._settings, starter, self._recorder)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
-        self._graceful = True  # no shutdown asked to cancel or kill: exit waits for queued work
         self._supervisor.start()
         _live.add(self)
 
@@ -244,6 +245,7 @@ class Guild:
         timeout: Any = _DEFAULT,
         retries: Any = _DEFAULT,
         n_items: int = 1,
+        future_type: type[Future[Any]] = Future,
     ) -> Task:
         task_id = self._supervisor.new_task_id()
         # The task holds the context generation current at submit time.
@@ -256,7 +258,7 @@ class Guild:
             spec=spec_for(fn),
             mode=mode,
             payload=payload,
-            future=Future(),
+            future=future_type(),
             priority=priority,
             timeout_s=self._timeout(timeout),
             retries=self._retries(retries),
@@ -295,9 +297,11 @@ class Guild:
                 self._results = ResultCache(TieredCache.from_config(self.config))
             return self._results
 
-    def _check_open(self) -> None:
+    def _check_open(self, after_shutdown: str = "cannot submit: this Guild is shut down; create a new Guild") -> None:
+        if _interpreter_exiting.is_set():
+            raise ShutdownError("cannot schedule new futures after interpreter shutdown")
         if self._is_shutdown:
-            raise ShutdownError("cannot submit: this Guild is shut down; create a new Guild")
+            raise ShutdownError(after_shutdown)
 
     def submit(
         self,
@@ -323,6 +327,9 @@ class Guild:
         arguments and context is returned without running anything.
         """
         self._check_open()
+        if stream_result and cache:
+            # Refused up front, hit or miss: a cached value is not a stream.
+            raise ConfigError("stream_result=True cannot be combined with cache=True; cache the value instead", key="stream_result")
         payload = [args, kwargs]
         item_keys: list[bytes | None] = []
         if cache:
@@ -337,8 +344,6 @@ class Guild:
                 done: Future[R] = Future()
                 done.set_result(hit)
                 return done
-        if stream_result and cache:
-            raise ConfigError("stream_result=True cannot be combined with cache=True; cache the value instead", key="stream_result")
         task = self._make_task(fn, MODE_CALL, payload, priority=priority, timeout=timeout, retries=retries)
         task.raw_result = stream_result
         if cache:
@@ -733,7 +738,6 @@ class Guild:
         with self._shutdown_lock:
             first = not self._is_shutdown
             self._is_shutdown = True
-            self._graceful = self._graceful and not (_kill or cancel_futures)
         if first or _kill or cancel_futures:
             self._supervisor.shutdown(wait=False, cancel_futures=cancel_futures, kill=_kill)
         if not wait:
@@ -741,7 +745,7 @@ class Guild:
                 threading.Thread(target=self._close_after_join, name="guild-closer", daemon=True).start()
             return
         if self._supervisor.on_owner_thread():
-            raise RuntimeError(
+            raise ShutdownError(
                 "cannot wait for this Guild to shut down from one of its done-callbacks: they run on "
                 "its supervisor thread, which the wait would block; call shutdown(wait=False) there"
             )

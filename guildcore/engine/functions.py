@@ -12,13 +12,18 @@ A spec is either a ``str`` (a reference) or ``bytes`` (a cloudpickle blob).
 
 from __future__ import annotations
 
-import importlib
+import functools
+import io
+import marshal
 import os
 import pickle
 import sys
+import types
 import weakref
+from collections import ChainMap
 from collections.abc import Callable
 
+from guildcore import _refs
 from guildcore._errors import SerializationError
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
@@ -27,7 +32,9 @@ if TYPE_CHECKING:
 
 FnSpec = str | bytes
 
-_spec_cache: weakref.WeakKeyDictionary[Callable[..., Any], FnSpec] = weakref.WeakKeyDictionary()
+# fn -> (what it carried when sent, its spec); see _refs.carried_state.
+_spec_cache: weakref.WeakKeyDictionary[Callable[..., Any], tuple[tuple[object, ...] | None, FnSpec]]
+_spec_cache = weakref.WeakKeyDictionary()
 
 
 def describe(fn: Callable[..., Any]) -> str:
@@ -47,11 +54,9 @@ def _reachable_by_reference(fn: Callable[..., Any]) -> str | None:
         return None
     if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):
         return None  # interactive session or a script read from stdin: agents cannot import it
-    target: Any = mod
-    for part in qualname.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            return None
+    target = _refs.walk(mod, qualname)
+    if target is None:
+        return None
     # A bound method of an instance resolves to the plain function, which is
     # not the same callable: it must travel by value with its instance.
     if target is not fn and target != fn:
@@ -60,26 +65,36 @@ def _reachable_by_reference(fn: Callable[..., Any]) -> str | None:
 
 
 def spec_for(fn: Callable[..., Any]) -> FnSpec:
-    """The spec the supervisor sends for ``fn``, cached per function object."""
+    """The spec the supervisor sends for ``fn``, cached per function object.
+
+    A spec sent by value is the function with what it carries (closure
+    values, defaults, globals it names): it is reused only while those are
+    the same objects, so a closure whose captured name was rebound is sent
+    afresh, never with its first values.
+    """
     try:
-        return _spec_cache[fn]
+        carried, spec = _spec_cache[fn]
     except (KeyError, TypeError):
         pass
+    else:
+        if isinstance(spec, str) or _refs.same_state(carried, _refs.carried_state(fn)):
+            return spec
     if not callable(fn):
         raise SerializationError(f"{fn!r} is not callable; pass a function as the task")
-    spec: FnSpec | None = _reachable_by_reference(fn)
-    if spec is None:
-        spec = _by_value(fn)
-    try:
-        _spec_cache[fn] = spec
-    except TypeError:
-        pass  # not weak-referenceable (e.g. some builtins): recomputed each time
+    by_ref = _reachable_by_reference(fn)
+    spec = by_ref if by_ref is not None else _by_value(fn)
+    carried = () if by_ref is not None else _refs.carried_state(fn)
+    if carried is not None:
+        try:
+            _spec_cache[fn] = (carried, spec)
+        except TypeError:
+            pass  # not weak-referenceable (e.g. some builtins): recomputed each time
     return spec
 
 
 def _by_value(fn: Callable[..., Any]) -> bytes:
     try:
-        import cloudpickle
+        import cloudpickle  # noqa: F401  # only whether it is installed: _pickler_keeping_filenames uses it
     except ImportError:
         try:
             return pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
@@ -90,7 +105,9 @@ def _by_value(fn: Callable[..., Any]) -> bytes:
                 "define it at module level, or install cloudpickle (pip install 'guildcore[cloudpickle]')"
             ) from None
     try:
-        blob: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        buffer = io.BytesIO()
+        _pickler_keeping_filenames()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(fn)
+        blob = buffer.getvalue()
     except Exception as exc:
         raise SerializationError(
             f"function {describe(fn)} cannot be pickled by cloudpickle ({type(exc).__name__}: {exc}); "
@@ -99,21 +116,31 @@ def _by_value(fn: Callable[..., Any]) -> bytes:
     return blob
 
 
+@functools.cache
+def _pickler_keeping_filenames() -> type[pickle.Pickler]:
+    """cloudpickle's Pickler, but code objects keep their file and line numbers.
+
+    cloudpickle (3.x) renames every code object it sends by value to
+    ``<dynamic-code>``, so a traceback from the agent shows no file and no
+    source line. Code travels through ``marshal`` instead, which keeps
+    ``co_filename`` and the line table whole; the agent runs the same
+    Python (the one that started it), so marshal's format matches.
+    """
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = ChainMap({types.CodeType: _code_by_marshal}, cloudpickle.Pickler.dispatch_table)
+
+    return Pickler
+
+
+def _code_by_marshal(code: types.CodeType) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
+    return marshal.loads, (marshal.dumps(code),)
+
+
 def resolve_reference(ref: str) -> Callable[..., Any]:
-    """Import ``module:qualname`` (agent side)."""
-    module_name, _, qualname = ref.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise SerializationError(
-            f"function {ref} cannot be found in the agent ({type(exc).__name__}: {exc}); "
-            "make sure its module is importable from the agents' working directory and sys.path"
-        ) from exc
-    if not callable(target):
-        raise SerializationError(f"{ref} resolves to a {type(target).__name__}, which is not callable")
-    return target  # type: ignore[no-any-return]
+    """Import ``module:qualname`` (agent side); see ``_refs.resolve``."""
+    return _refs.resolve(ref)
 
 
 class FunctionCache:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from guildcore.context import task_scope
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import FunctionCache
-from guildcore.errors import RemoteTraceback
+from guildcore.errors import RemoteTraceback, SerializationError
 
 if TYPE_CHECKING:
     from guildcore.engine.task import Task
@@ -44,4 +44,4 @@ def _run(task: Task) -> tuple[bool, Any]:
         args, kwargs = payload
         task.stream.run_inline(fn(*args, **kwargs))
         return True, None
-    raise ValueError(f"unknown task mode {task.mode}")
+    raise SerializationError(f"unknown task mode {task.mode}")

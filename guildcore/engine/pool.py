@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from guildcore.engine.agent import AgentSettings, agent_main
 from guildcore.engine.lazymain import AGENT_NAME_PREFIX
 from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transition
-from guildcore.errors import format_bytes
+from guildcore.errors import ConfigError, format_bytes
 
 if TYPE_CHECKING:
     from guildcore.engine.task import Task
@@ -164,7 +164,11 @@ class AgentStarter:
         report_stats: bool = False,
     ) -> None:
         if start_method not in START_METHODS:
-            raise ValueError(f"unknown start method {start_method!r}; choose one of {', '.join(START_METHODS)}")
+            raise ConfigError(
+                f"unknown start method {start_method!r}; choose one of {', '.join(START_METHODS)}",
+                key="pool.start_method",
+                value=start_method,
+            )
         self.ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # Preloading only takes effect before the forkserver first starts;

@@ -53,8 +53,14 @@ def memory_exceeded(
     """
     facts: dict[str, Any] = {}
     if reported is not None:
-        cap = format_bytes(limits.hard_cap_bytes(limit_bytes) if limit_bytes else None)
-        what = f"ran out of memory under its hard cap of {cap}"
+        if limit_bytes:
+            cap = format_bytes(limits.hard_cap_bytes(limit_bytes))
+            what = (
+                f"ran out of memory under its hard cap of {cap} (the {format_bytes(limit_bytes)} "
+                "limits.per_agent plus headroom for the interpreter)"
+            )
+        else:
+            what = "ran out of memory"
         detail, outcome = f": {reported}", "the agent was replaced"
     else:
         what = f"used {format_bytes(agent.peak_private)} of private memory, over its {format_bytes(limit_bytes)} limit,"
@@ -95,6 +101,19 @@ def death_error(
             agent_id=agent.id,
         )
     ran = f"{now - task.started_at:.2f} s" if task.started_at else "an unknown time"
+    if reason == "malformed":
+        # Killed by the owner loop for a frame it could not decode: most
+        # often a result that pickles in the agent but cannot be unpickled here.
+        return AgentDied(
+            f"agent {agent.id} (pid {agent.pid}) sent a frame that could not be decoded while running task "
+            f"{task.id} ({task.fn_name}) ({agent.exit_reason[1] if agent.exit_reason else '?'}); the agent was "
+            "killed and replaced; if the task returns objects whose unpickling fails in the caller, "
+            "return plain data instead",
+            **_who(agent, task),
+            exitcode=exitcode,
+            runtime_s=_runtime_s(task, now),
+            private_bytes=agent.last_private,
+        )
     likely = ""
     if exitcode == -signal.SIGKILL:
         likely = "; the OS may have killed it for memory, or something sent it SIGKILL"

@@ -79,16 +79,28 @@ _EXT32 = b"\xc9"  # msgpack ext 32, then a big-endian uint32 length, then the ty
 
 
 def _create(name: str, size: int) -> mmap.mmap:
-    """Create ``name`` exclusively, sized ``size``; not registered with any tracker."""
+    """Create ``name`` exclusively, sized ``size``; not registered with any tracker.
+
+    The pages are reserved here (``posix_fallocate``): a full /dev/shm then
+    fails this call with ENOSPC, which callers turn into the pipe path.
+    ftruncate alone makes a sparse file, and a write into a page tmpfs has
+    no room for kills the writer with SIGBUS instead.
+    """
     fd: int = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
     try:
         os.ftruncate(fd, max(1, size))
+        _reserve(fd, max(1, size))
         return mmap.mmap(fd, max(1, size), flags=mmap.MAP_SHARED)
     except BaseException:
         _unlink(name)
         raise
     finally:
         os.close(fd)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Back every page of a new segment now (the seam tests replace to fake a full /dev/shm)."""
+    os.posix_fallocate(fd, 0, size)
 
 
 def _open(name: str, *, writable: bool) -> mmap.mmap:
@@ -144,7 +156,6 @@ class Ring:
         """Supervisor side; None if /dev/shm refuses (chunks then all use the pipe)."""
         name = f"{SEGMENT_PREFIX}{owner_pid}_s{task_id}_{os.urandom(4).hex()}"
         try:
-            # Sparse: tmpfs pages exist only once the agent touches them.
             mm = _create(name, window * slot_bytes)
         except OSError:
             return None

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from guildcore.engine.shmbuf import Ring
+from guildcore.errors import SerializationError
 
 _END = object()
 
@@ -101,7 +102,7 @@ class StreamState:
             raise StopIteration
         if ref is not None:
             if self.ring is None:
-                raise RuntimeError("a ring chunk arrived for a stream without a ring; this is a bug in guildcore")
+                raise SerializationError("a ring chunk arrived for a stream without a ring; this is a bug in guildcore")
             value = self.ring.take(*ref)  # copied out before the credit frees the slot
         self.consumed += 1
         self._grant(1)

@@ -350,7 +350,8 @@ class Supervisor:
                 payload = [*payload, task.stream.ring.describe()]  # the agent's shm ring for big chunks
             frame = codec.encode_frame(Kind.TASK, task.id, task.mode, task.spec, payload, task.timeout_s, task.ctx_ref)
         except SerializationError as exc:
-            self._finish_error(task, SerializationError(f"task {task.id} ({task.fn_name}) cannot be sent to an agent: {exc}"))
+            msg = f"task {task.id} ({task.fn_name}) cannot be sent to an agent: {exc}"
+            self._finish_error(task, SerializationError.because(msg, exc, stage="arguments"))
             return
         limit = self.settings.limit_bytes
         if limit is not None and len(frame) > limit:
