@@ -217,13 +217,22 @@ def test_high_memory_opens_closes_and_reopens() -> None:
 
 def test_low_hit_rate_needs_enough_lookups() -> None:
     rec, got = _recorder()
-    rec.cache_lookup("m:f", "fp", "result", [b"k" * 16] * (LOW_HIT_MIN_LOOKUPS - 1), 0, T0)
+    rec.cache_lookup("m:f", "fp", "result", [b"k" * 16] * 500, 0, T0)  # the cold fill: left out
+    rec.cache_lookup("m:f", "fp", "result", [b"k" * 16] * (LOW_HIT_MIN_LOOKUPS - 1), 1, T0 + 0.1)
     rec.tick(T0 + 0.5, lambda: _pool())
     assert got == []
-    rec.cache_lookup("m:f", "fp", "result", [b"k" * 16] * 10, 5, T0 + 0.6)
+    rec.cache_lookup("m:f", "fp", "result", [b"k" * 16] * 10, 4, T0 + 0.6)
     rec.tick(T0 + 1.0, lambda: _pool())
     assert [a.kind for a in got] == ["low_hit_rate"] and got[0].namespace == "result"
     assert "answered 5 of 109 lookups (5%)" in got[0].message
+
+
+def test_a_cold_fill_then_a_warm_rerun_raises_no_alert() -> None:
+    rec, got = _recorder()
+    rec.cache_lookup("m:f", "fp", "result", [b"k" * 16] * 500, 0, T0)
+    rec.cache_lookup("m:f", "fp", "result", [b"k" * 16] * 500, 500, T0 + 0.1)
+    rec.tick(T0 + 0.5, lambda: _pool())
+    assert got == []
 
 
 def test_agent_deaths_close_together_are_one_episode() -> None:

@@ -12,7 +12,11 @@ episodes:
   of ``limits.per_agent``; one episode per agent, ended when it falls
   ``MEMORY_CLEAR_MARGIN`` below that or the agent exits;
 - ``low_hit_rate``: a cache namespace under ``LOW_HIT_RATE`` after
-  ``LOW_HIT_MIN_LOOKUPS`` lookups; ended when the rate recovers;
+  ``LOW_HIT_MIN_LOOKUPS`` lookups; ended when the rate recovers. A
+  function's first batch of lookups that finds nothing is the cache being
+  filled and is left out: a cold batch followed by a warm rerun is a cache
+  working perfectly, not a 50 % hit rate (``guild doctor`` still compares
+  keys across runs to find those that never repeat);
 - ``agent_failed``: an agent that died (not stopped on request); deaths less
   than ``FAILURE_QUIET_S`` apart extend one episode.
 
@@ -205,7 +209,7 @@ class AlertRules:
         per_ns: dict[str, list[int]] = {}
         for (_fn, _fp, ns), use in fold.cache.items():
             totals = per_ns.setdefault(ns, [0, 0])
-            totals[0] += use.lookups
+            totals[0] += use.lookups - use.cold
             totals[1] += use.hits
         out = []
         for ns, (lookups, hits) in per_ns.items():

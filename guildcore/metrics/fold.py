@@ -142,13 +142,16 @@ class _Fn:
 
 
 class _CacheUse:
-    __slots__ = ("first", "hits", "keys", "last", "lookups")
+    __slots__ = ("cold", "first", "hits", "keys", "last", "lookups")
 
     def __init__(self, t: float) -> None:
         self.first = t
         self.last = t
         self.lookups = 0
         self.hits = 0
+        # Lookups of a first batch that found nothing: the cache being filled
+        # (compulsory misses), which says nothing about how well it works.
+        self.cold = 0
         self.keys: list[bytes] = []
 
 
@@ -353,6 +356,8 @@ class Fold:
         use = self.cache.get((fn, fingerprint, namespace))
         if use is None:
             use = self.cache[(fn, fingerprint, namespace)] = _CacheUse(t)
+            if hits == 0:
+                use.cold = lookups
         use.last = t
         use.lookups += lookups
         use.hits += hits

@@ -82,6 +82,7 @@ class History:
             body, flag = _lz4.compress(body), _COMPRESSED
         summary = {**record.get("summary", {}), "id": record["id"], "kind": record.get("kind"),
                    "label": record.get("label"), "started": record.get("started"), "bytes": len(body) + 1}  # fmt: skip
+        _check_room(self.path, len(body))
         with self._env(write=True) as (env, runs, records), env.begin(write=True) as txn:
             txn.put(run_id, msgpack.packb(summary, use_bin_type=True), db=runs)
             txn.put(run_id, bytes([flag]) + body, db=records)
@@ -152,3 +153,32 @@ class History:
             body = _lz4.decompress(body)
         record: dict[str, Any] = msgpack.unpackb(body, strict_map_key=False)
         return record
+
+
+# Free space a save needs beyond the record itself: LMDB's meta pages, the
+# B-tree pages a put dirties, and a new file's first growth.
+_ROOM_MARGIN_BYTES = 1 << 20  # 1 MiB
+
+
+def _check_room(path: str, record_bytes: int) -> None:
+    """Refuse to write on a nearly full file system.
+
+    LMDB maps its file: on a full disk (a small tmpfs above all) creating or
+    growing the store can end the whole process with SIGBUS, which no
+    ``except`` catches. The history is a record, not the work, so the run is
+    not worth that risk: the caller logs this error and goes on.
+    """
+    probe = path
+    while not os.path.isdir(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    st = os.statvfs(probe)
+    free = st.f_bavail * st.f_frsize
+    needed = 2 * record_bytes + _ROOM_MARGIN_BYTES
+    if free < needed:
+        raise OSError(
+            f"only {free} bytes free on the file system of {path}, a save needs {needed}; "
+            "free space there or point caching.path elsewhere"
+        )
