@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from guildcore.errors import ConfigError
+
 __all__ = ["add_parsers"]
 
 NO_RUNS = "no run is recorded in {path} yet: runs are saved when a Guild shuts down (monitoring.metrics: true)"
@@ -42,7 +44,7 @@ def _record(args: argparse.Namespace, which: str | None) -> tuple[Any, Mapping[s
     history = _history(args)
     try:
         run_id = history.resolve(which)
-    except KeyError as exc:
+    except ConfigError as exc:
         print(f"guild: error: {exc.args[0]}", file=sys.stderr)
         return history, None
     if run_id is None:

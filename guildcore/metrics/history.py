@@ -30,6 +30,7 @@ from typing import Any
 import lmdb
 import msgpack
 
+from guildcore.errors import CacheError, ConfigError
 from guildcore.metrics.run import store_path
 
 try:  # Optional, as for the cache: without lz4 records are stored raw.
@@ -134,7 +135,7 @@ class History:
             return str(exact[0])
         close = [s["id"] for s in summaries if s["id"].startswith(which) or s["id"].endswith(which)]
         if len(close) > 1:
-            raise KeyError(f"run {which!r} is ambiguous: it matches {', '.join(close[:5])}; give more of the id")
+            raise ConfigError(f"run {which!r} is ambiguous: it matches {', '.join(close[:5])}; give more of the id", key="run", value=which)
         return str(close[0]) if close else None
 
     def load(self, run_id: str) -> dict[str, Any] | None:
@@ -149,7 +150,7 @@ class History:
         body = raw[1:]
         if raw[0] & _COMPRESSED:
             if _lz4 is None:
-                raise RuntimeError(f"run {run_id} is stored compressed and lz4 is not installed: pip install lz4")
+                raise CacheError(f"run {run_id} is stored compressed and lz4 is not installed: pip install lz4")
             body = _lz4.decompress(body)
         record: dict[str, Any] = msgpack.unpackb(body, strict_map_key=False)
         return record
@@ -178,7 +179,7 @@ def _check_room(path: str, record_bytes: int) -> None:
     free = st.f_bavail * st.f_frsize
     needed = 2 * record_bytes + _ROOM_MARGIN_BYTES
     if free < needed:
-        raise OSError(
+        raise CacheError(
             f"only {free} bytes free on the file system of {path}, a save needs {needed}; "
             "free space there or point caching.path elsewhere"
         )
