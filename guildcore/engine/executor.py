@@ -44,6 +44,7 @@ from guildcore.errors import ConfigError, ShutdownError
 if TYPE_CHECKING:
     from guildcore.engine.resultcache import ResultCache
     from guildcore.metrics import Alert, Run, RunRecorder
+    from guildcore.process import Process, ProcessRun
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -188,12 +189,18 @@ class Guild:
                 memory_probe=read_private_bytes,
                 on_alert=on_alert,
             )
+        preload = self.config.optimization.preload_modules()
+        if self.config.optimization.preload is True or any(m.startswith("process:") for m in preload):
+            # The modules of named processes, or of those this project ran last.
+            from guildcore.process.preload import expand_preload
+
+            preload = expand_preload(self.config)
         starter = AgentStarter(
             start_method=self.config.pool.start_method,
             limit_bytes=self.config.limits.per_agent,
             initializer=initializer,
             initargs=tuple(initargs),
-            preload=self.config.optimization.preload_modules(),
+            preload=preload,
             result_threshold=_result_threshold(self.config),
             # @cached inside a task: the same store and caching settings as this Guild.
             cache_env=agent_cache_env(self.config),
@@ -657,6 +664,21 @@ class Guild:
         )
         sup.submit([task])
         return StreamIterator(task.stream, task.future)
+
+    # ------------------------------------------------------------ processes
+
+    def run_process(self, process: str | Process, /, **inputs: Any) -> ProcessRun:
+        """Run a process: ``.guild/processes/NAME.yaml``, a YAML path, or a ``Process``.
+
+        Each step starts as soon as the steps it needs have finished, and each
+        step (each item of a map step) is cached. Returns the step outputs as
+        a mapping (``run["total"]``) with the step timeline; raises
+        ``ProcessFailed`` (holding the partial run) if a step failed.
+        """
+        self._check_open()
+        from guildcore.process.runner import run  # the workflow layer, on this Guild's API
+
+        return run(self, process, inputs)
 
     # -------------------------------------------------------------- lifecycle
 
