@@ -284,3 +284,34 @@ def test_bad_rename(text: str, message: str, capsys: pytest.CaptureFixture[str])
         parse_rename(text)
     assert main(["demo", "--rename", text, "--path", "."]) == 2
     assert capsys.readouterr().err == f"guild: error: {message}\n"
+
+
+def test_the_example_process_does_the_demo_refactor_in_three_steps(
+    codebase: tuple[Path, dict[str, int]], tmp_path: Path
+) -> None:
+    from guildcore import Guild
+
+    root, expected = codebase
+    process = str(REPO / ".guild" / "processes" / "refactor.yaml")
+    inputs = {"path": str(root), "old": "result", "new": "outcome"}
+    with Guild(max_agents=2, caching={"path": str(tmp_path / "cache")}) as g:
+        run = g.run_process(process, **inputs)
+        report = run["report"]
+        assert [r.step for r in run.steps] == ["index", "rewrite", "report"]
+        assert report["files"] == 32 and report["root"] == str(root)
+        assert report["counts"] == {"changed": 13, "error": 1, "skipped": 15, "unchanged": 3}
+        assert report["occurrences"] == sum(expected.values())
+        assert report["changed_files"] == sorted(expected)  # tests/test_uses.py among them
+        assert run.record("rewrite").items == 32 and run.record("rewrite").cache_hits == 0
+
+        again = g.run_process(process, **inputs)
+        assert again["report"] == report
+        assert [r.cache_hits for r in again.steps] == [0, 32, 1]  # index stats files every run
+
+        (root / "plain_0.py").write_text("def result():\n    return 1\n")  # one file changes
+        changed = g.run_process(process, **inputs)
+        assert changed.record("rewrite").cache_hits == 31  # only that file is read again
+        assert changed["report"]["counts"]["changed"] == 14
+
+        excluded = g.run_process(process, **inputs, exclude=["tests"])
+        assert excluded["report"]["files"] == 30

@@ -13,6 +13,7 @@ Keys (the runner's docstring says why they are built this way)::
     step:      key_of("guild-process-step", process, version, step, fingerprint, inputs' key)
     map item:  key_of("guild-process-item", process, version, step, fingerprint, inputs' key, item)
     identity:  the step's key; a map step's: key_of(its item keys); uncached: key_of(its value)
+               ("by content": then a dependant reading one key of it hashes that part only)
 
 It does not decide when a step runs or what its inputs are (``runner``).
 """
@@ -63,6 +64,7 @@ class Prepared:
 class Outcome:
     value: Any = None
     identity: bytes | None = None
+    by_content: bool = False  # identity is the key of the value (uncached), not of the step
     start_s: float = 0.0
     end_s: float = 0.0
     items: int = 1
@@ -126,7 +128,7 @@ class StepExecutor:
             self._store([(key, value)])
             out.identity = key
         else:
-            out.identity = key_or_none("guild-process-value", value)
+            out.identity, out.by_content = key_or_none("guild-process-value", value), True
 
     def _map(self, prep: Prepared, out: Outcome) -> None:
         step, items = prep.step, prep.items
@@ -160,7 +162,7 @@ class StepExecutor:
         if all(k is not None for k in item_keys):
             out.identity = key_or_none("guild-process-map", item_keys)
         else:
-            out.identity = key_or_none("guild-process-value", results)
+            out.identity, out.by_content = key_or_none("guild-process-value", results), True
 
     @staticmethod
     def _count(out: Outcome, pid: int) -> None:

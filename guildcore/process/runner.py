@@ -22,9 +22,10 @@ Cache keys (namespace ``result``; on by default, ``cache: false`` per step):
 - a map item: the same with the item itself in place of the step;
 - an input's key: a process input's is the key of its value; a step
   output's is that step's *identity*: its key when cached (a map step's: its
-  item keys), else the key of its value. So changing a step's function
-  reruns that step and everything downstream of it, and nothing else, and a
-  rerun never hashes a big output it can take from the cache.
+  item keys), else the key of its value (of the part read, for ``step.key``).
+  So changing a step's function reruns that step and everything downstream
+  of it, and nothing else, and a rerun never hashes a big output it can take
+  from the cache.
 
 Within a cached map step, items with the same key run once and share the
 result (``engine.batching``; a step with ``cache: false`` runs every item:
@@ -163,6 +164,7 @@ class _Run:
         )  # fmt: skip
         self.records = {r.step: r for r in self.run.steps}
         self.identity: dict[str, bytes | None] = {}
+        self.by_content: set[str] = set()  # steps whose identity is the key of their value
         self.input_keys = {name: key_or_none(value) for name, value in values.items()}
         self.failures: dict[str, BaseException] = {}
         self.started: set[str] = set()
@@ -234,6 +236,8 @@ class _Run:
             out = fut.result()
             self.run.outputs[name] = out.value
             self.identity[name] = out.identity
+            if out.by_content:
+                self.by_content.add(name)
             self.succeeded.add(name)
             record.status = DONE
             record.start_s, record.end_s = out.start_s, out.end_s
@@ -297,6 +301,13 @@ class _Run:
         return value[src.key]
 
     def _source_key(self, src: Source) -> bytes | None:
+        if src.key is not None and (not src.is_step or src.name in self.by_content):
+            # The part read, by content: index.root must not change when another
+            # file of the index does.
+            try:
+                return key_or_none("guild-process-value", self._value(src))
+            except Exception:
+                return None
         base = self.identity.get(src.name) if src.is_step else self.input_keys.get(src.name)
         if base is None:
             return None
