@@ -96,7 +96,7 @@ def test_table_progress_and_preload(project: Path) -> None:
     assert "process squares: checked in" in pre.stdout and "modules: mymod" in pre.stdout
     assert "a new agent started with 1 of 1 modules already imported" in pre.stdout
     assert "recent processes of this project: squares" in pre.stdout
-    assert 'add "process:*" to optimization.preload' in pre.stdout
+    assert 'set optimization.preload: true (or add "process:*" to it)' in pre.stdout
     shown = json.loads(guild(project, "preload", "--json").stdout)
     assert [r["name"] for r in shown["recent"]] == ["squares"]
     assert shown["preloaded_by_process_star"] == ["mymod"]

@@ -257,6 +257,8 @@ def test_map_over_a_key_of_a_mapping_output_and_bad_sources(guild: Guild, tmp_pa
         guild.run_process(p, cfg={"values": {"a": 1}})
     with pytest.raises(ConfigError, match="takes no input 'cfgg'; it takes: cfg"):
         guild.run_process(p, cfg={}, cfgg=1)
+    with pytest.raises(ProcessFailed, match=r"step 'sq' raised LookupError: cfg\.values reads key 'values' of the input 'cfg', a dict without it"):
+        guild.run_process(p, cfg={"other": 1})
 
 
 def test_preload_names_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,8 +277,10 @@ def test_preload_names_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert agent_has() is False
     assert agent_has(optimization={"preload": ["process:squares"]}) is True
     assert agent_has(optimization={"preload": ["process:*"]}) is False  # nothing run yet
+    assert agent_has(optimization={"preload": True}) is False
     with Guild(max_agents=1) as g:
         g.run_process("squares", n=3)  # recorded as this project's most recent process
     assert agent_has(optimization={"preload": ["process:*"]}) is True
+    assert agent_has(optimization={"preload": True}) is True  # "what is likely": the recent processes
     with pytest.raises(ConfigError, match=r"optimization.preload names 'process:nope', but there is no process 'nope'"):
         Guild(optimization={"preload": ["process:nope"]})

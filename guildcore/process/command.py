@@ -102,7 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     defn, how = registry.definition(args.name, config, None)  # checked before any agent starts
     runner.bind_inputs(defn, inputs)
     overrides: dict[str, Any] = {
-        "optimization": {"preload": [*config.optimization.preload, *defn.modules]}
+        "optimization": {"preload": [*config.optimization.preload_modules(), *defn.modules]}
     }
     if args.agents is not None:
         overrides["max_agents"] = args.agents
@@ -209,14 +209,15 @@ def _cmd_preload(args: argparse.Namespace) -> int:
         modules = list(dict.fromkeys(m for p in report["processes"] for m in p["modules"]))
         from guildcore import Guild
 
-        with Guild(min_agents=1, optimization={"preload": [*config.optimization.preload, *modules]}) as g:
+        with Guild(min_agents=1, optimization={"preload": [*config.optimization.preload_modules(), *modules]}) as g:
             report["agent_has"] = g.submit(imported, modules).result(timeout=60)
     with TieredCache.from_config(config) as tiers:
         report["recent"] = registry.recent(tiers)
     report["preloaded_by_process_star"] = list(
         dict.fromkeys(m for r in report["recent"][:RECENT_PRELOADED] for m in r.get("modules", []))
     )
-    report["setting"] = list(config.optimization.preload)
+    setting = config.optimization.preload
+    report["setting"] = setting if isinstance(setting, bool) else list(setting)
     if args.json:
         import json
 
@@ -231,6 +232,6 @@ def _cmd_preload(args: argparse.Namespace) -> int:
     print(f"recent processes of this project: {', '.join(names) if names else 'none yet'}")
     star = report["preloaded_by_process_star"]
     print(f"process:* preloads: {', '.join(star) if star else 'nothing yet'}")
-    if not any(s.startswith("process:") for s in report["setting"]):
-        print('to start every Guild this way, add "process:*" to optimization.preload')
+    if setting is not True and not any(s.startswith("process:") for s in report["setting"] or ()):
+        print('to start every Guild this way, set optimization.preload: true (or add "process:*" to it)')
     return 0

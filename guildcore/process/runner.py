@@ -221,7 +221,7 @@ class _Run:
         record.status = RUNNING
         try:
             prepared = self._prepare(step)
-        except BaseException as exc:  # a bad map source, an input that cannot be shared
+        except Exception as exc:  # a bad map source, an input that cannot be shared
             failed: Future[Outcome] = Future()
             failed.set_exception(exc)
             record.start_s = record.end_s = time.perf_counter() - self.t0
@@ -296,8 +296,9 @@ class _Run:
         if src.key is None:
             return value
         if not isinstance(value, Mapping) or src.key not in value:
-            kind = type(value).__name__
-            raise KeyError(f"{src} names key {src.key!r} of the output of step {src.name!r}, a {kind} without it")
+            what = f"the output of step {src.name!r}" if src.is_step else f"the input {src.name!r}"
+            # LookupError, not KeyError: its message is shown as written, not quoted.
+            raise LookupError(f"{src} reads key {src.key!r} of {what}, a {type(value).__name__} without it")
         return value[src.key]
 
     def _source_key(self, src: Source) -> bytes | None:
