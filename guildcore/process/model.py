@@ -258,6 +258,9 @@ def _did_you_mean(name: str, options: Sequence[str], what: str) -> str:
     return (f"did you mean {close[0]!r}? " if close else "") + f"{what}: {listed}"
 
 
+_Entries = Mapping[str, tuple[object, "int | None"]]
+
+
 def _step(
     ck: _Checker, name: str, tree: object, line: int | None, steps: Sequence[str], declared: Mapping[str, Any] | None
 ) -> StepDef:
@@ -268,81 +271,83 @@ def _step(
             raise ck.unknown(f"{base}.{k}", k, STEP_KEYS, at)
     if "run" not in entries:
         raise ck.error(f"step {name!r} has nothing to run", base, line, "add run: module:function")
-    run_value, run_line = entries["run"]
-    ref, fn = _function(ck, name, run_value, run_line)
-
-    needs: list[str] = []
-    needs_value, needs_line = entries.get("needs", (None, line))
-    needs_list = plain(needs_value)
-    if isinstance(needs_list, str):
-        needs_list = [needs_list]
-    if needs_list is None:
-        needs_list = []
-    if not isinstance(needs_list, list | tuple):
-        raise bad_value(needs_list, f"{base}.needs", ck.origin(needs_line), "expected a list of step names")
-    for need in needs_list:
-        if need == name:
-            raise ck.error(f"step {name!r} needs itself", f"{base}.needs", needs_line, "remove it from its needs")
-        if need not in steps:
-            raise ck.error(
-                f"step {name!r} needs {need!r}, which is not a step", f"{base}.needs", needs_line,
-                _did_you_mean(str(need), [s for s in steps if s != name], "steps"),
-            )  # fmt: skip
-        needs.append(need)
-
+    ref, fn = _function(ck, name, *entries["run"])
+    needs = _needs(ck, name, entries, line, steps)
     inputs: dict[str, Source] = {}
     inputs_value, inputs_line = entries.get("inputs", (None, line))
     for param, src, at in ck.items(inputs_value, f"{base}.inputs", inputs_line):
         inputs[param] = _source(ck, plain(src), f"{base}.inputs.{param}", at, steps, declared)
-
-    map_source: Source | None = None
-    map_param: str | None = None
-    if "map" in entries:
-        map_value, map_line = entries["map"]
-        if isinstance(map_value, RawMap):
-            pairs = list(ck.items(map_value, f"{base}.map", map_line))
-            if len(pairs) != 1:
-                raise ck.error(
-                    f"step {name!r} maps over {len(pairs)} sources", f"{base}.map", map_line,
-                    "map takes one source: map: SOURCE, or map: {param: SOURCE}",
-                )  # fmt: skip
-            map_param, src, at = pairs[0]
-            map_source = _source(ck, plain(src), f"{base}.map.{map_param}", at, steps, declared)
-            if map_param in inputs:
-                raise ck.error(f"parameter {map_param!r} is both mapped and an input", f"{base}.map", at, "keep one")
-        else:
-            map_source = _source(ck, plain(map_value), f"{base}.map", map_line, steps, declared)
-
+    map_source, map_param = _map(ck, name, entries, inputs, steps, declared)
     for src in (*inputs.values(), *([map_source] if map_source else [])):
-        if src.is_step:
+        if src.is_step:  # a step read is a step needed
             if src.name == name:
                 raise ck.error(f"step {name!r} takes its own output", base, line, "a step cannot read what it returns")
             needs.append(src.name)
     _check_signature(ck, name, ref, fn, inputs, map_source is not None, map_param, line)
-
-    timeout_value, timeout_line = entries.get("timeout", (None, None))
-    retries_value, retries_line = entries.get("retries", (None, None))
-    priority_value, priority_line = entries.get("priority", (0, None))
-    cache_value, cache_line = entries.get("cache", (True, None))
-    if isinstance(priority_value, bool) or not isinstance(priority_value, int):
-        raise bad_value(plain(priority_value), f"{base}.priority", ck.origin(priority_line), "expected a whole number (lower runs first)")
-    if not isinstance(cache_value, bool):
-        raise bad_value(plain(cache_value), f"{base}.cache", ck.origin(cache_line), "expected true or false")
     return StepDef(
-        name=name,
-        ref=ref,
-        fn=fn,
-        needs=tuple(dict.fromkeys(needs)),
-        inputs=inputs,
-        map_source=map_source,
-        map_param=map_param,
-        timeout_s=_TIMEOUT.parse(plain(timeout_value), f"{base}.timeout", ck.origin(timeout_line)) if "timeout" in entries else None,
-        has_timeout="timeout" in entries,
-        retries=_RETRIES.parse(plain(retries_value), f"{base}.retries", ck.origin(retries_line)) if "retries" in entries else None,
-        priority=priority_value,
-        cache=cache_value,
-        line=line,
-    )
+        name=name, ref=ref, fn=fn, needs=tuple(dict.fromkeys(needs)), inputs=inputs,
+        map_source=map_source, map_param=map_param, line=line, **_options(ck, base, entries),
+    )  # fmt: skip
+
+
+def _needs(ck: _Checker, name: str, entries: _Entries, line: int | None, steps: Sequence[str]) -> list[str]:
+    key = f"steps.{name}.needs"
+    value, at = entries.get("needs", (None, line))
+    listed = plain(value)
+    listed = [listed] if isinstance(listed, str) else [] if listed is None else listed
+    if not isinstance(listed, list | tuple):
+        raise bad_value(listed, key, ck.origin(at), "expected a list of step names")
+    for need in listed:
+        if need == name:
+            raise ck.error(f"step {name!r} needs itself", key, at, "remove it from its needs")
+        if need not in steps:
+            raise ck.error(
+                f"step {name!r} needs {need!r}, which is not a step", key, at,
+                _did_you_mean(str(need), [s for s in steps if s != name], "steps"),
+            )  # fmt: skip
+    return list(listed)
+
+
+def _map(
+    ck: _Checker, name: str, entries: _Entries, inputs: Mapping[str, Source],
+    steps: Sequence[str], declared: Mapping[str, Any] | None,
+) -> tuple[Source | None, str | None]:  # fmt: skip
+    """The map source, and the parameter that takes each item (None: the first one)."""
+    if "map" not in entries:
+        return None, None
+    key = f"steps.{name}.map"
+    value, at = entries["map"]
+    if not isinstance(value, RawMap):
+        return _source(ck, plain(value), key, at, steps, declared), None
+    pairs = list(ck.items(value, key, at))
+    if len(pairs) != 1:
+        raise ck.error(
+            f"step {name!r} maps over {len(pairs)} sources", key, at,
+            "map takes one source: map: SOURCE, or map: {param: SOURCE}",
+        )  # fmt: skip
+    param, src, src_line = pairs[0]
+    if param in inputs:
+        raise ck.error(f"parameter {param!r} is both mapped and an input", key, src_line, "keep one")
+    return _source(ck, plain(src), f"{key}.{param}", src_line, steps, declared), param
+
+
+def _options(ck: _Checker, base: str, entries: _Entries) -> dict[str, Any]:
+    """timeout, retries, priority and cache, checked."""
+    out: dict[str, Any] = {"has_timeout": "timeout" in entries}
+    if "timeout" in entries:
+        value, at = entries["timeout"]
+        out["timeout_s"] = _TIMEOUT.parse(plain(value), f"{base}.timeout", ck.origin(at))
+    if "retries" in entries:
+        value, at = entries["retries"]
+        out["retries"] = _RETRIES.parse(plain(value), f"{base}.retries", ck.origin(at))
+    priority, at = entries.get("priority", (0, None))
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise bad_value(plain(priority), f"{base}.priority", ck.origin(at), "expected a whole number (lower runs first)")
+    cache, at = entries.get("cache", (True, None))
+    if not isinstance(cache, bool):
+        raise bad_value(plain(cache), f"{base}.cache", ck.origin(at), "expected true or false")
+    out["priority"], out["cache"] = priority, cache
+    return out
 
 
 def _function(ck: _Checker, step: str, value: object, line: int | None) -> tuple[str, Callable[..., Any]]:
