@@ -143,3 +143,16 @@ def held(item: int, started: str, release: str, log: str) -> int:
         signal_started(started)
         wait_started(release)
     return item
+
+
+def _squares() -> Any:
+    from guildcore import Process
+
+    p = Process("py-squares", inputs={"n": 10})
+    p.step("numbers", inputs={"n": "n"})(step_list)
+    p.step("squares", map="numbers")(step_square)
+    p.step("total", inputs={"xs": "squares"})(step_total)
+    return p
+
+
+SQUARES = _squares()  # a Process defined in Python, for `guild run tests.procwork:SQUARES`

@@ -128,6 +128,14 @@ def test_usage_errors(in_project: Path, capsys: pytest.CaptureFixture[str], args
     assert capsys.readouterr().err.strip() == message
 
 
+def test_a_process_defined_in_python_runs_by_module_and_name(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "tests.procwork:SQUARES", "--json", "--agents", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["process"], report["outputs"], report["definition"]) == ("py-squares", {"total": 285}, "python")
+    assert main(["run", "tests.procwork:step_list"]) == 2
+    assert capsys.readouterr().err.strip() == "guild: error: tests.procwork:step_list is a function, not a guildcore.Process"
+
+
 def test_a_failed_step_exits_1_with_the_table(in_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (in_project / ".guild" / "processes" / "bad.yaml").write_text(
         "steps:\n"

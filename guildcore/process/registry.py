@@ -94,14 +94,22 @@ def _shown(path: str) -> str:
 
 
 def _python_process(ref: str) -> Process:
-    from guildcore.process.model import resolve
+    import importlib
 
-    obj, problem, fix = resolve(ref) if ":" in ref else (None, "not module:attr", "")
-    if isinstance(obj, Process):
-        return obj
-    if obj is None:
-        raise ConfigError(f"cannot import the process {ref}: {problem}; {fix}", source=ref, key="process")
-    raise ConfigError(f"{ref} is a {type(obj).__name__}, not a guildcore.Process", source=ref, key="process")
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot import the process {ref} ({type(exc).__name__}: {exc}); MODULE:ATTR names a "
+            "guildcore.Process in an importable module (the project folder is on sys.path)",
+            source=ref, key="process",
+        ) from None  # fmt: skip
+    if not isinstance(obj, Process):
+        raise ConfigError(f"{ref} is a {type(obj).__name__}, not a guildcore.Process", source=ref, key="process")
+    return obj
 
 
 def definition(
