@@ -11,7 +11,7 @@ never the step's failure.
 Keys (the runner's docstring says why they are built this way)::
 
     step:      key_of("guild-process-step", process, version, step, fingerprint, inputs' key)
-    map item:  key_of("guild-process-item", process, version, step, fingerprint, inputs' key, item)
+    map item:  key_of(key_of("guild-process-items", process, version, step, fingerprint, inputs' key), item)
     identity:  the step's key; a map step's: key_of(its item keys); uncached: key_of(its value)
                ("by content": then a dependant reading one key of it hashes that part only)
 
@@ -137,8 +137,10 @@ class StepExecutor:
         fp = self._fingerprint(step)
         item_keys: list[bytes | None] = [None] * len(items)
         if fp is not None and prep.inputs_key is not None:
-            head = ("guild-process-item", self.process, self.version, step.name, fp, prep.inputs_key)
-            item_keys = [key_or_none(*head, item) for item in items]
+            # The parts shared by every item are hashed once (a warm rerun is mostly this loop).
+            head = key_or_none("guild-process-items", self.process, self.version, step.name, fp, prep.inputs_key)
+            if head is not None:
+                item_keys = [key_or_none(head, item) for item in items]
         wanted = [k for k in item_keys if k is not None]
         found = self.tiers.get_many(NAMESPACE, wanted) if wanted else {}
         results: list[Any] = [found.get(k) if k is not None else None for k in item_keys]
