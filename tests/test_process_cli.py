@@ -70,6 +70,17 @@ def test_squares_runs_as_written_then_reruns_only_the_changed_step(project: Path
         ("numbers", 1, 0), ("squares", 200, 0), ("total", 1, 0),
     ]  # fmt: skip
 
+    # One run in the project's history, with the step timeline (guild stats / report).
+    from guildcore.metrics.history import History
+
+    history = History(str(project / ".guild" / "metrics"))
+    record = history.load(history.runs()[0]["id"])
+    assert record is not None and (record["kind"], record["label"]) == ("process", "guild run squares n=200")
+    assert [(x["name"], x["items"], x["status"]) for x in record["steps"]] == [
+        ("numbers", 1, "done"), ("squares", 200, "done"), ("total", 1, "done"),
+    ]  # fmt: skip
+    assert record["steps"][0]["end"] <= record["steps"][1]["start"]
+
     again = json.loads(guild(project, "run", "squares", "--input", "n=200", "--json").stdout)
     assert [s["cache_hits"] for s in again["steps"]] == [1, 200, 1]
     assert [s["agents"] for s in again["steps"]] == [0, 0, 0]

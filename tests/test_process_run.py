@@ -79,6 +79,11 @@ def test_squares_runs_in_python_and_yaml(guild: Guild, tmp_path: Path) -> None:
     assert run["total"] == sum(i * i for i in range(200))
     assert run["squares"][:4] == [0, 1, 4, 9] and dict(run).keys() == {"numbers", "squares", "total"}
     assert run.definition == "python" and run.sinks == ("total",) and run.ok
+    record = guild.metrics()  # the step timeline joins the Guild's run record
+    assert record is not None
+    assert [(x["process"], x["name"]) for x in record["steps"]] == [
+        ("squares", "numbers"), ("squares", "squares"), ("squares", "total"),
+    ]  # fmt: skip
 
     path = tmp_path / "squares.yaml"
     path.write_text(squares_yaml())
@@ -253,11 +258,11 @@ def test_map_over_a_key_of_a_mapping_output_and_bad_sources(guild: Guild, tmp_pa
     p = Process("keys", inputs=["cfg"])
     p.step("sq", map="cfg.values")(procwork.step_square)
     assert guild.run_process(p, cfg={"values": [2, 3]})["sq"] == [4, 9]
-    with pytest.raises(ProcessFailed, match=r"step 'sq' raised TypeError: step 'sq' maps over cfg\.values, a dict"):
+    with pytest.raises(ProcessFailed, match=r"step 'sq' raised ConfigTypeError: step 'sq' maps over cfg\.values, a dict"):
         guild.run_process(p, cfg={"values": {"a": 1}})
     with pytest.raises(ConfigError, match="takes no input 'cfgg'; it takes: cfg"):
         guild.run_process(p, cfg={}, cfgg=1)
-    with pytest.raises(ProcessFailed, match=r"step 'sq' raised LookupError: cfg\.values reads key 'values' of the input 'cfg', a dict without it"):
+    with pytest.raises(ProcessFailed, match=r"step 'sq' raised ConfigError: cfg\.values reads key 'values' of the input 'cfg', a dict without it"):
         guild.run_process(p, cfg={"other": 1})
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import xxhash
 
+from guildcore._errors import ConfigError  # agents import this module: the light error module
 from guildcore.demo.refactor import CHANGED, ERROR, SKIPPED, UNCHANGED, refactor_source
 from guildcore.demo.sources import SKIP_DIRS, excluded
 
@@ -45,7 +46,7 @@ def index_codebase(path: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
     """``{"root", "files": [(rel, size, mtime_ns)], "bytes"}``, in path order."""
     root = os.path.abspath(path)
     if not os.path.isdir(root):
-        raise NotADirectoryError(f"path {path!r} is not a folder")
+        raise ConfigError(f"path {path!r} is not a folder; give the codebase's folder", key="path", value=path)
     files: list[FileStat] = []
     for folder, dirs, names in os.walk(root):
         rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")

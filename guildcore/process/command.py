@@ -60,14 +60,16 @@ def configure_preload(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings into a dict (VALUE as YAML); ValueError says what is wrong."""
+    """``KEY=VALUE`` strings into a dict (VALUE as YAML); a ConfigError says what is wrong."""
     import yaml
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--input takes KEY=VALUE, not {pair!r}")
+            from guildcore.errors import ConfigError
+
+            raise ConfigError(f"--input takes KEY=VALUE, not {pair!r}", key="--input", value=pair)
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
@@ -89,11 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from guildcore.errors import ProcessFailed
     from guildcore.process import registry, runner
 
-    try:
-        inputs = parse_inputs(args.input)
-    except ValueError as exc:
-        print(f"guild: error: {exc}", file=sys.stderr)
-        return 2
+    inputs = parse_inputs(args.input)
     if args.agents is not None and args.agents < 1:
         print(f"guild: error: --agents must be at least 1, not {args.agents}", file=sys.stderr)
         return 2
@@ -108,10 +106,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["max_agents"] = args.agents
         overrides["min_agents"] = min(config.pool.min_agents, args.agents)
     from guildcore import Guild
+    from guildcore.metrics import recorded_run
+    from guildcore.metrics.run import store_path
 
     show = _Events(sys.stderr, quiet=args.json)
     failed: ProcessFailed | None = None
-    with Guild(**overrides) as g:
+    # One run in the project's history (guild stats / report / doctor), its steps drawn.
+    label = f"guild run {args.name}" + "".join(f" {pair}" for pair in args.input)
+    with recorded_run(label, kind="process", store=store_path(config.cache_path())), Guild(**overrides) as g:
         try:
             run = runner.run(g, defn, inputs, on_event=show, how=how)
         except ProcessFailed as exc:

@@ -104,12 +104,6 @@ class ProcessDef:
     source: str  # the file, or "process 'NAME' (app.py)", for messages
     description: str = ""
 
-    def step(self, name: str) -> StepDef:
-        for s in self.steps:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
     @property
     def modules(self) -> tuple[str, ...]:
         """The modules of the step functions, in step order: what agents should preload."""

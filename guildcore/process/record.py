@@ -83,7 +83,10 @@ class ProcessRun(Mapping[str, Any]):
         for r in self.steps:
             if r.step == step:
                 return r
-        raise KeyError(step)
+        from guildcore.errors import ConfigError
+
+        steps = ", ".join(r.step for r in self.steps)
+        raise ConfigError(f"process {self.process!r} has no step {step!r}; its steps: {steps}", key=step)
 
     def timeline(self) -> list[dict[str, Any]]:
         """One plain dict per step, in definition order."""

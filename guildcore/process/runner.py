@@ -49,7 +49,7 @@ from concurrent.futures import CancelledError as FuturesCancelled
 from typing import TYPE_CHECKING, Any
 
 from guildcore.engine.taskgroup import TaskGroup
-from guildcore.errors import ConfigError, ProcessFailed
+from guildcore.errors import ConfigError, ConfigTypeError, ProcessFailed
 from guildcore.process import registry
 from guildcore.process.builder import Process
 from guildcore.process.call import SHARED_KEY
@@ -174,6 +174,7 @@ class _Run:
         self.segments: dict[tuple[str, str | None], ContextHandle] = {}
         self.stopping = False
         self.t0 = time.perf_counter()
+        self.mono0 = time.monotonic()  # the run history's clock
         self.executor = StepExecutor(guild, tiers, defn.name, defn.version, self.t0)
         self._event_lock = threading.Lock()
 
@@ -206,9 +207,30 @@ class _Run:
             self._release_segments()
         self.run.wall_s = time.perf_counter() - self.t0
         registry.record_run(self.tiers, self.defn.name, self.defn.modules)
+        self._add_to_history()
         if self.failures:
             raise self._failure()
         return self.run
+
+    def _add_to_history(self) -> None:
+        """The step timeline into the Guild's run record (metrics), when it keeps one."""
+        history = getattr(self.guild, "_run", None)
+        if history is None:
+            return
+        steps = []
+        for r in self.run.steps:
+            if r.start_s is None or r.end_s is None:
+                continue  # never started: nothing to draw
+            steps.append({
+                "name": r.step, "process": self.defn.name, "status": r.status,
+                "start": self.mono0 + r.start_s, "end": self.mono0 + r.end_s,
+                "items": r.items, "cache_hits": r.cache_hits, "agents": r.agents,
+                "cached": bool(r.items) and r.cache_hits == r.items, "error": r.error,
+            })  # fmt: skip
+        try:
+            history.add_steps(steps)
+        except Exception:  # the history must never fail a finished run
+            pass
 
     def _emit(self, kind: str, record: StepRecord) -> None:
         if self.on_event is not None:
@@ -297,8 +319,10 @@ class _Run:
             return value
         if not isinstance(value, Mapping) or src.key not in value:
             what = f"the output of step {src.name!r}" if src.is_step else f"the input {src.name!r}"
-            # LookupError, not KeyError: its message is shown as written, not quoted.
-            raise LookupError(f"{src} reads key {src.key!r} of {what}, a {type(value).__name__} without it")
+            raise ConfigError(
+                f"{src} reads key {src.key!r} of {what}, a {type(value).__name__} without it; "
+                "check the key, or what the step returns", key=str(src),
+            )  # fmt: skip
         return value[src.key]
 
     def _source_key(self, src: Source) -> bytes | None:
@@ -319,10 +343,10 @@ class _Run:
         if step.map_source is not None:
             source = self._value(step.map_source)
             if not isinstance(source, list | tuple):
-                raise TypeError(
+                raise ConfigTypeError(
                     f"step {step.name!r} maps over {step.map_source}, a {type(source).__name__}; "
-                    "map needs a list or a tuple"
-                )
+                    "map needs a list or a tuple", key=f"steps.{step.name}.map",
+                )  # fmt: skip
             items = list(source)
         kwargs: dict[str, Any] = {}
         shared: dict[str, Any] = {}
