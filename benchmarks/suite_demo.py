@@ -26,7 +26,7 @@ from guildcore.demo import DemoOptions, run_demo
 from guildcore.demo.index import index_file
 from guildcore.demo.passes import evenly_spaced
 from guildcore.demo.refactor import Outcome, refactor_path
-from guildcore.demo.sources import default_root, discover
+from guildcore.demo.sources import STDLIB_SKIP_DIRS, default_root, discover
 
 NAME = "demo"
 
@@ -74,7 +74,7 @@ def run(bench: Bench) -> None:
     with tempfile.TemporaryDirectory(prefix="guild-bench-demo-") as cache_dir:
         opts = DemoOptions(
             root, OLD, NEW, cache_dir, agents=WORKERS, sample=0, progress=False,
-            subset=QUICK_FILES if bench.quick else 0,
+            subset=QUICK_FILES if bench.quick else 0, skip_dirs=STDLIB_SKIP_DIRS,
         )  # fmt: skip
         for _ in range(rounds):
             report = run_demo(opts)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         GuildError,
         MemoryLimitExceeded,
         PoolBroken,
+        ProcessFailed,
         SerializationError,
         ShutdownError,
         TaskCancelled,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     )
     from guildcore.metrics.alerts import Alert
     from guildcore.metrics.run import recorded_run
+    from guildcore.process import Process, ProcessRun
 
 _LAZY = {  # public name -> the module that defines it, imported on first use
     "TieredCache": "guildcore.cache",
@@ -61,6 +63,8 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
     "ResultStream": "guildcore.engine.shmbuf",
     "Alert": "guildcore.metrics.alerts",
     "recorded_run": "guildcore.metrics.run",
+    "Process": "guildcore.process",
+    "ProcessRun": "guildcore.process",
     **dict.fromkeys(
         (
             "AgentDied",
@@ -71,6 +75,7 @@ _LAZY = {  # public name -> the module that defines it, imported on first use
             "GuildError",
             "MemoryLimitExceeded",
             "PoolBroken",
+            "ProcessFailed",
             "SerializationError",
             "ShutdownError",
             "TaskCancelled",
@@ -95,6 +100,9 @@ __all__ = [
     "GuildExecutor",
     "MemoryLimitExceeded",
     "PoolBroken",
+    "Process",
+    "ProcessFailed",
+    "ProcessRun",
     "ResultStream",
     "SerializationError",
     "ShutdownError",

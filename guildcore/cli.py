@@ -9,6 +9,8 @@
     guild top [GUILD] [--once] [--wait]           the Guilds running on this host, live
     guild report [RUN] [-o FILE]                  one run as a self-contained HTML file
     guild doctor [RUN] [--last N] [--json]        what made a run slow, memory-hungry or cache-poor
+    guild run NAME [--input KEY=VALUE]... [--json]   run a process (.guild/processes/NAME.yaml)
+    guild preload [NAME]...         agents that start with the modules of likely processes
 
 Adding a command group: write one ``_add_xxx_parser(subparsers)`` function that
 adds its parser(s) and sets ``func`` (a handler taking the parsed arguments and
@@ -188,12 +190,30 @@ def _add_metrics_parsers(subparsers: _Subparsers) -> None:
     add_parsers(subparsers)
 
 
+def _add_process_parsers(subparsers: _Subparsers) -> None:
+    from guildcore.process.command import configure_preload, configure_run  # argparse only: light
+
+    configure_run(subparsers.add_parser(
+        "run", help="run a process: its steps in parallel as their needs are met, each cached",
+        description="Run the process NAME (.guild/processes/NAME.yaml, a YAML path, or module:attr "
+        "for a Process defined in Python): each step starts as soon as the steps it needs have "
+        "finished; every step's result is cached. Prints each step as it ends, then a summary table.",
+    ))  # fmt: skip
+    configure_preload(subparsers.add_parser(
+        "preload", help="start agents warm with the modules of the processes likely to run",
+        description="Check the processes NAME..., record them as this project's most recent "
+        "processes (what optimization.preload: [process:*] preloads) and show a new agent "
+        "starting with their modules imported. Without NAME, show the record.",
+    ))  # fmt: skip
+
+
 _COMMAND_GROUPS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_init_parser,
     _add_config_parser,
     _add_cache_parser,
     _add_demo_parser,
     _add_metrics_parsers,
+    _add_process_parsers,
 )
 
 

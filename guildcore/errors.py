@@ -18,6 +18,7 @@ react without parsing text.
      │         ├── AgentDied    (also BrokenProcessPool)
      │         └── MemoryLimitExceeded
      ├── PoolBroken             agents cannot start at all (also BrokenProcessPool)
+ ├── ProcessFailed          a step of a process failed: the partial run, each failure
      └── ShutdownError          work submitted after shutdown (also RuntimeError)
 
 Where the stdlib's contract names a builtin type, the guildcore error is
@@ -55,7 +56,7 @@ from guildcore._errors import (
     ShutdownError,
     TaskError,
     TaskTimeout,
-    _rebuild,  # noqa: F401  # older pickles of errors name it here
+    _rebuild,  # older pickles of errors name it here
     _rebuild_serialization,  # noqa: F401  # pickles of errors may name it here
     describe_exitcode,
     format_bytes,
@@ -71,6 +72,7 @@ __all__ = [
     "GuildError",
     "MemoryLimitExceeded",
     "PoolBroken",
+    "ProcessFailed",
     "RemoteTraceback",
     "SerializationError",
     "ShutdownError",
@@ -100,3 +102,20 @@ class PoolBroken(GuildError, BrokenProcessPool):
     A ``BrokenProcessPool`` (so a ``BrokenExecutor``), as the stdlib's pool
     reports a failed initializer.
     """
+
+
+class ProcessFailed(GuildError):
+    """One or more steps of a process failed; the steps that could finish did.
+
+    ``run`` is the partial ``ProcessRun`` (outputs of the steps that finished,
+    the step timeline); ``failures`` maps each failed step to its exception,
+    which is also the ``__cause__`` when one step failed.
+    """
+
+    def __init__(self, message: str, *, run: object = None, failures: dict[str, BaseException] | None = None) -> None:
+        super().__init__(message)
+        self.run = run
+        self.failures = dict(failures or {})
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))

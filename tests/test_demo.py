@@ -1,10 +1,11 @@
 """``guild demo`` on a small generated codebase: counts, cold and warm, --write twice.
 
-The codebase (``make_codebase``): 30 modules below the root, of which 12
-use ``result`` in renamed positions (a known number of times each), 3
-mention it only in a comment or a string (parsed, nothing to rename) and
-15 never mention it (skipped by the index); a ``tests/`` folder, with a
-module that does not even parse, must be left out.
+The codebase (``make_codebase``): 32 modules below the root, of which 13
+use ``result`` in renamed positions (a known number of times each; one of
+them in ``tests/``: a project's tests are renamed with its code), 3
+mention it only in a comment or a string (parsed, nothing to rename), 15
+never mention it (skipped by the index) and one, in ``tests/``, does not
+parse. ``--exclude tests`` leaves the ``tests/`` folder out.
 """
 
 from __future__ import annotations
@@ -95,11 +96,7 @@ def make_codebase(root: Path) -> dict[str, int]:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-        if (
-            not rel.startswith("tests/")
-            and WORD.search(text)
-            and rel.startswith(("use_", "pkg/use_", "helpers"))
-        ):
+        if WORD.search(text) and rel.startswith(("use_", "pkg/use_", "helpers", "tests/test_")):
             expected[rel] = len(WORD.findall(text))
     (root / "use_0.py").chmod(0o640)  # --write keeps a file's mode
     return expected
@@ -141,16 +138,17 @@ def test_cold_then_warm(
     root, expected = codebase
     before = snapshot(root)
     report = run_json(demo_args(root, tmp_path), capsys)
-    assert report["codebase"]["files"] == 30
+    assert report["codebase"]["files"] == 32
+    assert report["codebase"]["skipped_dirs"] == ["__pycache__", "site-packages"]
     assert report["rename"] == {"old": "result", "new": "outcome"}
     seq, cold, warm = report["passes"]
     assert [p["name"] for p in report["passes"]] == ["sequential", "cold", "warm"]
     assert (cold["hit_rate"], warm["hit_rate"]) == (0.0, 1.0)
     assert seq["extrapolated"] is False and seq["digest"] == cold["digest"] == warm["digest"]
     assert warm["agents_used"] == 0  # nothing ran: every result came from disk
-    assert cold["counts"] == {"changed": 12, "skipped": 15, "unchanged": 3}
+    assert cold["counts"] == {"changed": 13, "error": 1, "skipped": 15, "unchanged": 3}
     assert cold["changes"] == sum(expected.values())
-    assert report["index"]["modules_mentioning_old"] == 15
+    assert report["index"]["modules_mentioning_old"] == 17
     assert report["index"]["modules_defining_old"] == 1  # helpers.py; the rest bind it in functions
     assert report["checks"]["warm_matches_cold"] is True
     assert report["write"] is None and snapshot(root) == before
@@ -159,7 +157,7 @@ def test_cold_then_warm(
     again = run_json([*demo_args(root, tmp_path), "--sample", "5"], capsys)
     assert [p["hit_rate"] for p in again["passes"][1:]] == [0.0, 1.0]
     seq = again["passes"][0]
-    assert (seq["extrapolated"], seq["sample_files"], seq["files"]) == (True, 5, 30)
+    assert (seq["extrapolated"], seq["sample_files"], seq["files"]) == (True, 5, 32)
     assert seq["wall_s"] > 0 and seq["digest"] == ""  # a sample's digest compares to nothing
 
 
@@ -168,21 +166,22 @@ def test_write_twice(
 ) -> None:
     root, expected = codebase
     report = run_json([*demo_args(root, tmp_path), "--write"], capsys)
-    assert report["write"]["files_written"] == 12 and report["write"]["problems"] == {}
+    assert report["write"]["files_written"] == 13 and report["write"]["problems"] == {}
     after = snapshot(root)
     for rel, text in after.items():
-        if rel.startswith("tests/"):
+        if rel == "tests/broken.py":
+            assert text == b"def broken(:\n    result\n"  # does not parse: left as it was
             continue
         ast.parse(text)  # still Python
-        if rel in expected:
+        if rel in expected:  # tests included: the codebase stays consistent
             assert not WORD.search(text.decode()), rel  # gone where the index said it was used
             assert text.decode().count("outcome") == expected[rel]
-    assert after["tests/test_uses.py"] == USING.format(n=99).encode()  # skipped folder untouched
+    assert "tests/test_uses.py" in expected
     assert stat.S_IMODE(os.stat(root / "use_0.py").st_mode) == 0o640
     assert not [p for p in root.rglob("*.tmp")]
 
     second = run_json([*demo_args(root, tmp_path), "--write"], capsys)
-    assert second["passes"][1]["counts"] == {"unchanged": 3, "skipped": 27}
+    assert second["passes"][1]["counts"] == {"error": 1, "unchanged": 3, "skipped": 28}
     assert second["write"]["files_written"] == 0
     assert snapshot(root) == after
 
@@ -193,7 +192,7 @@ def test_table_and_subprocess_json(
     root, _expected = codebase
     assert main(["demo", *demo_args(root, tmp_path), "--rename", "triple3=treble3"]) == 0
     text = capsys.readouterr().out
-    assert "30 files" in text and "rename: triple3 -> treble3" in text
+    assert "32 files" in text and "rename: triple3 -> treble3" in text
     assert re.search(r"^cold\s+\S+ s\s+\S+x\s+0%\s+\d", text, re.M)
     assert re.search(r"^warm\s+\S+ s\s+\S+x\s+100%\s+0\s", text, re.M)
     assert "nothing written" in text
@@ -205,7 +204,43 @@ def test_table_and_subprocess_json(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["passes"][1]["counts"]["changed"] == 12
+    assert report["passes"][1]["counts"]["changed"] == 13
+
+
+def test_exclude_leaves_folders_out(
+    codebase: tuple[Path, dict[str, int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, expected = codebase
+    (root / "pkg" / "vendored").mkdir()
+    (root / "pkg" / "vendored" / "lib.py").write_text(USING.format(n=7))
+    before = snapshot(root)
+    args = [*demo_args(root, tmp_path), "--exclude", "tests", "--exclude", "pkg/vendored", "--write"]
+    report = run_json(args, capsys)
+    assert report["codebase"]["files"] == 30
+    assert report["codebase"]["excluded"] == ["tests", "pkg/vendored"]
+    assert report["passes"][1]["counts"] == {"changed": 12, "skipped": 15, "unchanged": 3}
+    after = snapshot(root)
+    for rel in ("tests/test_uses.py", "tests/broken.py", "pkg/vendored/lib.py"):
+        assert after[rel] == before[rel]  # excluded: untouched
+    assert sum(1 for rel in expected if after[rel] != before[rel]) == 12
+
+
+def test_the_stdlib_default_keeps_test_suites_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import guildcore.demo
+    from guildcore.demo.sources import SKIP_DIRS, STDLIB_SKIP_DIRS, default_root, discover
+
+    files = discover(default_root(), skip_dirs=STDLIB_SKIP_DIRS)
+    assert files and not any(part in ("test", "tests", "idle_test") for s in files for part in s.rel.split("/"))
+    seen: list[Any] = []
+    monkeypatch.setattr(guildcore.demo, "run_demo", lambda opts, write: seen.append(opts) or {})
+    assert main(["demo", "--json"]) == 0 and main(["demo", "--path", str(tmp_path), "--json"]) == 0
+    capsys.readouterr()
+    assert [(o.root, o.skip_dirs) for o in seen] == [
+        (default_root(), STDLIB_SKIP_DIRS),  # the stdlib sample: its test suites stay out
+        (str(tmp_path), SKIP_DIRS),  # a project: its tests are part of it
+    ]
 
 
 @pytest.mark.parametrize(
@@ -249,3 +284,34 @@ def test_bad_rename(text: str, message: str, capsys: pytest.CaptureFixture[str])
         parse_rename(text)
     assert main(["demo", "--rename", text, "--path", "."]) == 2
     assert capsys.readouterr().err == f"guild: error: {message}\n"
+
+
+def test_the_example_process_does_the_demo_refactor_in_three_steps(
+    codebase: tuple[Path, dict[str, int]], tmp_path: Path
+) -> None:
+    from guildcore import Guild
+
+    root, expected = codebase
+    process = str(REPO / ".guild" / "processes" / "refactor.yaml")
+    inputs = {"path": str(root), "old": "result", "new": "outcome"}
+    with Guild(max_agents=2, caching={"path": str(tmp_path / "cache")}) as g:
+        run = g.run_process(process, **inputs)
+        report = run["report"]
+        assert [r.step for r in run.steps] == ["index", "rewrite", "report"]
+        assert report["files"] == 32 and report["root"] == str(root)
+        assert report["counts"] == {"changed": 13, "error": 1, "skipped": 15, "unchanged": 3}
+        assert report["occurrences"] == sum(expected.values())
+        assert report["changed_files"] == sorted(expected)  # tests/test_uses.py among them
+        assert run.record("rewrite").items == 32 and run.record("rewrite").cache_hits == 0
+
+        again = g.run_process(process, **inputs)
+        assert again["report"] == report
+        assert [r.cache_hits for r in again.steps] == [0, 32, 1]  # index stats files every run
+
+        (root / "plain_0.py").write_text("def result():\n    return 1\n")  # one file changes
+        changed = g.run_process(process, **inputs)
+        assert changed.record("rewrite").cache_hits == 31  # only that file is read again
+        assert changed["report"]["counts"]["changed"] == 14
+
+        excluded = g.run_process(process, **inputs, exclude=["tests"])
+        assert excluded["report"]["files"] == 30

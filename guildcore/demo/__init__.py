@@ -1,7 +1,8 @@
 """``guild demo``: a CPU-bound codemod over a real codebase, three ways.
 
 Renames one identifier across a codebase (by default the running Python's
-standard library, test folders left out) with ``ast``: a symbol index built
+standard library, test folders left out; a folder given with ``--path``
+whole, tests included, but for ``--exclude`` globs) with ``ast``: a symbol index built
 in the pool and shared as context lets agents skip files that cannot
 contain the name; every file's new source is hashed, not written, unless
 ``--write``. The same work is timed sequentially (a sample, extrapolated),
@@ -51,12 +52,12 @@ def run_demo(opts: DemoOptions, *, write: bool = False) -> dict[str, Any]:
     from guildcore.config import load_config
     from guildcore.demo.index import summarize
     from guildcore.demo.report import build_report
-    from guildcore.demo.sources import SKIP_DIRS, discover
+    from guildcore.demo.sources import discover
     from guildcore.metrics import recorded_run
     from guildcore.metrics.run import store_path
 
     t0 = time.perf_counter()
-    files = evenly_spaced(discover(opts.root), opts.subset)
+    files = evenly_spaced(discover(opts.root, skip_dirs=opts.skip_dirs, exclude=opts.exclude), opts.subset)
     clear_store(opts.cache_dir)
     # One run in the project's history (guild stats / report / doctor), not
     # in the demo's own cache folder: its Guilds are recorded together.
@@ -78,7 +79,8 @@ def run_demo(opts: DemoOptions, *, write: bool = False) -> dict[str, Any]:
             "path": opts.root,
             "files": len(files),
             "bytes": sum(s.size for s in files),
-            "skipped_dirs": sorted(SKIP_DIRS),
+            "skipped_dirs": sorted(opts.skip_dirs),
+            "excluded": list(opts.exclude),
         },
         rename={"old": opts.old, "new": opts.new},
         index=summarize(indexes, opts.old, opts.new),

@@ -23,8 +23,13 @@ def default_cache_dir() -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--path", metavar="FOLDER", help="codebase to refactor (default: this Python's stdlib)"
-    )
+        "--path", metavar="FOLDER",
+        help="codebase to refactor, test folders included (default: this Python's stdlib, tests left out)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB",
+        help="skip folders whose name or path below FOLDER matches GLOB (tests, 'pkg/vendored'); repeatable",
+    )  # fmt: skip
     parser.add_argument(
         "--rename", default=DEFAULT_RENAME, metavar="OLD=NEW",
         help=f"identifier to rename (default: {DEFAULT_RENAME})",
@@ -64,7 +69,7 @@ def parse_rename(text: str) -> tuple[str, str]:
 
 def run_command(args: argparse.Namespace) -> int:
     from guildcore.demo import DemoOptions, run_demo
-    from guildcore.demo.sources import default_root
+    from guildcore.demo.sources import SKIP_DIRS, STDLIB_SKIP_DIRS, default_root
 
     try:
         old, new = parse_rename(args.rename)
@@ -85,6 +90,10 @@ def run_command(args: argparse.Namespace) -> int:
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else default_cache_dir(),
         agents=args.agents,
         sample=args.sample,  # progress bars go to stderr, and only to a terminal
+        # A project's tests are part of it (a rename must reach them); the
+        # stdlib sample leaves its test suites out.
+        skip_dirs=SKIP_DIRS if args.path else STDLIB_SKIP_DIRS,
+        exclude=tuple(args.exclude),
     )
     if not args.json:
         print(f"# guild demo: renaming {old} -> {new} under {root}", flush=True)

@@ -28,7 +28,7 @@ import xxhash
 
 from guildcore.demo.index import FileIndex, context_mapping, index_file, index_item, mentions_of
 from guildcore.demo.refactor import CHANGED, Outcome, refactor_file, refactor_path, rewrite_file
-from guildcore.demo.sources import SourceFile
+from guildcore.demo.sources import SKIP_DIRS, SourceFile
 
 __all__ = [
     "DemoOptions",
@@ -53,6 +53,8 @@ class DemoOptions:
     per_agent: str = "1GB"  # parsing a big module takes tens of MB; leave room
     progress: bool = True
     subset: int = 0  # 0: every file; N: N files evenly spaced (benchmarks' quick mode)
+    skip_dirs: frozenset[str] = SKIP_DIRS  # folder names never walked (STDLIB_SKIP_DIRS: tests too)
+    exclude: tuple[str, ...] = ()  # --exclude globs
 
 
 @dataclass

@@ -66,7 +66,7 @@ def render(report: Mapping[str, Any]) -> str:
     lines = [
         f"codebase: {cb['path']}",
         f"  {cb['files']} files, {format_bytes(cb['bytes'])} "
-        f"(skipped folders: {', '.join(cb['skipped_dirs'])})",
+        f"(skipped folders: {', '.join([*cb['skipped_dirs'], *cb.get('excluded', [])]) or 'none'})",
         f"rename: {rn['old']} -> {rn['new']}",
         f"index: {ix['top_level_definitions']} top-level definitions in {ix['modules']} modules; "
         f"{rn['old']!r} defined in {ix['modules_defining_old']}, mentioned in "

@@ -1,24 +1,45 @@
-"""Which files the demo refactors: a walk of one folder, test folders left out.
+"""Which files the demo refactors: a walk of one folder, some folders left out.
 
-Covers finding the ``.py`` files under a root, the rule that leaves test
-suites and installed packages out, and each file's content digest (the
-cache key part that makes a changed file a miss). Does not read or parse
-sources beyond hashing them: ``index`` and ``refactor`` do that, in agents.
+Covers finding the ``.py`` files under a root, the rules that leave folders
+out, and each file's content digest (the cache key part that makes a
+changed file a miss). Does not read or parse sources beyond hashing them:
+``index`` and ``refactor`` do that, in agents.
+
+Which folders are the codebase: a rename must leave a codebase consistent,
+so a project's own tests are renamed with the code they test (a test that
+still says ``expr`` after ``expr`` became ``expression`` is broken). So under
+a folder given with ``--path`` every folder is walked but installed packages
+(``site-packages``), bytecode caches and hidden folders (``.git``,
+``.venv``), and those matching an ``--exclude`` glob. The default codebase,
+the running Python's standard library, keeps test suites out
+(``STDLIB_SKIP_DIRS``): they hold deliberately broken sources, and the
+stdlib is a sample to time, not a project to keep consistent.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import sysconfig
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import xxhash
 
-__all__ = ["SKIP_DIRS", "SourceFile", "default_root", "discover", "skipped"]
+__all__ = [
+    "SKIP_DIRS",
+    "STDLIB_SKIP_DIRS",
+    "SourceFile",
+    "default_root",
+    "discover",
+    "excluded",
+]
 
-# A path with one of these components is not refactored: test suites (and
-# their deliberately broken sources) and third-party code.
-SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__"})
+# Never part of a codebase: installed third-party code and bytecode caches
+# (hidden folders are left out too).
+SKIP_DIRS = frozenset({"site-packages", "__pycache__"})
+# The standard library default also leaves its test suites out.
+STDLIB_SKIP_DIRS = SKIP_DIRS | {"test", "tests", "idle_test"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,18 +56,28 @@ def default_root() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-def skipped(rel: str) -> bool:
-    """Whether the relative path ``rel`` is left out (covers ``lib2to3/tests``)."""
-    return any(part in SKIP_DIRS for part in rel.split("/"))
+def excluded(rel_dir: str, name: str, exclude: Sequence[str]) -> bool:
+    """Whether folder ``name`` (at ``rel_dir/name`` below the root) matches an ``--exclude`` glob.
+
+    A glob matches the folder's name (``tests``, ``test_*``) or its path
+    below the root (``pkg/vendored``, ``*/fixtures``).
+    """
+    path = rel_dir + name
+    return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(path, g.rstrip("/")) for g in exclude)
 
 
-def discover(root: str) -> list[SourceFile]:
-    """Every ``.py`` file under ``root`` not in a skipped folder, sorted by path."""
+def discover(
+    root: str, *, skip_dirs: Collection[str] = STDLIB_SKIP_DIRS, exclude: Sequence[str] = ()
+) -> list[SourceFile]:
+    """Every ``.py`` file under ``root`` outside skipped and excluded folders, sorted by path."""
     found: list[SourceFile] = []
     for folder, dirs, files in os.walk(root):
         rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
         rel_folder = "" if rel_folder == "." else rel_folder + "/"
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        dirs[:] = sorted(
+            d for d in dirs
+            if d not in skip_dirs and not d.startswith(".") and not excluded(rel_folder, d, exclude)
+        )  # fmt: skip
         for name in files:
             if not name.endswith(".py"):
                 continue

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
+from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.iterators import MAX_AUTO_CHUNK, ImapRun, StreamIterator
 from guildcore.engine.lazymain import check_not_importing_main
@@ -37,11 +38,13 @@ from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
 from guildcore.engine.task import Task
+from guildcore.engine.taskgroup import current_group
 from guildcore.errors import ConfigError, ShutdownError
 
 if TYPE_CHECKING:
     from guildcore.engine.resultcache import ResultCache
     from guildcore.metrics import Alert, Run, RunRecorder
+    from guildcore.process import Process, ProcessRun
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -186,12 +189,18 @@ class Guild:
                 memory_probe=read_private_bytes,
                 on_alert=on_alert,
             )
+        preload = self.config.optimization.preload_modules()
+        if self.config.optimization.preload is True or any(m.startswith("process:") for m in preload):
+            # The modules of named processes, or of those this project ran last.
+            from guildcore.process.preload import expand_preload
+
+            preload = expand_preload(self.config)
         starter = AgentStarter(
             start_method=self.config.pool.start_method,
             limit_bytes=self.config.limits.per_agent,
             initializer=initializer,
             initargs=tuple(initargs),
-            preload=self.config.optimization.preload_modules(),
+            preload=preload,
             result_threshold=_result_threshold(self.config),
             # @cached inside a task: the same store and caching settings as this Guild.
             cache_env=agent_cache_env(self.config),
@@ -204,6 +213,7 @@ class Guild:
         self._router = Router()
         self._routing = self._settings.parallel and self.config.parallelization.strategy in ("auto", "adaptive")
         self._context_digest: bytes | None = None
+        self._duplicates = DuplicateCounter()  # identical items of cached maps, run once
         # Segments of supervisors that died without cleaning up (SIGKILL).
         sweep_stale()
         if not self._settings.parallel:
@@ -250,7 +260,7 @@ class Guild:
         task_id = self._supervisor.new_task_id()
         # The task holds the context generation current at submit time.
         ctx_ref = self._contexts.acquire(task_id) if self._contexts.current is not None else None
-        return Task(
+        task = Task(
             id=task_id,
             ctx_ref=ctx_ref,
             on_done=self._release_context if ctx_ref is not None else None,
@@ -264,6 +274,10 @@ class Guild:
             retries=self._retries(retries),
             n_items=n_items,
         )
+        group = current_group()  # a process step's tasks, cancelled together on fail_fast
+        if group is not None:
+            group.add(task.future, n_items)
+        return task
 
     def _release_context(self, task: Task) -> None:
         self._contexts.release(task.id)
@@ -524,9 +538,14 @@ class Guild:
         hits = self._record_lookup(fn, item_keys, out)
         from guildcore.engine.resultcache import MISS
 
-        todo = [i for i, value in enumerate(out) if value is MISS]
-        if not todo:
+        missed = [i for i, value in enumerate(out) if value is MISS]
+        if not missed:
             return out
+        # cache=True promises that equal items give equal results: each key
+        # runs once (see engine.batching for why plain maps do not do this).
+        run, source = group_by_key([item_keys[i] for i in missed])
+        todo = [missed[r] for r in run]
+        self._duplicates.add(len(missed) - len(todo))
         size = self._resolve_chunksize(chunksize, len(todo))
         tasks: list[Task] = []
         for start in range(0, len(todo), size):
@@ -539,7 +558,7 @@ class Guild:
             tasks.append(task)
         bar = Progress(len(todo), enabled=progress, label=describe(fn), status=self._live, cache_hits=hits)
         computed = self._gather(tasks, bar)
-        for i, value in zip(todo, computed, strict=True):
+        for i, value in zip(missed, spread(computed, source), strict=True):
             out[i] = value
         return out
 
@@ -646,6 +665,21 @@ class Guild:
         sup.submit([task])
         return StreamIterator(task.stream, task.future)
 
+    # ------------------------------------------------------------ processes
+
+    def run_process(self, process: str | Process, /, **inputs: Any) -> ProcessRun:
+        """Run a process: ``.guild/processes/NAME.yaml``, a YAML path, or a ``Process``.
+
+        Each step starts as soon as the steps it needs have finished, and each
+        step (each item of a map step) is cached. Returns the step outputs as
+        a mapping (``run["total"]``) with the step timeline; raises
+        ``ProcessFailed`` (holding the partial run) if a step failed.
+        """
+        self._check_open()
+        from guildcore.process.runner import run  # the workflow layer, on this Guild's API
+
+        return run(self, process, inputs)
+
     # -------------------------------------------------------------- lifecycle
 
     def stats(self) -> dict[str, Any]:
@@ -666,6 +700,7 @@ class Guild:
             snap["cache"] = self._results.stats() if self._results is not None else None
         snap["routing"] = self._router.stats()
         snap["metrics"] = self._metrics_summary()
+        snap["batching"] = self._duplicates.stats()
         current = self._contexts.current
         snap["context"] = {
             "generation": self._contexts.generation,
