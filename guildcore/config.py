@@ -141,7 +141,7 @@ class PoolConfig:
         "least_loaded", choice("least_loaded", "round_robin"), "which agent gets a task"
     )
     start_method: str = _setting(
-        "forkserver", choice("forkserver", "fork", "spawn"), "how agents start"
+        "auto", choice("auto", "forkserver", "fork", "spawn"), "auto: fork from a template when safe, else forkserver"
     )
     prefetch: int = _setting(2, integer(0), "tasks sent ahead to a busy agent")
     max_tasks_per_agent: int | None = _setting(

@@ -1,7 +1,9 @@
-"""Agents run the caller's script only when a task needs a name from it.
+"""Forkserver agents run the caller's script only when a task needs a name from it.
 
 Each script appends its pid to a marker file at import, outside any guard,
-so the marker counts how many processes ran the script.
+so the marker counts how many processes ran the script. The scripts pin
+``start_method: forkserver``; agents forked from a template inherit the
+script instead (``test_template.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ sys.path.insert(0, {TESTS!r})
 def _run(tmp_path: Path, body: str, *, module: bool = False) -> subprocess.CompletedProcess[str]:
     (tmp_path / "job.py").write_text(MARK + textwrap.dedent(body))
     argv = [sys.executable, "-m", "job"] if module else [sys.executable, str(tmp_path / "job.py")]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    env = {**os.environ, "GUILD_POOL__START_METHOD": "forkserver"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(tmp_path), env=env)
 
 
 def _runs(tmp_path: Path) -> list[int]:

@@ -47,10 +47,6 @@ if TYPE_CHECKING:
     # Imported where used: only big results and streams need shared memory.
     from guildcore.engine import shmbuf
 
-# The forkserver preloads this module: from then on its agents run the
-# caller's script only when a task needs a name from it.
-lazymain.install_hooks()
-
 # Task modes: how the payload of a TASK frame is applied to the function.
 MODE_CALL = 0  # payload = [args, kwargs]          -> fn(*args, **kwargs)
 MODE_MAP = 1  # payload = [item, item, ...]        -> [fn(item), ...]
@@ -86,6 +82,7 @@ class AgentSettings:
         "initargs",
         "initializer",
         "limit_bytes",
+        "main",
         "preload",
         "report_stats",
         "result_threshold",
@@ -104,7 +101,7 @@ class AgentSettings:
         forked: bool = False,
         result_threshold: int | None = None,
         supervisor_pid: int = 0,
-        report_stats: bool = False,
+        main: tuple[str, str] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.limit_bytes = limit_bytes
@@ -118,8 +115,9 @@ class AgentSettings:
         # shared-memory segment named after the supervisor (shmbuf.result_name).
         self.result_threshold = result_threshold
         self.supervisor_pid = supervisor_pid
-        # Send STATS after every task, not only map chunks (metrics are on).
-        self.report_stats = report_stats
+        # How the caller's script was started (``lazymain.caller_main``), for
+        # agents that do not inherit its ``__main__``.
+        self.main = main
 
 
 class _Control:
@@ -605,6 +603,7 @@ def agent_main(conn: Any, settings: AgentSettings) -> None:
     # the whole process group, and an agent must not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_parent_death_signal()
+    lazymain.ensure_main(settings.main)
     limits.apply_hard_cap(settings.limit_bytes)
     for key, value in (settings.cache_env or {}).items():
         os.environ[key] = value

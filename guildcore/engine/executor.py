@@ -176,26 +176,7 @@ class Guild:
         if config is not None and overrides:
             raise ConfigError("pass either config= or keyword overrides to Guild, not both", key="config")
         self._settings = _settings_from(self.config)
-        self._run: Run | None = None
-        self._recorder: RunRecorder | None = None
-        if self.config.monitoring.metrics:
-            from guildcore.engine.limits import read_private_bytes
-            from guildcore.metrics.run import guild_recorder
-
-            self._run, self._recorder = guild_recorder(
-                self.config,
-                max_agents=self._settings.max_agents,
-                min_agents=self._settings.min_agents,
-                memory_probe=read_private_bytes,
-                on_alert=on_alert,
-            )
-        preload = self.config.optimization.preload_modules()
-        if self.config.optimization.preload is True or any(m.startswith("process:") for m in preload):
-            # The modules of named processes, or of those this project ran last.
-            from guildcore.process.preload import expand_preload
-
-            preload = expand_preload(self.config)
-        starter = AgentStarter(
+        self._starter = starter = AgentStarter(
             start_method=self.config.pool.start_method,
             limit_bytes=self.config.limits.per_agent,
             initializer=initializer,
@@ -699,8 +680,7 @@ class Guild:
             snap["closed"] = False
             snap["cache"] = self._results.stats() if self._results is not None else None
         snap["routing"] = self._router.stats()
-        snap["metrics"] = self._metrics_summary()
-        snap["batching"] = self._duplicates.stats()
+        snap["start_method"] = self._starter.method
         current = self._contexts.current
         snap["context"] = {
             "generation": self._contexts.generation,
@@ -800,8 +780,7 @@ class Guild:
             self._final_cache_stats = results.stats()
             results.close()
         self._contexts.close()
-        if self._run is not None and self._recorder is not None:
-            self._run.guild_closed(self._recorder, self._final_cache_stats)
+        self._starter.close()  # after the owner loop has reaped every agent
 
     def __enter__(self) -> Guild:
         return self
