@@ -51,7 +51,7 @@ def test_tasks_from_modules_never_run_the_script_in_agents(tmp_path: Path) -> No
 
         if __name__ == "__main__":
             with Guild(max_agents=2, min_agents=2) as g:
-                print(g.map(faults.inc, range(100)) == list(range(1, 101)))
+                print(g.map(faults.inc, range(100), chunksize=10) == list(range(1, 101)))
         """,
     )
     assert proc.returncode == 0, proc.stderr
@@ -86,7 +86,7 @@ def test_names_from_the_script_load_it_on_first_use(tmp_path: Path) -> None:
 
         if __name__ == "__main__":
             with Guild(max_agents=2, min_agents=2, initializer=setup, initargs=(Point(100),)) as g:
-                print(sum(g.map(square, range(10))), g.submit(getx, Point(5)).result(), g.submit(offset, 1).result())
+                print(sum(g.map(square, range(10), chunksize=1)), g.submit(getx, Point(5)).result(), g.submit(offset, 1).result())
         """,
     )
     assert proc.returncode == 0, proc.stderr
@@ -154,7 +154,7 @@ def test_an_unguarded_script_with_functions_from_modules_runs_once(tmp_path: Pat
         from guildcore import Guild
 
         g = Guild(max_agents=2, min_agents=2)
-        print("work", g.map(faults.inc, range(5)))
+        print("work", g.map(faults.inc, range(5), chunksize=1))
         g.shutdown()
         """,
     )
@@ -175,7 +175,7 @@ def test_an_unguarded_script_needing_its_own_functions_gets_the_fix(tmp_path: Pa
         g = Guild(max_agents=1)
         print("work", flush=True)
         try:
-            g.map(square, range(5))
+            g.map(square, range(5), chunksize=1)
         finally:
             g.shutdown()
         """,
@@ -200,7 +200,7 @@ def test_a_main_module_run_with_dash_m_loads_lazily(tmp_path: Path) -> None:
         if __name__ == "__main__":
             with Guild(max_agents=1) as g:
                 before = len(open("mark").read().split())
-                print(g.submit(faults.inc, 1).result(), before, g.map(cube, [1, 2, 3]))
+                print(g.submit(faults.inc, 1).result(), before, g.map(cube, [1, 2, 3], chunksize=1))
         """,
         module=True,
     )

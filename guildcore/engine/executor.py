@@ -14,7 +14,6 @@ after submission (``supervisor``).
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import threading
 import time
@@ -26,14 +25,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
+from guildcore.engine import chunking
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
 from guildcore.engine.functions import describe, spec_for
-from guildcore.engine.iterators import MAX_AUTO_CHUNK, ImapRun, StreamIterator
+from guildcore.engine.iterators import ImapRun, StreamIterator
 from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
-from guildcore.engine.routing import MAX_INLINE_BATCH_S, Route, Router, decide
+from guildcore.engine.routing import (
+    MAX_INLINE_BATCH_S,
+    MAX_INLINE_ITEM_S,
+    Decision,
+    Router,
+    RoutingStore,
+    codec_cost_per_item,
+    decide,
+)
 from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
@@ -42,6 +50,7 @@ from guildcore.engine.taskgroup import current_group
 from guildcore.errors import ConfigError, ShutdownError
 
 if TYPE_CHECKING:
+    from guildcore.cache import TieredCache
     from guildcore.engine.resultcache import ResultCache
     from guildcore.metrics import Alert, Run, RunRecorder
     from guildcore.process import Process, ProcessRun
@@ -51,22 +60,12 @@ R = TypeVar("R")
 
 _DEFAULT: Any = object()  # "use the configured value" (None means "none")
 
-# Chunks per agent that map(chunksize='auto') aims for: enough that the last
-# chunk's tail is short (load balance), few enough that per-chunk overhead
-# (a frame each way, ~50 µs) stays far below the work.
-_CHUNKS_PER_AGENT = 16
-# map(chunksize='auto') chunks are guided: each takes 1/(agents * held * this)
-# of the items still unchunked, never fewer than the auto size, where held is
-# what one agent may hold (1 + pool.prefetch). Few, large chunks keep
-# per-chunk costs low; the last chunks stay small so that agents finish
-# together on uneven work. Dividing by held too matters: an agent is sent its
-# prefetched chunks at once, and no other agent can take them back, so big
-# prefetched chunks would fix half the batch to agents before any finished.
-_GUIDED_SHARE = 2
-
 # An inline batch may run this long whatever its prediction: below it,
 # timing noise is not a reason to give up the inline path.
 _INLINE_SLACK_S = 0.05
+# Items run here in slices of about this long at most, so that an inline run
+# notices soon that an agent is ready or that items got slow.
+_SLICE_S = 0.002
 
 _live: weakref.WeakSet[Guild] = weakref.WeakSet()
 # Set when interpreter exit begins: from then on every submit raises, as the
@@ -104,16 +103,6 @@ except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
 # threads, so at its exit _shutdown_all_at_exit would wait for them forever.
 # Those Guilds belong to the parent.
 os.register_at_fork(after_in_child=_live.clear)
-
-
-def _codec_cost_per_item(items: list[Any], sample: int = 256) -> float:
-    """The supervisor's codec work per item (encode + decode) on a sample of ``items``."""
-    from guildcore import codec
-
-    part = items[:sample]
-    t0 = time.perf_counter()
-    codec.decode(codec.encode(part))
-    return (time.perf_counter() - t0) / len(part)
 
 
 def _settings_from(config: Config) -> SupervisorSettings:
@@ -187,12 +176,17 @@ class Guild:
             cache_env=agent_cache_env(self.config),
             report_stats=self._recorder is not None,
         )
+        self._cache: TieredCache | None = None
         self._results: ResultCache | None = None
         self._final_cache_stats: dict[str, Any] | None = None
         self._results_lock = threading.Lock()
         self._contexts = ContextRegistry()
-        self._router = Router()
-        self._routing = self._settings.parallel and self.config.parallelization.strategy in ("auto", "adaptive")
+        self._router = Router(
+            agents=self._settings.max_agents,
+            agent_set=f"{self._settings.max_agents}/{starter.method}/{self.config.limits.per_agent}",
+            store=self._routing_store(),
+        )
+        self._routing = self._settings.parallel and self.config.parallelization.strategy == "auto"
         self._context_digest: bytes | None = None
         self._duplicates = DuplicateCounter()  # identical items of cached maps, run once
         # Segments of supervisors that died without cleaning up (SIGKILL).
@@ -281,20 +275,42 @@ class Guild:
 
     # ----------------------------------------------------------- caching
 
-    def _result_cache(self) -> ResultCache:
+    def _tiers(self) -> TieredCache:
+        """The Guild's one handle on the cache store (results and routing), opened on first use."""
         with self._results_lock:
-            if self._results is None:
+            if self._cache is None:
                 # Imported on first use: the cache stores (lmdb, xxhash) cost
                 # ~60 ms of import, which a Guild that never caches skips.
                 from guildcore.cache import TieredCache
+
+                self._cache = TieredCache.from_config(self.config)
+            return self._cache
+
+    def _result_cache(self) -> ResultCache:
+        cache = self._tiers()
+        with self._results_lock:
+            if self._results is None:
                 from guildcore.engine.resultcache import ResultCache
 
-                self._results = ResultCache(TieredCache.from_config(self.config))
+                self._results = ResultCache(cache)
             return self._results
 
-    def _check_open(self, after_shutdown: str = "cannot submit: this Guild is shut down; create a new Guild") -> None:
-        if _interpreter_exiting.is_set():
-            raise ShutdownError("cannot schedule new futures after interpreter shutdown")
+    def _routing_store(self) -> RoutingStore | None:
+        """Where routing decisions persist: the store's ``routing`` namespace (None: caching off)."""
+        caching = self.config.caching
+        if not caching.enabled:
+            return None
+        path = self.config.cache_path()
+        policy = caching.namespaces.get("routing")
+        return RoutingStore(
+            path,
+            ttl_s=policy.ttl if policy is not None else None,
+            open_cache=self._tiers,
+            # Opening the store costs imports; a folder without one has nothing to read.
+            exists=lambda: os.path.exists(os.path.join(path, "data.mdb")),
+        )
+
+    def _check_open(self) -> None:
         if self._is_shutdown:
             raise ShutdownError(after_shutdown)
 
@@ -347,19 +363,21 @@ class Guild:
         return task.future
 
     def _auto_chunksize(self, n: int) -> int:
-        agents = max(1, self._settings.max_agents)
-        return max(1, min(MAX_AUTO_CHUNK * 4, math.ceil(n / (agents * _CHUNKS_PER_AGENT))))
+        return chunking.auto_size(n, self._settings.max_agents)
 
     def _chunk_tasks(
         self, fn: Callable[..., Any], items: list[Any], chunksize: int, mode: int, *, guided: bool = False, **opts: Any
     ) -> list[Task]:
         """Chunks of ``chunksize`` items; ``guided``: larger first, down to ``chunksize`` at the end."""
+        if guided:
+            sizes = chunking.guided_sizes(
+                len(items), chunksize, agents=self._settings.max_agents, held=1 + self._settings.prefetch
+            )
+        else:
+            sizes = [chunksize] * -(-len(items) // chunksize)
         tasks = []
-        n = len(items)
-        share = max(1, self._settings.max_agents) * (1 + self._settings.prefetch) * _GUIDED_SHARE
         start = 0
-        while start < n:
-            size = max(chunksize, -(-(n - start) // share)) if guided else chunksize
+        for size in sizes:
             chunk = items[start : start + size]
             tasks.append(self._make_task(fn, mode, chunk, n_items=len(chunk), **opts))
             start += size
@@ -422,22 +440,124 @@ class Guild:
             return []
         if cache:
             return self._map_cached(fn, items, mode, chunksize, progress, priority, timeout, retries)
+        bar = Progress(len(items), enabled=progress, label=describe(fn))
         # Routing applies to defaults only: an explicit chunksize, timeout or
-        # retries asks for the pool's machinery.
-        routable = chunksize == "auto" and timeout is _DEFAULT and retries in (None, _DEFAULT)
-        done: list[Any] = []
-        if routable and self._routing and self._route(fn, items).inline:
-            done = self._map_inline(fn, items, mode)
-            if len(done) == len(items):
-                return done
-            items = items[len(done) :]  # items far slower than measured: the rest go to the pool
-            self._router.sent_back(len(items))
+        # retries asks for the pool's machinery (isolation).
+        if self._routing and chunksize == "auto" and timeout is _DEFAULT and retries in (None, _DEFAULT):
+            return self._map_routed(fn, items, mode, bar, priority)
         size = self._resolve_chunksize(chunksize, len(items))
         tasks = self._chunk_tasks(
             fn, items, size, mode, guided=chunksize == "auto", priority=priority, timeout=timeout, retries=retries
         )
-        rest = self._gather(tasks, Progress(len(items), enabled=progress, label=describe(fn), status=self._live))
-        return done + rest if done else rest
+        return self._gather(tasks, bar)
+
+    def _map_routed(self, fn: Callable[..., Any], items: list[Any], mode: int, bar: Progress, priority: int) -> list[Any]:
+        """A default ``map``: inline or in the pool as routing decides; measured and remembered.
+
+        A remembered decision applies from the first item. Without one, while
+        no agent is ready yet, items run here in short timed slices; once an
+        agent is up, the rest goes to the pool unless the items proved too
+        cheap to ship. With agents up and nothing remembered, the pool runs
+        the batch and its agents time it.
+        """
+        router = self._router
+        pattern = router.pattern(fn, items, starmap=mode == MODE_STARMAP)
+        decision = router.lookup(pattern)
+        n = len(items)
+        done: list[Any] = []
+        item_s = decision.item_s if decision is not None else 0.0
+        if decision is not None and decision.inline:
+            done, elapsed = self._run_here(fn, items, mode, bar, until=self._slower_than(decision.item_s))
+            router.count_inline(len(done))
+            if len(done) == n:
+                return done
+            item_s = elapsed / len(done)  # far slower than remembered: measured again
+        elif decision is None and not self._supervisor.booted.is_set():
+            done, elapsed = self._run_here(fn, items, mode, bar, until=self._agents_ready(items))
+            router.count_inline(len(done), booting=True)
+            item_s = elapsed / len(done)
+            if len(done) == n:
+                router.record(pattern, self._decide(items, item_s, n))
+                return done
+        rest = items[len(done) :] if done else items
+        if done:
+            router.count_handoff(len(rest))
+        else:
+            router.count_pool()
+        size = chunking.measured_size(
+            len(rest),
+            self._settings.max_agents,
+            item_s=item_s,
+            result_bytes=decision.result_bytes if decision is not None else 0,
+        )
+        tasks = self._chunk_tasks(fn, rest, size, mode, guided=True, priority=priority)
+        out = self._gather(tasks, bar)
+        router.record(pattern, self._decide(items, _agents_item_s(tasks) or item_s, n, results=out))
+        return done + out if done else out
+
+    def _decide(self, items: list[Any], item_s: float, n: int, results: list[Any] | None = None) -> Decision:
+        """The decision the measurements support (the codec sample only where it can matter)."""
+        ipc_s = codec_cost_per_item(items) if item_s <= MAX_INLINE_ITEM_S else 0.0
+        result_bytes = _result_bytes(results) if results else 0
+        return decide(item_s=item_s, ipc_s=ipc_s, n_items=n, agents=self._settings.max_agents, result_bytes=result_bytes)
+
+    def _agents_ready(self, items: list[Any]) -> Callable[[int, float], bool]:
+        """Stop an inline run once an agent is ready, unless its items proved cheaper here."""
+        booted = self._supervisor.booted
+        settled: list[bool] = []  # [True] once the items proved cheaper here than shipped
+
+        def stop(done: int, elapsed: float) -> bool:
+            if settled:
+                return elapsed > MAX_INLINE_BATCH_S
+            if not booted.is_set():
+                return False
+            if not self._decide(items, elapsed / done, len(items)).inline:
+                return True
+            settled.append(True)
+            return False
+
+        return stop
+
+    def _slower_than(self, predicted_s: float) -> Callable[[int, float], bool]:
+        """Stop an inline run that runs 10x over its prediction, or past ``MAX_INLINE_BATCH_S``."""
+
+        def stop(done: int, elapsed: float) -> bool:
+            budget = max(_INLINE_SLACK_S, 10 * predicted_s * done)
+            return elapsed > budget or elapsed > MAX_INLINE_BATCH_S
+
+        return stop
+
+    def _run_here(
+        self, fn: Callable[..., Any], items: list[Any], mode: int, bar: Progress, *, until: Callable[[int, float], bool]
+    ) -> tuple[list[Any], float]:
+        """Run items in this thread, in timed slices, until done or ``until(done, elapsed)``.
+
+        Slices double in size, with the clock read between them (a read per
+        item would cost as much as ``x + 1``), up to about ``_SLICE_S`` each,
+        so that ``until`` is asked often enough. Returns the results so far
+        (at least one) and the seconds they took.
+        """
+        apply = map if mode == MODE_MAP else itertools.starmap
+        out: list[Any] = []
+        current = self._contexts.current
+        n = len(items)
+        pending = iter(items)  # islice over one iterator: no copy of the list per slice
+        step = 1
+        start = time.perf_counter()
+        elapsed = 0.0
+        with task_scope(current.ref if current is not None else None):
+            while len(out) < n:
+                before = len(out)
+                out.extend(apply(fn, itertools.islice(pending, step)))
+                elapsed = time.perf_counter() - start
+                bar.advance(len(out) - before)
+                if len(out) < n and until(len(out), elapsed):
+                    break
+                per_item = elapsed / len(out)
+                step = 2 * step if per_item <= 0 else max(1, min(2 * step, int(_SLICE_S / per_item)))
+        if len(out) == n:
+            bar.close()
+        return out, elapsed
 
     def _gather(self, tasks: list[Task], bar: Progress) -> list[Any]:
         """Submit chunk tasks and concatenate their results in order."""
@@ -455,51 +575,6 @@ class Guild:
             raise
         finally:
             bar.close()
-        for task in tasks:
-            if task.compute_s is not None and isinstance(task.spec, str):
-                self._router.observe(task.spec, task.n_items, task.compute_s)
-        return out
-
-    def _route(self, fn: Callable[..., Any], items: list[Any]) -> Route:
-        """Inline or pool for this batch, from the agents' last measurement of ``fn``."""
-        spec = spec_for(fn)
-        item_s = self._router.item_s(spec) if isinstance(spec, str) else None
-        route = decide(item_s=item_s, ipc_s=_codec_cost_per_item(items), n_items=len(items), agents=self._settings.max_agents)
-        self._router.count(route, len(items))
-        return route
-
-    def _map_inline(self, fn: Callable[..., Any], items: list[Any], mode: int) -> list[Any]:
-        """Run a batch of tiny items here: shipping them would cost more than computing them.
-
-        Items run in slices that double in size, with the clock read between
-        slices (a read per item would cost as much as ``x + 1``). Items can be
-        far slower than the measurement that sent them here (the same
-        function, bigger arguments): once the batch runs 10x over its
-        prediction, or past ``MAX_INLINE_BATCH_S``, what is done is returned
-        and the caller sends the rest to the pool; the new timing is recorded,
-        so the next batch of this function goes to the pool at once.
-        """
-        spec = spec_for(fn)
-        predicted = self._router.item_s(spec) if isinstance(spec, str) else None
-        apply = map if mode == MODE_MAP else itertools.starmap
-        out: list[Any] = []
-        current = self._contexts.current
-        start = time.perf_counter()
-        began = time.monotonic()
-        step = 1
-        pending = iter(items)  # islice over one iterator: no copy of the list per slice
-        with task_scope(current.ref if current is not None else None):
-            while len(out) < len(items):
-                out.extend(apply(fn, itertools.islice(pending, step)))
-                step *= 2
-                elapsed = time.perf_counter() - start
-                budget = max(_INLINE_SLACK_S, 10 * (predicted or 0.0) * len(out))
-                if len(out) < len(items) and (elapsed > budget or elapsed > MAX_INLINE_BATCH_S):
-                    if isinstance(spec, str):
-                        self._router.observe(spec, len(out), elapsed)
-                    break
-        if self._recorder is not None:
-            self._recorder.inline_batch(describe(fn), len(out), began, time.monotonic())
         return out
 
     def _map_cached(
@@ -774,11 +849,15 @@ class Guild:
         _live.discard(self)
 
     def _close_resources(self) -> None:
+        self._router.flush()  # decisions of this Guild go to the store for later runs
         with self._results_lock:
             results, self._results = self._results, None
+            cache, self._cache = self._cache, None
         if results is not None:
             self._final_cache_stats = results.stats()
-            results.close()
+            results.close()  # closes the shared store too
+        elif cache is not None:
+            cache.close()
         self._contexts.close()
         self._starter.close()  # after the owner loop has reaped every agent
 
@@ -801,6 +880,26 @@ def _result_threshold(config: Config) -> int | None:
     if not (config.streaming.enabled and config.optimization.streaming):
         return None
     return config.streaming.stream_threshold
+
+
+def _agents_item_s(tasks: list[Task]) -> float | None:
+    """Compute time per item, as the agents timed the chunks (None if none reported)."""
+    timed = [t for t in tasks if t.compute_s is not None]
+    items = sum(t.n_items for t in timed)
+    if not items:
+        return None
+    return sum(t.compute_s or 0.0 for t in timed) / items
+
+
+def _result_bytes(results: list[Any], sample: int = 4) -> int:
+    """Encoded bytes per result, from a few results spread over the list."""
+    from guildcore import codec
+
+    picks = results[:: max(1, len(results) // sample)][:sample]
+    try:
+        return sum(len(codec.encode(r)) for r in picks) // max(1, len(picks))
+    except Exception:
+        return 0
 
 
 def _advance_by(bar: Progress, n: int) -> Callable[[Future[Any]], None]:

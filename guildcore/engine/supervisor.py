@@ -132,6 +132,9 @@ class Supervisor:
         self._next_scale_check: float | None = None
         self.counters = _Counters()
         self._finished = threading.Event()
+        # Set when the first agent is ready: until then a map runs its items
+        # in the caller (the Guild's boot-time inline run).
+        self.booted = threading.Event()
         # One selector for the life of the loop, registered with the wake-up
         # pipe and every agent's pipe and sentinel as they come and go:
         # building one per wait (multiprocessing.connection.wait) cost ~40 µs
@@ -394,8 +397,7 @@ class Supervisor:
         if kind == Kind.READY:
             agent.baseline_private = int(fields[1]) if len(fields) > 1 else 0
             self._start_failures = 0
-            if self.recorder is not None:
-                self.recorder.agent_ready(agent.id, time.monotonic())
+            self.booted.set()
             if agent.state is AgentState.STARTING:
                 agent.set_state(AgentState.BUSY if agent.held else AgentState.IDLE)
                 agent.idle_since = time.monotonic()
