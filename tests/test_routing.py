@@ -45,9 +45,11 @@ def _slow(n: int) -> list[tuple[float, int]]:
 
 
 def test_decide_from_measurements() -> None:
-    assert routing.decide(item_s=60e-9, ipc_s=250e-9, n_items=200_000, agents=2).inline
-    # Items dearer than twice the codec work gain from two agents.
-    assert not routing.decide(item_s=600e-9, ipc_s=250e-9, n_items=1000, agents=2).inline
+    assert routing.decide(item_s=60e-9, ipc_s=50e-9, n_items=200_000, agents=2).inline
+    # Items dearer than shipping them (SHIP_FACTOR codec round trips) gain from two agents.
+    ship = routing.SHIP_FACTOR * 50e-9
+    assert routing.decide(item_s=1.9 * ship, ipc_s=50e-9, n_items=1000, agents=2).inline
+    assert not routing.decide(item_s=2.1 * ship, ipc_s=50e-9, n_items=1000, agents=2).inline
     assert not routing.decide(item_s=50e-6, ipc_s=1e-3, n_items=10, agents=2).inline  # too slow to inline
     assert not routing.decide(item_s=1e-6, ipc_s=1e-5, n_items=2_000_000, agents=2).inline  # batch too long
     assert routing.decide(item_s=1e-6, ipc_s=1e-7, n_items=10, agents=1).inline  # one agent never gains

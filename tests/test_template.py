@@ -1,7 +1,7 @@
 """Agents forked from a template of the caller: warm, and never forked from a thread.
 
-The template is forked by the thread that makes the Guild, only when it is
-the process's only Python thread; agents fork from the template. Scripts run
+The template is forked by the thread that first needs the pool, only when it
+is the process's only Python thread; agents fork from the template. Scripts run
 in subprocesses where the test needs a fresh interpreter (what the caller had
 imported when the Guild was made matters).
 """
@@ -93,7 +93,7 @@ def test_a_caller_with_threads_falls_back_to_the_forkserver() -> None:
         assert g.stats()["start_method"] == "fork"
 
 
-def test_agents_inherit_what_the_caller_had_when_the_guild_was_made(tmp_path: Path) -> None:
+def test_agents_inherit_what_the_caller_had_when_the_pool_started(tmp_path: Path) -> None:
     proc = _script(
         tmp_path,
         """
@@ -109,7 +109,9 @@ def test_agents_inherit_what_the_caller_had_when_the_guild_was_made(tmp_path: Pa
 
         def start():
             if __name__ == "__main__":
-                return Guild(max_agents=1)
+                g = Guild(max_agents=1)
+                print(g.submit(faults.pid).result(timeout=30) != os.getpid())  # the pool starts
+                return g
 
         g = start()
 
@@ -117,7 +119,6 @@ def test_agents_inherit_what_the_caller_had_when_the_guild_was_made(tmp_path: Pa
             return "found by running the script"
 
         if __name__ == "__main__":
-            print(g.submit(faults.pid).result(timeout=30) != os.getpid())
             print(g.submit(probe).result(timeout=30))
             print(g.submit(defined_after).result(timeout=30))
             print(open("marks").read().split())
@@ -139,9 +140,10 @@ def test_agents_inherit_what_the_caller_had_when_the_guild_was_made(tmp_path: Pa
     assert len(lines[3].split(",")) == 1, lines[3]
 
 
-def test_a_guild_made_while_a_module_is_imported_gives_agents_the_module_so_far(tmp_path: Path) -> None:
+def test_a_pool_started_while_a_module_is_imported_gives_agents_the_module_so_far(tmp_path: Path) -> None:
     # Agents never import the module again (it would make a Guild inside
-    # them): they see it as far as it got, as a fork at that moment would.
+    # them): they see it as far as it got when the pool started, as a fork
+    # at that moment would.
     proc = _script(
         tmp_path,
         """
@@ -160,11 +162,11 @@ def test_a_guild_made_while_a_module_is_imported_gives_agents_the_module_so_far(
             return 2 * x
 
         g = Guild(max_agents=1)
+        OUT = g.map(double, range(3), chunksize=1)  # the pool starts: the template is forked now
 
         def triple(x):
             return 3 * x
 
-        OUT = g.map(double, range(3), chunksize=1)
         try:
             g.map(triple, range(3), chunksize=1)
         except Exception as exc:
@@ -196,3 +198,16 @@ def test_a_lost_template_hands_over_to_the_forkserver() -> None:
         agent.wait(timeout=30)  # it dies with the template (parent-death signal)
         assert g.submit(faults.inc, 2, retries=2).result(timeout=60) == 3
         assert g.stats()["start_method"] == "forkserver"
+
+
+def test_a_cache_store_open_when_the_template_forks_keeps_storing(tmp_path: Path) -> None:
+    # The fork closes the caller's LMDB environment (never used across a
+    # fork) and it reopens with new handles: writes after it must use those.
+    cfg = {"caching": {"path": str(tmp_path / "cache")}}
+    with Guild(max_agents=1, **cfg) as g:
+        # The lookup opens the store; the pool (and its fork) starts after it.
+        assert g.map(faults.inc, range(40), chunksize=4, cache=True) == list(range(1, 41))
+        assert g.stats()["cache"]["items_missed"] == 40
+    with Guild(max_agents=1, **cfg) as g:
+        assert g.map(faults.inc, range(40), chunksize=4, cache=True) == list(range(1, 41))
+        assert g.stats()["cache"]["items_hit"] == 40

@@ -14,6 +14,7 @@ after submission (``supervisor``).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -63,6 +64,12 @@ _DEFAULT: Any = object()  # "use the configured value" (None means "none")
 # An inline batch may run this long whatever its prediction: below it,
 # timing noise is not a reason to give up the inline path.
 _INLINE_SLACK_S = 0.05
+# An inline run judges items cheaper or dearer than shipping them only once
+# it has run this long: a few items' time is mostly the first call's cost.
+_MEASURE_S = 0.001
+# A slice that ran this long times its items well enough (the clock's own
+# cost and jitter are far below it).
+_TIMEABLE_S = 50e-6
 # Items run here in slices of about this long at most, so that an inline run
 # notices soon that an agent is ready or that items got slow.
 _SLICE_S = 0.002
@@ -86,7 +93,12 @@ def _shutdown_all_at_exit() -> None:
     _interpreter_exiting.set()
     for guild in list(_live):
         try:
-            guild.shutdown(wait=True)
+            if guild._is_shutdown and guild._graceful:
+                if guild._started:
+                    guild._supervisor.join()
+                guild._close_resources()
+            else:
+                guild.shutdown(wait=True, cancel_futures=True, _kill=True)
         except Exception:
             pass
 
@@ -201,8 +213,30 @@ class Guild:
         self._supervisor = Supervisor(self._settings, starter, self._recorder)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
-        self._supervisor.start()
+        self._graceful = True  # no shutdown asked to cancel or kill: exit waits for queued work
+        # The pool (template, owner loop, agents) starts on first need: a
+        # script whose maps all run here never forks, and a fork made now
+        # would make this process copy every page it writes afterwards.
+        self._started = False
+        self._start_lock = threading.Lock()
         _live.add(self)
+
+    def _ensure_started(self) -> None:
+        """Start the pool now if it has not started: the template (if safe), the owner loop, agents."""
+        if self._started:
+            return
+        with self._start_lock:
+            if self._started or self._is_shutdown:
+                return
+            self._router.wait_loaded()  # Fork-safety: its reader thread ends before any fork
+            self._starter.prepare()
+            self._supervisor.start()
+            self._started = True
+
+    def _submit(self, tasks: list[Task]) -> None:
+        """Hand tasks to the supervisor, starting the pool first if needed."""
+        self._ensure_started()
+        self._supervisor.submit(tasks)
 
     # ----------------------------------------------------------- submitting
 
@@ -359,7 +393,7 @@ class Guild:
         task.raw_result = stream_result
         if cache:
             self._result_cache().store_when_done(task.future, item_keys, single=True)
-        self._supervisor.submit([task])
+        self._submit([task])
         return task.future
 
     def _auto_chunksize(self, n: int) -> int:
@@ -467,15 +501,14 @@ class Guild:
         done: list[Any] = []
         item_s = decision.item_s if decision is not None else 0.0
         if decision is not None and decision.inline:
-            done, elapsed = self._run_here(fn, items, mode, bar, until=self._slower_than(decision.item_s))
+            done, item_s = self._run_here(fn, items, mode, bar, until=self._slower_than(decision.item_s))
             router.count_inline(len(done))
             if len(done) == n:
                 return done
-            item_s = elapsed / len(done)  # far slower than remembered: measured again
+            # far slower than remembered: item_s is the new measure
         elif decision is None and not self._supervisor.booted.is_set():
-            done, elapsed = self._run_here(fn, items, mode, bar, until=self._agents_ready(items))
+            done, item_s = self._run_here(fn, items, mode, bar, until=self._agents_ready(items))
             router.count_inline(len(done), booting=True)
-            item_s = elapsed / len(done)
             if len(done) == n:
                 router.record(pattern, self._decide(items, item_s, n))
                 return done
@@ -502,18 +535,31 @@ class Guild:
         return decide(item_s=item_s, ipc_s=ipc_s, n_items=n, agents=self._settings.max_agents, result_bytes=result_bytes)
 
     def _agents_ready(self, items: list[Any]) -> Callable[[int, float], bool]:
-        """Stop an inline run once an agent is ready, unless its items proved cheaper here."""
+        """Stop an inline run once its items prove worth agents and an agent is ready.
+
+        Items too cheap to ship settle the run here to its end, and no pool
+        is started for them. Items worth agents start the pool (if it has
+        not started) and keep running here until the first agent is up.
+        """
         booted = self._supervisor.booted
         settled: list[bool] = []  # [True] once the items proved cheaper here than shipped
+        ipc: list[float] = []  # the codec sample, measured once
 
-        def stop(done: int, elapsed: float) -> bool:
+        def stop(done: int, item_s: float) -> bool:
             if settled:
-                return elapsed > MAX_INLINE_BATCH_S
-            if not booted.is_set():
-                return False
-            if not self._decide(items, elapsed / done, len(items)).inline:
+                return item_s * done > MAX_INLINE_BATCH_S
+            if item_s <= MAX_INLINE_ITEM_S:
+                if item_s * done < _MEASURE_S:
+                    return False  # too little run to tell a tiny item from a cheap one
+                if not ipc:
+                    ipc.append(codec_cost_per_item(items))
+                n, agents = len(items), self._settings.max_agents
+                if decide(item_s=item_s, ipc_s=ipc[0], n_items=n, agents=agents).inline:
+                    settled.append(True)
+                    return False
+            if booted.is_set():
                 return True
-            settled.append(True)
+            self._ensure_started()  # worth agents: they start while items go on running here
             return False
 
         return stop
@@ -521,21 +567,23 @@ class Guild:
     def _slower_than(self, predicted_s: float) -> Callable[[int, float], bool]:
         """Stop an inline run that runs 10x over its prediction, or past ``MAX_INLINE_BATCH_S``."""
 
-        def stop(done: int, elapsed: float) -> bool:
-            budget = max(_INLINE_SLACK_S, 10 * predicted_s * done)
-            return elapsed > budget or elapsed > MAX_INLINE_BATCH_S
+        def stop(done: int, item_s: float) -> bool:
+            elapsed = item_s * done
+            return elapsed > max(_INLINE_SLACK_S, 10 * predicted_s * done) or elapsed > MAX_INLINE_BATCH_S
 
         return stop
 
     def _run_here(
         self, fn: Callable[..., Any], items: list[Any], mode: int, bar: Progress, *, until: Callable[[int, float], bool]
     ) -> tuple[list[Any], float]:
-        """Run items in this thread, in timed slices, until done or ``until(done, elapsed)``.
+        """Run items in this thread, in timed slices, until done or ``until(done, item_s)``.
 
         Slices double in size, with the clock read between them (a read per
         item would cost as much as ``x + 1``), up to about ``_SLICE_S`` each,
-        so that ``until`` is asked often enough. Returns the results so far
-        (at least one) and the seconds they took.
+        so that ``until`` is asked often enough. ``item_s`` is the time per
+        item of the fastest slice that ran long enough to time: a slice the
+        host paused (another process took the core) must not make tiny items
+        look dear. Returns the results so far (at least one) and ``item_s``.
         """
         apply = map if mode == MODE_MAP else itertools.starmap
         out: list[Any] = []
@@ -543,28 +591,34 @@ class Guild:
         n = len(items)
         pending = iter(items)  # islice over one iterator: no copy of the list per slice
         step = 1
-        start = time.perf_counter()
-        elapsed = 0.0
+        work_s = 0.0  # time in the items, not in ``until``
+        best = math.inf
+        item_s = 0.0
         with task_scope(current.ref if current is not None else None):
             while len(out) < n:
                 before = len(out)
+                t0 = time.perf_counter()
                 out.extend(apply(fn, itertools.islice(pending, step)))
-                elapsed = time.perf_counter() - start
-                bar.advance(len(out) - before)
-                if len(out) < n and until(len(out), elapsed):
+                slice_s = time.perf_counter() - t0
+                work_s += slice_s
+                ran = len(out) - before
+                if slice_s >= _TIMEABLE_S or ran == len(out):
+                    best = min(best, slice_s / ran)
+                item_s = min(best, work_s / len(out))
+                bar.advance(ran)
+                if len(out) < n and until(len(out), item_s):
                     break
-                per_item = elapsed / len(out)
-                step = 2 * step if per_item <= 0 else max(1, min(2 * step, int(_SLICE_S / per_item)))
+                step = 2 * step if item_s <= 0 else max(1, min(2 * step, int(_SLICE_S / item_s)))
         if len(out) == n:
             bar.close()
-        return out, elapsed
+        return out, item_s
 
     def _gather(self, tasks: list[Task], bar: Progress) -> list[Any]:
         """Submit chunk tasks and concatenate their results in order."""
         if bar.enabled:
             for task in tasks:
                 task.future.add_done_callback(_advance_by(bar, task.n_items))
-        self._supervisor.submit(tasks)
+        self._submit(tasks)
         out: list[Any] = []
         try:
             for task in tasks:
@@ -679,7 +733,7 @@ class Guild:
         return ImapRun(
             iter(iterable),
             make_task=lambda chunk: self._make_task(fn, MODE_MAP, chunk, n_items=len(chunk), **opts),
-            submit=self._supervisor.submit,
+            submit=self._submit,
             chunksize=fixed,
             limit=limit,
             max_agents=self._settings.max_agents,
@@ -718,7 +772,7 @@ class Guild:
             cancel=lambda: sup.cancel_stream(task),
             ring=ring,
         )
-        sup.submit([task])
+        self._submit([task])
         return StreamIterator(task.stream, task.future)
 
     # ------------------------------------------------------------ processes
@@ -745,7 +799,14 @@ class Guild:
         ``"closed": True``: summaries are usually printed after the ``with``.
         """
         snap: dict[str, Any]
-        if self._supervisor.join(0):
+        if not self._started:
+            # No owner loop: its state is read here (nothing else changes it).
+            snap = self._supervisor.snapshot()
+            snap["closed"] = self._is_shutdown
+            snap["cache"] = self._final_cache_stats if self._is_shutdown else (
+                self._results.stats() if self._results is not None else None
+            )
+        elif self._supervisor.join(0):
             # The owner loop has ended: its state no longer changes, so it is read here.
             snap = self._supervisor.snapshot()
             snap["closed"] = True
@@ -825,11 +886,16 @@ class Guild:
         waits for it, as with the stdlib executors. A later call may still
         cancel what is queued (``cancel_futures=True``) or wait.
         """
-        with self._shutdown_lock:
+        with self._start_lock, self._shutdown_lock:  # Race: no start after this
             first = not self._is_shutdown
             self._is_shutdown = True
         if first or _kill or cancel_futures:
             self._supervisor.shutdown(wait=False, cancel_futures=cancel_futures, kill=_kill)
+        if not self._started:  # never needed a pool: nothing runs, nothing to wait for
+            if first:
+                self._close_resources()
+                _live.discard(self)
+            return
         if not wait:
             if first:  # resources go when the owner loop ends, not before: tasks still run
                 threading.Thread(target=self._close_after_join, name="guild-closer", daemon=True).start()

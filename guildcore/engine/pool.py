@@ -104,8 +104,8 @@ class AgentStarter:
     """Starts agents with one start method and one set of agent settings.
 
     ``start_method`` as configured: ``auto`` forks agents from a template of
-    the caller (``template``) when the thread making the Guild is the only
-    Python thread, else uses the forkserver; ``fork`` does the same, but
+    the caller when the thread that first needs the pool (``prepare``) is
+    the only Python thread, else uses the forkserver; ``fork`` does the same, but
     warns when it has to use the forkserver; ``forkserver`` and ``spawn``
     are the stdlib's. ``method`` is what agents really start with: ``fork``
     (through the template), ``forkserver`` or ``spawn``.
@@ -135,13 +135,23 @@ class AgentStarter:
         self.supervisor_pid = os.getpid()  # read here: _settings also runs inside agents
         self._template: Template | None = None
         self.method = start_method
-        if start_method in ("auto", "fork"):
-            self.method = self._fork_template(start_method)
-        self.ctx: Any = multiprocessing.get_context("fork" if self.method == "fork" else self.method)
+        self.ctx: Any = None
+
+    def prepare(self) -> None:
+        """Settle the start method, forking the template if it is used. Once, before the first ``start``.
+
+        Called from the thread that first needs the pool (a caller's thread,
+        never the owner loop's).
+        """
+        if self.ctx is not None:
+            return
+        if self.method in ("auto", "fork"):
+            self.method = self._fork_template(self.method)
+        self.ctx = multiprocessing.get_context("fork" if self.method == "fork" else self.method)
         if self.method == "forkserver":
             # Preloading only takes effect before the forkserver first starts;
             # afterwards the modules are imported by each agent on first use.
-            self.ctx.set_forkserver_preload([*FORKSERVER_PRELOAD, *preload])
+            self.ctx.set_forkserver_preload([*FORKSERVER_PRELOAD, *self.preload])
 
     def _fork_template(self, requested: str) -> str:
         """Fork the template now if that is safe; the method agents will use."""
@@ -158,7 +168,7 @@ class AgentStarter:
                 "agents start through the forkserver instead. Make the Guild before starting threads "
                 "to get forked agents.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=2,
             )
         return "forkserver"
 

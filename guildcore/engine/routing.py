@@ -19,10 +19,13 @@ themselves (``chunking``).
 
 Cost model: sending an item to an agent costs the supervisor an encode and
 a decode (``ipc_s`` per item, measured on the items themselves), work no
-agent can share. With ``a`` agents a pool run costs about ``n * (c / a +
-ipc_s)`` where ``c`` is the compute time per item; inline costs ``n * c``. So
-inline wins when ``c < ipc_s * a / (a - 1)``: for ``x + 1`` (about 60 ns
-against about 250 ns of codec work per item) no pool can beat the loop.
+agent can share, and more that the measure does not see (frames, futures,
+the agents' own decode and encode on the same cores): ``SHIP_FACTOR`` times
+``ipc_s`` in all, as measured. With ``a`` agents a pool run costs about
+``n * (c / a + SHIP_FACTOR * ipc_s)`` where ``c`` is the compute time per
+item; inline costs ``n * c``. So inline wins when ``c < SHIP_FACTOR * ipc_s
+* a / (a - 1)``: for ``x + 1`` (40-150 ns against 45-150 ns of codec work
+per small int) no pool can beat the loop.
 Inline runs keep no crash isolation, memory limit or timeout, so only items
 under ``MAX_INLINE_ITEM_S`` and batches predicted under ``MAX_INLINE_BATCH_S``
 are routed inline. Results bigger than ``STREAM_ITEM_BYTES`` route as a
@@ -54,6 +57,10 @@ MAX_INLINE_ITEM_S = 20e-6
 # A batch predicted to run longer than this inline goes to the pool, where
 # timeouts and memory limits apply.
 MAX_INLINE_BATCH_S = 1.0
+# What shipping an item costs the supervisor, in codec round trips: a warm
+# 2-agent pool moved x + 1 at 649 ns per item where the codec round trip of
+# an int took 147 ns (loaded 2-core VM), 4.4x.
+SHIP_FACTOR = 4.0
 # Results bigger than this per item route as a stream (see chunking).
 STREAM_ITEM_BYTES = 64 * 1024
 # How long the first lookup of a Guild waits for the store's first read: a
@@ -101,7 +108,7 @@ def decide(
     if item_s * n_items > MAX_INLINE_BATCH_S:
         return pool("batch too long to run without isolation")
     gain = agents / (agents - 1) if agents > 1 else math.inf
-    if item_s < ipc_s * gain:
+    if item_s < SHIP_FACTOR * ipc_s * gain:
         return Decision(INLINE, item_s, result_bytes, None, "sending each item costs more than computing it")
     return pool("agents compute faster than the codec costs")
 
@@ -136,6 +143,18 @@ class _Table:
 # with what the parent knew, without the parent's pending writes.
 _TABLES: dict[tuple[str, str], _Table] = {}
 _TABLES_LOCK = threading.Lock()
+
+
+def forget(store_path: str | None = None) -> None:
+    """Drop what this process remembers of the decisions of ``store_path`` (all stores if None).
+
+    The store keeps its copy: the next Guild reads it again. Benchmarks use
+    this to time a script's first run inside one process; the path of a
+    Guild without caching is ``""``.
+    """
+    with _TABLES_LOCK:
+        for key in [k for k in _TABLES if store_path is None or k[0] == store_path]:
+            del _TABLES[key]
 
 
 def _forget_dirty_in_child() -> None:
@@ -222,6 +241,11 @@ class Router:
                 )
             table.loading = False
             table.loaded.set()
+
+    def wait_loaded(self) -> None:
+        """Wait for this Router's read of the store (its thread) to end."""
+        if self._loader is not None:
+            self._loader.join()
 
     def flush(self) -> None:
         """Write decisions recorded since the last flush to the store (Guild shutdown)."""

@@ -2,7 +2,7 @@
 
 Data flow::
 
-    Guild() in the caller's thread, the only Python thread alive
+    first use of the pool, in the caller's thread, the only Python thread alive
        └── os.fork() ──> template: one thread, waiting on its control socket
     supervisor thread ── agent id + fds (agent pipe, status pipe) ──> template
                                                            └── os.fork() ──> agent
@@ -18,20 +18,25 @@ supervisor thread, whenever the pool grows or replaces one, and a fork copies
 every lock in the state the other threads hold it. An agent forked while the
 caller's main thread was importing a module inherits that module's import
 lock held by a thread that does not exist in the agent, and hangs in
-``importlib`` forever. The template is forked once, by the thread that makes
-the Guild, only when no other Python thread exists; it never starts a thread,
-so every fork it makes is safe.
+``importlib`` forever. The template is forked once, when the Guild first
+needs agents (a ``submit``, a map worth agents), by the caller's thread,
+only when no other Python thread exists; it never starts a thread, so every
+fork it makes is safe. Not earlier: after a fork, every page the caller
+writes that the template still shares is copied first (a first pass over
+200,000 ints cost 70% more CPU), so a Guild whose maps all run inline
+never forks.
 
 What agents inherit, and its hazards (see also ``pool.py``):
-- the caller's modules, globals and ``__main__`` as they were when the Guild
-  was made. A name defined later in the script is not there: agents then run
+- the caller's modules, globals and ``__main__`` as they were when the pool
+  started. A name defined later in the script is not there: agents then run
   the script (as ``__mp_main__``, guarded code skipped) to find it, as
   forkserver agents do. A module still being imported at that moment (a
-  Guild made at import time) stays as far as it got: names it defines below
-  the line that made the Guild are not found in agents;
+  Guild used at import time) stays as far as it got: names it defines below
+  that line are not found in agents;
 - the caller's memory, shared copy-on-write (``gc.freeze`` keeps the
-  collector from copying it): the template holds the caller's pages as they
-  were, so a caller that rewrites a big heap afterwards pays for two copies;
+  collector from copying it in agents): the template holds the caller's
+  pages as they were, so a caller that rewrites a big heap afterwards pays
+  for two copies, and for a page fault at its first write to each page;
 - the caller's open files and sockets, as with ``fork``; threads of C
   libraries (an OpenMP pool) are not carried over, and a library that is not
   fork-safe is not made so here.
