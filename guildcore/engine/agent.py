@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     # Imported where used: only big results and streams need shared memory.
-    from guildcore.engine import shmbuf
+    from guildcore.engine.ring import RingWriter
 
 # Task modes: how the payload of a TASK frame is applied to the function.
 MODE_CALL = 0  # payload = [args, kwargs]          -> fn(*args, **kwargs)
@@ -131,6 +131,11 @@ class _Control:
         # supervisor may withdraw it (to give an idle agent). One lock decides.
         self.begun: set[int] = set()
         self.withdrawn: set[int] = set()
+        # Written on CANCEL: a stream waiting on its ring's credit FIFO
+        # watches it too (ring.RingWriter.wait_credit).
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
 
     def begin(self, task_id: int) -> bool:
         """The main thread takes ``task_id``; False if it was withdrawn first."""
@@ -200,6 +205,10 @@ def _reader(
             with control.lock:
                 control.cancelled.add(task_id)
                 control.lock.notify_all()
+            try:
+                os.write(control.wake_w, b"x")
+            except BlockingIOError:
+                pass  # already full of wake-ups
             continue
         if kind == Kind.WITHDRAW:
             if control.withdraw(task_id):
@@ -419,11 +428,17 @@ class Agent:
         self, task_id: int, fn: Callable[..., Any], fn_name: str, payload: list[Any], timeout_s: float | None
     ) -> bool:
         # payload = [args, kwargs] or [args, kwargs, ring]: the supervisor adds
-        # its shared-memory ring for big chunks (see shmbuf.Ring).
+        # the stream's ring (ring.py), through which chunks go straight to the
+        # consumer; without one every chunk is a CHUNK frame.
         args, kwargs = payload[0], payload[1]
-        from guildcore.engine import shmbuf
+        ring = None
+        if len(payload) > 2 and payload[2]:
+            from guildcore.engine.ring import RingWriter
 
-        ring = shmbuf.RingWriter(payload[2] if len(payload) > 2 else None)
+            ring = RingWriter(payload[2])
+            if not ring.open():
+                self.send(Kind.END, task_id, 0, True)  # the consumer left before we started
+                return True
         index = 0
         gen: Iterator[Any] | None = None
         # The timeout budgets production only: the timer runs while the
@@ -444,20 +459,19 @@ class Agent:
                         self.timer.disarm()
                     if budget_s is not None:
                         budget_s = max(1e-3, budget_s - (time.monotonic() - t0))
-                    if not self._wait_credit(task_id):
+                    sent = self._send_chunk(task_id, fn_name, index, value, ring)
+                    del value
+                    if not sent:
                         gen_close = getattr(gen, "close", None)
                         if gen_close is not None:
                             gen_close()
                         self.send(Kind.END, task_id, index, True)
                         return True
-                    frame = self._chunk_frame(task_id, fn_name, index, value, ring)
-                    with self.write_lock:
-                        self.conn.send_bytes(frame)
-                    del frame, value
                     index += 1
             finally:
                 self.timer.disarm()
-                ring.close()
+                if ring is not None:
+                    ring.close()
         except MemoryError as exc:
             self._send_error(task_id, exc, fn_name, flags=FLAG_MEMORY)
             return False
@@ -482,18 +496,30 @@ class Agent:
         self.send(Kind.END, task_id, index, False)
         return True
 
-    def _chunk_frame(self, task_id: int, fn_name: str, index: int, value: Any, ring: shmbuf.RingWriter) -> bytes:
-        """The CHUNK frame of one value: a ring slot reference, or the value itself.
+    def _send_chunk(self, task_id: int, fn_name: str, index: int, value: Any, ring: RingWriter | None) -> bool:
+        """Send one chunk once a credit allows it; False if the stream was cancelled."""
+        if ring is None:
+            if not self._wait_credit(task_id):
+                return False
+            frame = self._chunk_frame(task_id, fn_name, index, value)
+            with self.write_lock:
+                self.conn.send_bytes(frame)
+            return True
+        control = self.control
+        if not ring.wait_credit(control.wake_r, lambda: task_id in control.cancelled):
+            return False
+        try:
+            record = ring.record_for(index, value)
+        except SerializationError as exc:
+            raise SerializationError(f"chunk {index} of stream task {task_id} ({fn_name}) cannot be encoded: {exc}") from exc
+        if record is None:  # too big for a slot: through the supervisor, then say so in order
+            frame = self._chunk_frame(task_id, fn_name, index, value)
+            with self.write_lock:
+                self.conn.send_bytes(frame)
+            record = ring.queued(index)
+        return ring.send(record)
 
-        Called only with a credit in hand, so the value's slot is free.
-        """
-        from guildcore.engine import shmbuf
-
-        kind = ring.fits(value)
-        if kind != shmbuf.RAW_NONE:
-            where = ring.write(index, value)
-            if where is not None:
-                return codec.encode_frame(Kind.CHUNK, task_id, index, None, where[0], where[1], kind)
+    def _chunk_frame(self, task_id: int, fn_name: str, index: int, value: Any) -> bytes:
         try:
             return codec.encode_frame(Kind.CHUNK, task_id, index, value)
         except SerializationError as exc:

@@ -34,6 +34,7 @@ from guildcore.engine.iterators import ImapRun, StreamIterator
 from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
+from guildcore.engine.ring import Ring
 from guildcore.engine.routing import (
     MAX_INLINE_BATCH_S,
     MAX_INLINE_ITEM_S,
@@ -43,7 +44,6 @@ from guildcore.engine.routing import (
     codec_cost_per_item,
     decide,
 )
-from guildcore.engine.shmbuf import Ring
 from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
 from guildcore.engine.task import Task

@@ -40,6 +40,19 @@ class StreamIterator(Iterator[R]):
         value: R = next(self._state)
         return value
 
+    def views(self) -> StreamIterator[Any]:
+        """Chunks in place from now on: read-only views of the stream's shared memory.
+
+        A ``bytes``/``bytearray`` chunk comes as a read-only ``memoryview``, a
+        numpy chunk as a read-only array over the same memory: no copy at
+        all. A chunk stays valid while anything made from it is alive, and
+        its memory goes back to the agent at the first ``next()`` after that;
+        a consumer that keeps ``streaming.window`` chunks alive at once gets
+        an error. Copy what you keep (``bytes(view)``, ``array.copy()``).
+        """
+        self._state.views()
+        return self  # type: ignore[return-value]
+
     def close(self) -> None:
         self._state.close()
 

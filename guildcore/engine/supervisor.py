@@ -625,7 +625,7 @@ class Supervisor:
                 continue
             if head.stream is not None and head.stream.paused_since is not None:
                 continue  # paused by backpressure, not running: resume() moves started_at on
-            if now >= head.started_at + budget(head) + self.settings.timeout_grace_s:
+            if now >= head.started_at + budget(head) + self.settings.timeout_grace_s + _paused_s(head):
                 agent.exit_reason = ("timeout", head.id)
                 self._signal(agent, signal.SIGTERM)
                 agent.kill_at = now + _KILL_GRACE_S
@@ -646,7 +646,7 @@ class Supervisor:
                 head = agent.held[0]
                 paused = head.stream is not None and head.stream.paused_since is not None
                 if head.timeout_s is not None and head.started_at is not None and not paused:
-                    deadlines.append(head.started_at + budget(head) + self.settings.timeout_grace_s)
+                    deadlines.append(head.started_at + budget(head) + self.settings.timeout_grace_s + _paused_s(head))
             if agent.kill_at is not None:
                 deadlines.append(agent.kill_at)
             if agent.stop_deadline is not None:
@@ -927,6 +927,11 @@ class Supervisor:
             },
             "peak_private_bytes": dict(self.counters.peak_private_bytes),
         }
+
+
+def _paused_s(task: Task) -> float:
+    """Time a stream's agent spent waiting for its consumer, as its ring reports it: not run time."""
+    return task.stream.paused_total_s if task.stream is not None else 0.0
 
 
 def _set_exception(future: Future[Any], err: BaseException) -> None:
