@@ -24,7 +24,6 @@ The agent never unlinks shared memory and never opens LMDB before it starts
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import queue
@@ -167,6 +166,8 @@ def _set_parent_death_signal() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    import ctypes  # ~1 ms the caller need not pay; the template imports it for its agents
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1

@@ -61,9 +61,8 @@ import time
 
 import msgpack
 
-from guildcore import codec
+from guildcore import codec, shm
 from guildcore._errors import SerializationError
-from guildcore.engine import shmbuf
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -109,20 +108,20 @@ class Ring:
     def create(cls, owner_pid: int, task_id: int, window: int, slot_bytes: int) -> Ring | None:
         """Supervisor side; None if /dev/shm refuses (chunks then go through the supervisor)."""
         slot_bytes = -(-max(1, slot_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE
-        name = f"{shmbuf.SEGMENT_PREFIX}{owner_pid}_s{task_id}_{os.urandom(4).hex()}"
+        name = f"{shm.PREFIX}{owner_pid}_s{task_id}_{os.urandom(4).hex()}"
         made: list[str] = []
         try:
             # Sparse: tmpfs pages exist only once the agent touches them.
-            mm = shmbuf.create_segment(name, HEADER_BYTES + window * slot_bytes)
+            mm = shm.create_mapped(name, HEADER_BYTES + window * slot_bytes)
             made.append(name)
-            fds = [shmbuf.open_segment_fd(name, writable=False)]
+            fds = [shm.open_fd(name, writable=False)]
             for end in ("k", "c"):
                 os.mkfifo(_fifo_path(name, end), 0o600)
                 made.append(name + end)
                 fds.append(os.open(_fifo_path(name, end), os.O_RDWR))
         except OSError:
             for made_name in made:
-                shmbuf.unlink_segment(made_name)
+                shm.unlink(made_name)
             return None
         return cls(name, window, slot_bytes, mm, fds[1], fds[2], fds[0])
 
@@ -144,7 +143,7 @@ class Ring:
         if not self.unlinked:
             self.unlinked = True
             for name in (self.name, self.name + "k", self.name + "c"):
-                shmbuf.unlink_segment(name)
+                shm.unlink(name)
 
     # consumer thread
     def next_record(self, wake_fd: int, *, block: bool) -> tuple[int, int, int, bytes, bytes] | None:
@@ -259,7 +258,7 @@ def _array(meta: bytes, piece: memoryview, *, copy: bool) -> Any:
 
 
 def _fifo_path(name: str, end: str) -> str:
-    return os.path.join(shmbuf.SHM_DIR, name + end)
+    return os.path.join(shm.SHM_DIR, name + end)
 
 
 # ------------------------------------------------------------------ the agent
@@ -286,7 +285,7 @@ class RingWriter:
     def open(self) -> bool:
         """Attach the segment and the FIFOs; False if the stream is already over."""
         try:
-            self._mm = shmbuf.open_segment(self.name, writable=True)
+            self._mm = shm.open_mapped(self.name, writable=True)
             credit = os.open(_fifo_path(self.name, "c"), os.O_RDONLY | os.O_NONBLOCK)
             self._credit_fd = credit
             self._chunk_fd = os.open(_fifo_path(self.name, "k"), os.O_WRONLY | os.O_NONBLOCK)

@@ -45,8 +45,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger("guildcore.routing")
 
@@ -72,15 +71,15 @@ _KEY_PREFIX = "r1|"
 INLINE, POOL, STREAM = "inline", "pool", "stream"
 
 
-@dataclass(frozen=True)
-class Pattern:
+# NamedTuples, not dataclasses: a Guild imports this module on its way to
+# the first result, and each dataclass costs ~1 ms to build at import.
+class Pattern(NamedTuple):
     fn: str  # the function's fingerprint: "module:qualname@hash of its code"
     args: str  # type signature of the first item: "int", "tuple[str,int]"
     bucket: int  # size bucket: the item count's bit length
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     route: str  # INLINE, POOL or STREAM
     item_s: float  # compute time per item, as measured
     result_bytes: int = 0  # encoded result bytes per item, as measured (0: not measured)

@@ -21,8 +21,7 @@ death (``discard_result``), and a final sweep at teardown
 (``sweep_results``) catches agents killed during shutdown.
 
 Agents never register segments with the resource tracker (Python 3.11 would
-unlink them when the agent exits), so they use ``_posixshmem`` directly, as
-``guildcore.context.view`` does.
+unlink them when the agent exits): see ``guildcore.shm``.
 
 Why shared memory and not the pipe (measured on the 2-core development VM,
 Python 3.11): the pipe moves 0.9 GB/s with ``recv_bytes`` and 1.8 GB/s with
@@ -38,21 +37,19 @@ Shm also keeps the owner thread free: one small frame instead of hundreds.
 
 from __future__ import annotations
 
-import _posixshmem  # type: ignore[import-not-found]  # POSIX only, as is guildcore
 import io
 import mmap
-import os
 
 import msgpack
 
-from guildcore import codec
+from guildcore import codec, shm
 from guildcore._errors import SerializationError
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-SEGMENT_PREFIX = "guild_"
+SEGMENT_PREFIX = shm.PREFIX
 
 # Kinds of raw payload in a result segment.
 RAW_NONE = 0  # the payload is codec bytes of a value
@@ -61,47 +58,6 @@ RAW_BYTEARRAY = 2
 
 _BIN32 = b"\xc6"  # msgpack bin 32, then a big-endian uint32 length
 _EXT32 = b"\xc9"  # msgpack ext 32, then a big-endian uint32 length, then the type
-
-
-SHM_DIR = "/dev/shm"
-
-
-def create_segment(name: str, size: int) -> mmap.mmap:
-    """Create ``name`` exclusively, sized ``size``; not registered with any tracker."""
-    fd: int = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-    try:
-        os.ftruncate(fd, max(1, size))
-        _reserve(fd, max(1, size))
-        return mmap.mmap(fd, max(1, size), flags=mmap.MAP_SHARED)
-    except BaseException:
-        unlink_segment(name)
-        raise
-    finally:
-        os.close(fd)
-
-
-def open_segment_fd(name: str, *, writable: bool) -> int:
-    """A descriptor of segment ``name`` (the caller closes it)."""
-    fd: int = _posixshmem.shm_open("/" + name, os.O_RDWR if writable else os.O_RDONLY, mode=0o600)
-    return fd
-
-
-def open_segment(name: str, *, writable: bool) -> mmap.mmap:
-    fd: int = _posixshmem.shm_open("/" + name, os.O_RDWR if writable else os.O_RDONLY, mode=0o600)
-    try:
-        size = os.fstat(fd).st_size
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
-    finally:
-        os.close(fd)
-
-
-def unlink_segment(name: str) -> bool:
-    try:
-        _posixshmem.shm_unlink("/" + name)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def raw_kind(value: Any) -> int:
@@ -159,7 +115,7 @@ def write_result(
         raw_off = len(head)
         size = raw_off + raw_len
     try:
-        mm = create_segment(name, size)
+        mm = shm.create_mapped(name, size)
     except FileExistsError:
         # A leftover of an earlier attempt the supervisor has not unlinked yet.
         return None
@@ -174,7 +130,7 @@ def write_result(
             mm[raw_off:size] = result
     except BaseException:
         mm.close()
-        unlink_segment(name)
+        shm.unlink(name)
         raise
     mm.close()
     return [None, name, size, value_off, raw_off, raw_len, kind]
@@ -187,9 +143,9 @@ def take_result(owner_pid: int, task_id: int, fields: list[Any], *, raw: bool) -
         # Ownership: never unlink a name the agent made up.
         raise SerializationError(f"task {task_id}'s result names an unexpected segment {name!r}")
     try:
-        mm = open_segment(name, writable=False)
+        mm = shm.open_mapped(name, writable=False)
     finally:
-        unlink_segment(name)  # Ownership: the one unlink of this segment
+        shm.unlink(name)  # Ownership: the one unlink of this segment
     if mm.size() < size:
         mm.close()
         raise SerializationError(
@@ -212,19 +168,12 @@ def take_result(owner_pid: int, task_id: int, fields: list[Any], *, raw: bool) -
 
 def discard_result(owner_pid: int, task_id: int) -> None:
     """The agent running ``task_id`` died: remove a result segment it may have left."""
-    unlink_segment(result_name(owner_pid, task_id))
+    shm.unlink(result_name(owner_pid, task_id))
 
 
-def sweep_results(owner_pid: int, shm_dir: str = "/dev/shm") -> None:
+def sweep_results(owner_pid: int) -> None:
     """At teardown: remove result segments of agents killed during shutdown."""
-    prefix = f"{SEGMENT_PREFIX}{owner_pid}_r"
-    try:
-        names = os.listdir(shm_dir)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix):
-            unlink_segment(name)
+    shm.sweep_owned(owner_pid, "r")
 
 
 def stream_for(value: Any) -> ResultStream:

@@ -295,6 +295,7 @@ def _become_template() -> None:
             pass
     _drop_forkserver_alive_fd()
     _late_main_lookup()
+    import ctypes  # noqa: F401 - every agent needs it at start (agent._set_parent_death_signal): once, here
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
     gc.freeze()
