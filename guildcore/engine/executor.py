@@ -13,7 +13,6 @@ after submission (``supervisor``).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import threading
@@ -67,6 +66,10 @@ _INLINE_SLACK_S = 0.05
 # An inline run judges items cheaper or dearer than shipping them only once
 # it has run this long: a few items' time is mostly the first call's cost.
 _MEASURE_S = 0.001
+# About how long agents take to start (a template fork and a fork of it, the
+# owner loop's thread, READY): a batch done here sooner than this is not
+# worth starting them for, whatever its items cost.
+_BOOT_S = 0.02
 # A slice that ran this long times its items well enough (the clock's own
 # cost and jitter are far below it).
 _TIMEABLE_S = 50e-6
@@ -492,7 +495,9 @@ class Guild:
         no agent is ready yet, items run here in short timed slices; once an
         agent is up, the rest goes to the pool unless the items proved too
         cheap to ship. With agents up and nothing remembered, the pool runs
-        the batch and its agents time it.
+        the batch and its agents time it. Whatever the route, a batch that
+        would be done here before agents could start (``_BOOT_S``) runs here
+        while no agent is ready.
         """
         router = self._router
         pattern = router.pattern(fn, items, starmap=mode == MODE_STARMAP)
@@ -506,11 +511,12 @@ class Guild:
             if len(done) == n:
                 return done
             # far slower than remembered: item_s is the new measure
-        elif decision is None and not self._supervisor.booted.is_set():
+        elif not self._supervisor.booted.is_set() and (decision is None or decision.item_s * n < _BOOT_S):
             done, item_s = self._run_here(fn, items, mode, bar, until=self._agents_ready(items))
             router.count_inline(len(done), booting=True)
             if len(done) == n:
-                router.record(pattern, self._decide(items, item_s, n))
+                if decision is None:
+                    router.record(pattern, self._decide(items, item_s, n))
                 return done
         rest = items[len(done) :] if done else items
         if done:
@@ -559,6 +565,9 @@ class Guild:
                     return False
             if booted.is_set():
                 return True
+            if item_s * (len(items) - done) < _BOOT_S:
+                settled.append(True)  # done here before agents could start: do not start them
+                return False
             self._ensure_started()  # worth agents: they start while items go on running here
             return False
 
@@ -578,18 +587,17 @@ class Guild:
     ) -> tuple[list[Any], float]:
         """Run items in this thread, in timed slices, until done or ``until(done, item_s)``.
 
-        Slices double in size, with the clock read between them (a read per
+        Slices grow fourfold, with the clock read between them (a read per
         item would cost as much as ``x + 1``), up to about ``_SLICE_S`` each,
         so that ``until`` is asked often enough. ``item_s`` is the time per
         item of the fastest slice that ran long enough to time: a slice the
         host paused (another process took the core) must not make tiny items
         look dear. Returns the results so far (at least one) and ``item_s``.
         """
-        apply = map if mode == MODE_MAP else itertools.starmap
+        apply = _apply_map if mode == MODE_MAP else _apply_starmap
         out: list[Any] = []
         current = self._contexts.current
         n = len(items)
-        pending = iter(items)  # islice over one iterator: no copy of the list per slice
         step = 1
         work_s = 0.0  # time in the items, not in ``until``
         best = math.inf
@@ -598,7 +606,7 @@ class Guild:
             while len(out) < n:
                 before = len(out)
                 t0 = time.perf_counter()
-                out.extend(apply(fn, itertools.islice(pending, step)))
+                out += apply(fn, items[before : before + step])
                 slice_s = time.perf_counter() - t0
                 work_s += slice_s
                 ran = len(out) - before
@@ -608,7 +616,7 @@ class Guild:
                 bar.advance(ran)
                 if len(out) < n and until(len(out), item_s):
                     break
-                step = 2 * step if item_s <= 0 else max(1, min(2 * step, int(_SLICE_S / item_s)))
+                step = 4 * step if item_s <= 0 else max(1, min(4 * step, int(_SLICE_S / item_s)))
         if len(out) == n:
             bar.close()
         return out, item_s
@@ -946,6 +954,16 @@ def _result_threshold(config: Config) -> int | None:
     if not (config.streaming.enabled and config.optimization.streaming):
         return None
     return config.streaming.stream_threshold
+
+
+def _apply_map(fn: Callable[..., Any], part: list[Any]) -> list[Any]:
+    # A comprehension, not map(): CPython 3.11 calls a Python function ~15%
+    # faster from bytecode than from C (measured on x + 1).
+    return [fn(x) for x in part]
+
+
+def _apply_starmap(fn: Callable[..., Any], part: list[Any]) -> list[Any]:
+    return [fn(*args) for args in part]
 
 
 def _agents_item_s(tasks: list[Task]) -> float | None:
