@@ -602,7 +602,7 @@ def _exit_context(token: Any) -> None:
     exit_task_context(token)
 
 
-def _drop_forkserver_alive_fd() -> None:
+def drop_forkserver_alive_fd() -> None:
     """Close the forkserver's liveness pipe that multiprocessing hands every child.
 
     The forkserver exits when every holder of that pipe's write end is gone;
@@ -611,21 +611,22 @@ def _drop_forkserver_alive_fd() -> None:
     signal: both would outlive the supervisor. Agents do not start processes
     through the supervisor's forkserver, so they let go of it.
     """
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    if forkserver is None:
+        return  # never imported in this process: it holds no such pipe (and importing costs ms)
     try:
-        from multiprocessing import forkserver
-
         server = forkserver._forkserver
         fd = getattr(server, "_forkserver_alive_fd", None)
         if fd is not None:
             setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the stdlib
             os.close(fd)
-    except (ImportError, AttributeError, OSError):
+    except (AttributeError, OSError):
         pass
 
 
 def agent_main(conn: Any, settings: AgentSettings) -> None:
     """Entry point of an agent process (the target of ``Process``)."""
-    _drop_forkserver_alive_fd()
+    drop_forkserver_alive_fd()
     # The supervisor decides when agents stop; Ctrl-C in the terminal reaches
     # the whole process group, and an agent must not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -231,7 +231,6 @@ class Guild:
         with self._start_lock:
             if self._started or self._is_shutdown:
                 return
-            self._router.wait_loaded()  # Fork-safety: its reader thread ends before any fork
             self._starter.prepare()
             self._supervisor.start()
             self._started = True

@@ -9,9 +9,10 @@ This module covers the routing decision and its cache:
   codec cost per item, result bytes per item, items, agents);
 - ``Router``: the Guild's lookups, counts and records. Decisions live in a
   process-wide table per store and agent set, read once from the ``routing``
-  namespace of the L3 store, written back when the Guild shuts down; so a
-  second ``Guild``, or a second run of a script, routes right from its first
-  item. A pattern whose size bucket was never seen borrows the decision of
+  namespace of the L3 store at the first lookup (only if a store exists: the
+  read costs its imports, ~10 ms, once per process), written back when the
+  Guild shuts down; so a second ``Guild``, or a second run of a script,
+  routes right from its first item. A pattern whose size bucket was never seen borrows the decision of
   the nearest bucket of the same function and argument types.
 
 It does not cover running anything (``executor``) or the chunk sizes
@@ -62,9 +63,6 @@ MAX_INLINE_BATCH_S = 1.0
 SHIP_FACTOR = 4.0
 # Results bigger than this per item route as a stream (see chunking).
 STREAM_ITEM_BYTES = 64 * 1024
-# How long the first lookup of a Guild waits for the store's first read: a
-# slow disk must not hold a map back for long.
-_LOAD_WAIT_S = 2.0
 # Store format of a decision: [route, chunksize, item_s, result_bytes, recorded_at].
 _KEY_PREFIX = "r1|"
 
@@ -134,8 +132,9 @@ class _Table:
         self.lock = threading.Lock()
         self.entries: dict[tuple[str, str], dict[int, tuple[Decision, float]]] = {}
         self.dirty: set[tuple[str, str]] = set()
-        self.loaded = threading.Event()
-        self.loading = False
+        self.loaded = False  # the store was read (or there is none)
+        # Held while the store is read: one reader, and lookups wait for it.
+        self.load_lock = threading.Lock()
 
 
 # (store path, agent set) -> its table. Fork-safety: a forked child starts
@@ -189,7 +188,6 @@ class Router:
         self._clock = clock
         self._lock = threading.Lock()
         self._fingerprints: dict[int, tuple[Any, str]] = {}  # id(fn) -> (fn, fingerprint)
-        self._loader: threading.Thread | None = None
         self.hits = 0
         self.similar = 0
         self.misses = 0
@@ -201,26 +199,28 @@ class Router:
         path = store.path if store is not None else ""
         with _TABLES_LOCK:
             self._table = _TABLES.setdefault((path, agent_set), _Table())
-        self._start_loading()
 
     # ------------------------------------------------------------ the store
 
-    def _start_loading(self) -> None:
-        """Read the store once per process, in the background (imports cost ~10 ms)."""
-        table, store = self._table, self._store
-        with table.lock:
-            if table.loaded.is_set() or table.loading:
-                return
-            if store is None or not store.exists():
-                table.loaded.set()
-                return
-            table.loading = True
-        self._loader = threading.Thread(target=self._load, name="guild-routing-load", daemon=True)
-        self._loader.start()
+    def _ensure_loaded(self) -> None:
+        """Read the store's decisions of this agent set, once per process.
 
-    def _load(self) -> None:
+        In the caller's thread, at the first lookup: a background reader
+        would take the GIL from an inline run, and a thread alive at the
+        pool's start would keep it from forking its template.
+        """
         table, store = self._table, self._store
-        assert store is not None
+        if table.loaded:
+            return
+        with table.load_lock:
+            if table.loaded:
+                return
+            if store is not None and store.exists():
+                self._load(store)
+            table.loaded = True
+
+    def _load(self, store: RoutingStore) -> None:
+        table = self._table
         try:
             l3 = store.open_cache().l3
             prefix = (_KEY_PREFIX + self.agent_set + "|").encode()
@@ -238,18 +238,9 @@ class Router:
                 table.entries.setdefault(pair, {}).update(
                     {b: entry for b, entry in buckets.items() if b not in table.entries.get(pair, {})}
                 )
-            table.loading = False
-            table.loaded.set()
-
-    def wait_loaded(self) -> None:
-        """Wait for this Router's read of the store (its thread) to end."""
-        if self._loader is not None:
-            self._loader.join()
 
     def flush(self) -> None:
         """Write decisions recorded since the last flush to the store (Guild shutdown)."""
-        if self._loader is not None:
-            self._loader.join()
         table, store = self._table, self._store
         if store is None:
             return
@@ -301,8 +292,7 @@ class Router:
         if pattern is None:
             return None
         table = self._table
-        if not table.loaded.is_set():
-            table.loaded.wait(_LOAD_WAIT_S)
+        self._ensure_loaded()
         now = self._clock()
         with table.lock:
             buckets = table.entries.get((pattern.fn, pattern.args), {})

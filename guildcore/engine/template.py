@@ -293,26 +293,16 @@ def _become_template() -> None:
             signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    _drop_forkserver_alive_fd()
+    from guildcore.engine.agent import drop_forkserver_alive_fd
+
+    drop_forkserver_alive_fd()
     _late_main_lookup()
-    import ctypes  # noqa: F401 - every agent needs it at start (agent._set_parent_death_signal): once, here
+    # What every agent needs at start, imported once here rather than in each.
+    import ctypes  # noqa: F401 - agent._set_parent_death_signal
+    from multiprocessing import connection, context  # noqa: F401 - _run_child
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
     gc.freeze()
-
-
-def _drop_forkserver_alive_fd() -> None:
-    """The stdlib forkserver lives while any process holds this pipe: not us."""
-    try:
-        from multiprocessing import forkserver
-
-        server = forkserver._forkserver
-        fd = getattr(server, "_forkserver_alive_fd", None)
-        if fd is not None:
-            setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the stdlib
-            os.close(fd)
-    except (ImportError, AttributeError, OSError):
-        pass
 
 
 def _late_main_lookup() -> None:
