@@ -265,9 +265,7 @@ AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.context.view")
 
 @dataclass(frozen=True, slots=True)
 class OptimizationConfig:
-    preload: bool | tuple[str, ...] = _setting(
-        (), PRELOAD, "modules agents import at start; true = what is likely"
-    )
+    preload: tuple[str, ...] = _setting((), NAMES, "modules agents start with (imported once)")
     streaming: bool = _setting(True, BOOL, "move big results in chunks")
     compression: bool = _setting(True, BOOL, "compress big cache values")
 

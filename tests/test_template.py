@@ -211,3 +211,29 @@ def test_a_cache_store_open_when_the_template_forks_keeps_storing(tmp_path: Path
     with Guild(max_agents=1, **cfg) as g:
         assert g.map(faults.inc, range(40), chunksize=4, cache=True) == list(range(1, 41))
         assert g.stats()["cache"]["items_hit"] == 40
+
+
+def test_preloaded_modules_are_imported_once_for_every_agent(tmp_path: Path) -> None:
+    proc = _script(
+        tmp_path,
+        """
+        import os, sys
+        from guildcore import Guild
+
+        def where(_):
+            return os.getpid(), "heavy" in sys.modules
+
+        if __name__ == "__main__":
+            with Guild(max_agents=2, min_agents=2, optimization={"preload": ["heavy"]}) as g:
+                seen = set(g.map(where, range(40), chunksize=1))
+            print(len({pid for pid, _ in seen}), all(has for _, has in seen), "heavy" in sys.modules)
+            print(len(open("marks").read().split()))
+        """,
+        heavy="""
+        with open("marks", "a") as f:
+            f.write("imported ")
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Two agents had it, the caller never imported it, and it ran once (in the template).
+    assert proc.stdout.split() == ["2", "True", "False", "1"]

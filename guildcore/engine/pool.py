@@ -159,7 +159,7 @@ class AgentStarter:
             # Invariant: the template copies this object as it is now, so
             # ``method`` must already say what its agents are.
             self.method = "fork"
-            self._template = Template.fork(self._run_agent)
+            self._template = Template.fork(self._run_agent, self.preload)
             return "fork"
         if requested == "fork":
             warnings.warn(

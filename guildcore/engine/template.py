@@ -149,15 +149,19 @@ class Template:
         self._lock = threading.Lock()
 
     @classmethod
-    def fork(cls, run_agent: Callable[[int, Any], None]) -> Template:
-        """Fork the template now. Only call when ``can_fork_now()``."""
+    def fork(cls, run_agent: Callable[[int, Any], None], preload: tuple[str, ...] = ()) -> Template:
+        """Fork the template now. Only call when ``can_fork_now()``.
+
+        ``preload``: modules the template imports once, so that its agents
+        start with them (``optimization.preload``).
+        """
         mine, theirs = socket.socketpair()
         _flush_std_streams()
         pid = os.fork()
         if pid == 0:  # the template
             try:
                 mine.close()
-                _serve(theirs, run_agent)
+                _serve(theirs, run_agent, preload)
             finally:
                 os._exit(0)
         theirs.close()
@@ -232,9 +236,14 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # ------------------------------------------------------------------ the template
 
 
-def _serve(sock: socket.socket, run_agent: Callable[[int, Any], None]) -> None:
+def _serve(sock: socket.socket, run_agent: Callable[[int, Any], None], preload: tuple[str, ...]) -> None:
     """The template's loop: fork an agent per request, report exits, end at EOF."""
     _become_template()
+    for module in preload:
+        try:
+            __import__(module)
+        except Exception:
+            pass  # preloading is an optimization; the task's own import reports errors
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)
     os.set_blocking(sig_w, False)
