@@ -70,6 +70,11 @@ _MEASURE_S = 0.001
 # owner loop's thread, READY): a batch done here sooner than this is not
 # worth starting them for, whatever its items cost.
 _BOOT_S = 0.02
+# Slices an inline run measures before it starts agents for items worth
+# them, unless one item alone outlasts _BOOT_S: the first slice often pays
+# for a first call (200 tasks reading a shared context measured 1 ms for the
+# first, which maps the segment, and 10 us for the others).
+_SLICES_BEFORE_START = 3
 # A slice that ran this long times its items well enough (the clock's own
 # cost and jitter are far below it).
 _TIMEABLE_S = 50e-6
@@ -549,8 +554,10 @@ class Guild:
         booted = self._supervisor.booted
         settled: list[bool] = []  # [True] once the items proved cheaper here than shipped
         ipc: list[float] = []  # the codec sample, measured once
+        asked = [0]  # slices measured so far
 
         def stop(done: int, item_s: float) -> bool:
+            asked[0] += 1
             if settled:
                 return item_s * done > MAX_INLINE_BATCH_S
             if item_s <= MAX_INLINE_ITEM_S:
@@ -567,6 +574,8 @@ class Guild:
             if item_s * (len(items) - done) < _BOOT_S:
                 settled.append(True)  # done here before agents could start: do not start them
                 return False
+            if asked[0] < _SLICES_BEFORE_START and item_s < _BOOT_S:
+                return False  # a first call often pays once (an import, a context to map): measure on
             self._ensure_started()  # worth agents: they start while items go on running here
             return False
 
