@@ -114,7 +114,15 @@ def test_inline_items_see_the_shared_context(tmp_path: Path) -> None:
         g.share({"k": 7})
         assert g.map(_plus_k, range(2000)) == [x + 7 for x in range(2000)]
         assert g.stats()["routing"]["boot_items"] == 2000
+        from guildcore.context import view
+
+        mapped_here = set(view.attached_names())
+        g.share({"k": 8})  # the first generation goes: this process's mapping of it too
+        assert g.map(_plus_k, range(2000)) == [x + 8 for x in range(2000)]
+        assert not mapped_here & set(view.attached_names())
+        second = set(view.attached_names())
         open(gate, "w").close()
+    assert not second & set(view.attached_names())  # and the second with the Guild
 
 
 def _plus_k(x: int) -> int:

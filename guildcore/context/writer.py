@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import threading
 from array import array
 from collections.abc import Mapping
@@ -410,3 +411,8 @@ class ContextHandle:
         self.unlinked = True
         shm.unlink(self.name)  # gone already (swept, removed by hand) is fine
         shm.untrack(self.name)
+        # This process may have mapped it too, for tasks run inline: that
+        # mapping alone would keep the segment's memory alive until evicted.
+        view = sys.modules.get("guildcore.context.view")
+        if view is not None:
+            view.detach(self.name)

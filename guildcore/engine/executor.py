@@ -601,31 +601,21 @@ class Guild:
         item of the fastest slice that ran long enough to time: a slice the
         host paused (another process took the core) must not make tiny items
         look dear. Returns the results so far (at least one) and ``item_s``.
+
+        The run holds the current context generation as a task would, so a
+        ``share()`` from another thread cannot unlink it mid-run.
         """
         apply = _apply_map if mode == MODE_MAP else _apply_starmap
         out: list[Any] = []
-        current = self._contexts.current
-        n = len(items)
-        step = 1
-        work_s = 0.0  # time in the items, not in ``until``
-        best = math.inf
-        item_s = 0.0
-        with task_scope(current.ref if current is not None else None):
-            while len(out) < n:
-                before = len(out)
-                t0 = time.perf_counter()
-                out += apply(fn, items[before : before + step])
-                slice_s = time.perf_counter() - t0
-                work_s += slice_s
-                ran = len(out) - before
-                if slice_s >= _TIMEABLE_S or ran == len(out):
-                    best = min(best, slice_s / ran)
-                item_s = min(best, work_s / len(out))
-                bar.advance(ran)
-                if len(out) < n and until(len(out), item_s):
-                    break
-                step = 4 * step if item_s <= 0 else max(1, min(4 * step, int(_SLICE_S / item_s)))
-        if len(out) == n:
+        hold = object()
+        ref = self._contexts.acquire(hold)
+        try:
+            with task_scope(ref):
+                item_s = _run_slices(apply, fn, items, out, bar, until)
+        finally:
+            if ref is not None:
+                self._contexts.release(hold)
+        if len(out) == len(items):
             bar.close()
         return out, item_s
 
@@ -962,6 +952,37 @@ def _result_threshold(config: Config) -> int | None:
     if not (config.streaming.enabled and config.optimization.streaming):
         return None
     return config.streaming.stream_threshold
+
+
+def _run_slices(
+    apply: Callable[[Callable[..., Any], list[Any]], list[Any]],
+    fn: Callable[..., Any],
+    items: list[Any],
+    out: list[Any],
+    bar: Progress,
+    until: Callable[[int, float], bool],
+) -> float:
+    """The slices of ``Guild._run_here``, appending to ``out``; returns the time per item."""
+    n = len(items)
+    step = 1
+    work_s = 0.0  # time in the items, not in ``until``
+    best = math.inf
+    item_s = 0.0
+    while len(out) < n:
+        before = len(out)
+        t0 = time.perf_counter()
+        out += apply(fn, items[before : before + step])
+        slice_s = time.perf_counter() - t0
+        work_s += slice_s
+        ran = len(out) - before
+        if slice_s >= _TIMEABLE_S or ran == len(out):
+            best = min(best, slice_s / ran)
+        item_s = min(best, work_s / len(out))
+        bar.advance(ran)
+        if len(out) < n and until(len(out), item_s):
+            break
+        step = 4 * step if item_s <= 0 else max(1, min(4 * step, int(_SLICE_S / item_s)))
+    return item_s
 
 
 def _apply_map(fn: Callable[..., Any], part: list[Any]) -> list[Any]:
