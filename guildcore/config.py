@@ -260,12 +260,14 @@ class MonitoringConfig:
 # What an agent imports by itself on its first tasks (shared-memory results
 # and streams, the context view): what `optimization.preload: true` preloads
 # when nothing better is known of this project.
-AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.context.view")
+AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.engine.ring", "guildcore.context.view")
 
 
 @dataclass(frozen=True, slots=True)
 class OptimizationConfig:
-    preload: tuple[str, ...] = _setting((), NAMES, "modules agents start with (imported once)")
+    preload: bool | tuple[str, ...] = _setting(
+        (), PRELOAD, "modules agents import at start; true = what is likely"
+    )
     streaming: bool = _setting(True, BOOL, "move big results in chunks")
     compression: bool = _setting(True, BOOL, "compress big cache values")
 

@@ -31,14 +31,26 @@ PREFIX = "guild_"
 _MODE = 0o600
 
 
-def create(name: str, size: int) -> int:
+def reserve(fd: int, size: int) -> None:
+    """Back every page of a new segment now (the seam tests replace to fake a full /dev/shm).
+
+    ftruncate alone makes a sparse file: a write into a page tmpfs has no
+    room for then kills the writer with SIGBUS. Reserved, a full /dev/shm
+    fails here, with ENOSPC, where callers can fall back or say so.
+    """
+    os.posix_fallocate(fd, 0, size)
+
+
+def create(name: str, size: int, *, reserve_pages: bool = False) -> int:
     """Create segment ``name`` (exclusively) of ``size`` bytes; its descriptor.
 
-    Sparse: tmpfs allocates a page only once it is written.
+    Sparse unless ``reserve_pages`` (see ``reserve``).
     """
     fd: int = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=_MODE)
     try:
         os.ftruncate(fd, max(1, size))
+        if reserve_pages:
+            reserve(fd, max(1, size))
     except BaseException:
         os.close(fd)
         unlink(name)
@@ -60,8 +72,8 @@ def map_fd(fd: int, size: int | None = None, *, writable: bool) -> mmap.mmap:
 
 
 def create_mapped(name: str, size: int) -> mmap.mmap:
-    """Create segment ``name`` and map it writable; not tracked."""
-    fd = create(name, size)
+    """Create segment ``name``, its pages reserved, and map it writable; not tracked."""
+    fd = create(name, size, reserve_pages=True)
     try:
         return map_fd(fd, size, writable=True)
     except BaseException:

@@ -575,8 +575,8 @@ class L3Store:
         tag_blob = msgpack.packb(tag_list) if tag_list else b""
 
         def write(txn: Any) -> None:
-            # Read inside the transaction: a fork closes the environment, and
-            # _write reopens it with new handles (Fork-safety, see above).
+            # Handles are read here, not captured: a damaged store replaced
+            # by a fresh one between two attempts has new ones.
             db, index = self._dbs[namespace], self._index
             put = txn.put
             for k, raw in rows:

@@ -83,18 +83,15 @@ def _check_free_space(needed: int) -> None:
         )
 
 
-def _reserve(shm: Any, needed: int) -> None:
+def _reserve(fd: int, needed: int) -> None:
     """Back every page of the new segment before writing into it.
 
     The free-space check above can be overtaken (another process fills
     /dev/shm meanwhile); tmpfs then kills the writer with SIGBUS on the first
     page it has no room for. Reserving first turns that into ENOSPC here.
     """
-    fd = getattr(shm, "_fd", -1)
-    if fd < 0:
-        return
     try:
-        os.posix_fallocate(fd, 0, needed)
+        shm.reserve(fd, needed)
     except OSError as exc:
         raise ContextError(
             f"context needs {format_bytes(needed)} ({needed} bytes) of shared memory but {SHM_DIR} "
@@ -294,6 +291,7 @@ def write_context(
     mm: mmap.mmap | None = None
     try:
         shm.track(name)  # the tracker unlinks it if this process dies first
+        _reserve(fd, used)
         mm = shm.map_fd(fd, used, writable=True)
         buf = memoryview(mm)
         layout.HEADER.pack_into(

@@ -100,6 +100,7 @@ class AgentSettings:
         forked: bool = False,
         result_threshold: int | None = None,
         supervisor_pid: int = 0,
+        report_stats: bool = False,
         main: tuple[str, str] | None = None,
     ) -> None:
         self.agent_id = agent_id
@@ -114,6 +115,8 @@ class AgentSettings:
         # shared-memory segment named after the supervisor (shmbuf.result_name).
         self.result_threshold = result_threshold
         self.supervisor_pid = supervisor_pid
+        # Send STATS after every task, not only map chunks (metrics are on).
+        self.report_stats = report_stats
         # How the caller's script was started (``lazymain.caller_main``), for
         # agents that do not inherit its ``__main__``.
         self.main = main

@@ -101,12 +101,7 @@ def _shutdown_all_at_exit() -> None:
     _interpreter_exiting.set()
     for guild in list(_live):
         try:
-            if guild._is_shutdown and guild._graceful:
-                if guild._started:
-                    guild._supervisor.join()
-                guild._close_resources()
-            else:
-                guild.shutdown(wait=True, cancel_futures=True, _kill=True)
+            guild.shutdown(wait=True)
         except Exception:
             pass
 
@@ -185,6 +180,25 @@ class Guild:
         if config is not None and overrides:
             raise ConfigError("pass either config= or keyword overrides to Guild, not both", key="config")
         self._settings = _settings_from(self.config)
+        self._run: Run | None = None
+        self._recorder: RunRecorder | None = None
+        if self.config.monitoring.metrics:
+            from guildcore.engine.limits import read_private_bytes
+            from guildcore.metrics.run import guild_recorder
+
+            self._run, self._recorder = guild_recorder(
+                self.config,
+                max_agents=self._settings.max_agents,
+                min_agents=self._settings.min_agents,
+                memory_probe=read_private_bytes,
+                on_alert=on_alert,
+            )
+        preload = self.config.optimization.preload_modules()
+        if self.config.optimization.preload is True or any(m.startswith("process:") for m in preload):
+            # The modules of named processes, or of those this project ran last.
+            from guildcore.process.preload import expand_preload
+
+            preload = expand_preload(self.config)
         self._starter = starter = AgentStarter(
             start_method=self.config.pool.start_method,
             limit_bytes=self.config.limits.per_agent,
@@ -206,7 +220,7 @@ class Guild:
             agent_set=f"{self._settings.max_agents}/{starter.method}/{self.config.limits.per_agent}",
             store=self._routing_store(),
         )
-        self._routing = self._settings.parallel and self.config.parallelization.strategy == "auto"
+        self._routing = self._settings.parallel and self.config.parallelization.strategy in ("auto", "adaptive")
         self._context_digest: bytes | None = None
         self._duplicates = DuplicateCounter()  # identical items of cached maps, run once
         # Segments of supervisors that died without cleaning up (SIGKILL).
@@ -221,7 +235,6 @@ class Guild:
         self._supervisor = Supervisor(self._settings, starter, self._recorder)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
-        self._graceful = True  # no shutdown asked to cancel or kill: exit waits for queued work
         # The pool (template, owner loop, agents) starts on first need: a
         # script whose maps all run here never forks, and a fork made now
         # would make this process copy every page it writes afterwards.
@@ -351,7 +364,9 @@ class Guild:
             exists=lambda: os.path.exists(os.path.join(path, "data.mdb")),
         )
 
-    def _check_open(self) -> None:
+    def _check_open(self, after_shutdown: str = "cannot submit: this Guild is shut down; create a new Guild") -> None:
+        if _interpreter_exiting.is_set():
+            raise ShutdownError("cannot schedule new futures after interpreter shutdown")
         if self._is_shutdown:
             raise ShutdownError(after_shutdown)
 
@@ -481,7 +496,7 @@ class Guild:
             return []
         if cache:
             return self._map_cached(fn, items, mode, chunksize, progress, priority, timeout, retries)
-        bar = Progress(len(items), enabled=progress, label=describe(fn))
+        bar = Progress(len(items), enabled=progress, label=describe(fn), status=self._live)
         # Routing applies to defaults only: an explicit chunksize, timeout or
         # retries asks for the pool's machinery (isolation).
         if self._routing and chunksize == "auto" and timeout is _DEFAULT and retries in (None, _DEFAULT):
@@ -609,12 +624,15 @@ class Guild:
         out: list[Any] = []
         hold = object()
         ref = self._contexts.acquire(hold)
+        began = time.monotonic()
         try:
             with task_scope(ref):
                 item_s = _run_slices(apply, fn, items, out, bar, until)
         finally:
             if ref is not None:
                 self._contexts.release(hold)
+        if self._recorder is not None:
+            self._recorder.inline_batch(describe(fn), len(out), began, time.monotonic())
         if len(out) == len(items):
             bar.close()
         return out, item_s
@@ -754,9 +772,9 @@ class Guild:
         the iterator (or leave a ``with`` block) to cancel the task and free
         the agent: the generator's ``finally`` runs when it next yields.
         Dropping the iterator cancels too, and so does shutting the Guild down.
-        Chunks that are ``bytes``/``bytearray``/``memoryview`` of 64 KiB up to
-        ``streaming.chunk_size`` travel through a shared-memory ring and each
-        arrives as a new ``bytes`` (``bytearray`` for a bytearray).
+        Chunks travel straight from the agent through a shared-memory ring
+        (``ring.py``) and each arrives as a copy you may keep (a numpy chunk
+        as a new array); ``.views()`` on the iterator hands them out in place.
         """
         self._check_open()
         if not self.config.streaming.enabled:  # one plain task; its list arrives at once
@@ -764,7 +782,7 @@ class Guild:
 
             task = self._make_task(run_to_list, MODE_CALL, [(spec_for(fn), args, kwargs), {}], timeout=timeout, retries=0)
             task.fn_name = describe(fn)
-            self._supervisor.submit([task])
+            self._submit([task])
             return CollectedStream(task.future)
         task = self._make_task(fn, MODE_STREAM, [args, kwargs], timeout=timeout, retries=0)
         sup = self._supervisor
@@ -823,6 +841,8 @@ class Guild:
             snap["cache"] = self._results.stats() if self._results is not None else None
         snap["routing"] = self._router.stats()
         snap["start_method"] = self._starter.method
+        snap["metrics"] = self._metrics_summary()
+        snap["batching"] = self._duplicates.stats()
         current = self._contexts.current
         snap["context"] = {
             "generation": self._contexts.generation,
@@ -843,7 +863,7 @@ class Guild:
             return None
         if run.record is not None:
             return run.record
-        if self._supervisor.join(0):
+        if not self._started or self._supervisor.join(0):  # no owner loop runs: read here
             rec.drain()
             return run.build()
 
@@ -931,6 +951,8 @@ class Guild:
         elif cache is not None:
             cache.close()
         self._contexts.close()
+        if self._run is not None and self._recorder is not None:
+            self._run.guild_closed(self._recorder, self._final_cache_stats)
         self._starter.close()  # after the owner loop has reaped every agent
 
     def __enter__(self) -> Guild:

@@ -69,8 +69,8 @@ class GuildExecutor(Executor):
         self._guild = Guild(initializer=initializer, initargs=initargs, pool=pool, limits=limits, **overrides)
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        self._guild._check_open()  # ShutdownError is a RuntimeError, as the stdlib raises
-        task = self._guild._make_task(fn, MODE_CALL, [args, kwargs])
+        self._check_open()
+        task = self._guild._make_task(fn, MODE_CALL, [args, kwargs], future_type=StdlibFuture)
         self._guild._submit([task])
         return task.future
 

@@ -23,7 +23,7 @@ from guildcore.engine.agent import AgentSettings, agent_main
 from guildcore.engine.lazymain import AGENT_NAME_PREFIX, caller_main
 from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transition
 from guildcore.engine.template import Template, TemplateError, can_fork_now
-from guildcore.errors import format_bytes
+from guildcore.errors import ConfigError, format_bytes
 
 if TYPE_CHECKING:
     from guildcore.engine.task import Task
@@ -124,13 +124,18 @@ class AgentStarter:
         report_stats: bool = False,
     ) -> None:
         if start_method not in START_METHODS:
-            raise ValueError(f"unknown start method {start_method!r}; choose one of {', '.join(START_METHODS)}")
+            raise ConfigError(
+                f"unknown start method {start_method!r}; choose one of {', '.join(START_METHODS)}",
+                key="pool.start_method",
+                value=start_method,
+            )
         self.limit_bytes = limit_bytes
         self.initializer = initializer
         self.initargs = initargs
         self.preload = preload
         self.cache_env = dict(cache_env or {})
         self.result_threshold = result_threshold
+        self.report_stats = report_stats
         self.main = caller_main()
         self.supervisor_pid = os.getpid()  # read here: _settings also runs inside agents
         self._template: Template | None = None
@@ -184,6 +189,7 @@ class AgentStarter:
             supervisor_pid=self.supervisor_pid,
             forked=self.method == "fork",
             main=None if self.method == "fork" else self.main,
+            report_stats=self.report_stats,
         )
 
     def _run_agent(self, agent_id: int, conn: Any) -> None:

@@ -229,7 +229,8 @@ class Router:
             loaded = {}
             for key, (value, _expires, _n) in found.items():
                 fn, _, args = key[len(prefix) :].decode().partition("|")
-                loaded[(fn, args)] = {int(b): (_from_row(row), float(row[4])) for b, row in value.items()}
+                rows = {int(b): (_from_row(row), float(row[4])) for b, row in value.items()}
+                loaded[(fn, args)] = {b: (d, at) for b, (d, at) in rows.items() if d is not None}
         except Exception as exc:  # a cache problem costs only the decisions
             log.warning("routing decisions could not be read from the cache (%s); measuring again", exc)
             loaded = {}
@@ -373,10 +374,11 @@ def _to_row(d: Decision, recorded_at: float) -> list[Any]:
     return [d.route, d.chunksize, d.item_s, d.result_bytes, recorded_at]
 
 
-def _from_row(row: Sequence[Any]) -> Decision:
+def _from_row(row: Sequence[Any]) -> Decision | None:
+    """A stored decision; None for one this version cannot read (it is measured again)."""
     route, chunksize, item_s, result_bytes = str(row[0]), row[1], float(row[2]), int(row[3])
     if route not in (INLINE, POOL, STREAM):
-        raise ValueError(f"unknown route {route!r}")
+        return None
     return Decision(route, item_s, result_bytes, None if chunksize is None else int(chunksize), "remembered")
 
 

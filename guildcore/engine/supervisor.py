@@ -398,6 +398,8 @@ class Supervisor:
             agent.baseline_private = int(fields[1]) if len(fields) > 1 else 0
             self._start_failures = 0
             self.booted.set()
+            if self.recorder is not None:
+                self.recorder.agent_ready(agent.id, time.monotonic())
             if agent.state is AgentState.STARTING:
                 agent.set_state(AgentState.BUSY if agent.held else AgentState.IDLE)
                 agent.idle_since = time.monotonic()
