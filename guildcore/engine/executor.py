@@ -38,9 +38,9 @@ from guildcore.engine.routing import (
     MAX_INLINE_BATCH_S,
     MAX_INLINE_ITEM_S,
     Decision,
+    Pattern,
     Router,
     RoutingStore,
-    codec_cost_per_item,
     decide,
 )
 from guildcore.engine.stream import StreamState
@@ -531,11 +531,11 @@ class Guild:
                 return done
             # far slower than remembered: item_s is the new measure
         elif not self._supervisor.booted.is_set() and (decision is None or decision.item_s * n < _BOOT_S):
-            done, item_s = self._run_here(fn, items, mode, bar, until=self._agents_ready(items))
+            done, item_s = self._run_here(fn, items, mode, bar, until=self._agents_ready(items, pattern))
             router.count_inline(len(done), booting=True)
             if len(done) == n:
                 if decision is None:
-                    router.record(pattern, self._decide(items, item_s, n))
+                    router.record(pattern, self._decide(items, item_s, n, pattern=pattern))
                 return done
         rest = items[len(done) :] if done else items
         if done:
@@ -550,16 +550,18 @@ class Guild:
         )
         tasks = self._chunk_tasks(fn, rest, size, mode, guided=True, priority=priority)
         out = self._gather(tasks, bar)
-        router.record(pattern, self._decide(items, _agents_item_s(tasks) or item_s, n, results=out))
+        router.record(pattern, self._decide(items, _agents_item_s(tasks) or item_s, n, results=out, pattern=pattern))
         return done + out if done else out
 
-    def _decide(self, items: list[Any], item_s: float, n: int, results: list[Any] | None = None) -> Decision:
+    def _decide(
+        self, items: list[Any], item_s: float, n: int, results: list[Any] | None = None, pattern: Pattern | None = None
+    ) -> Decision:
         """The decision the measurements support (the codec sample only where it can matter)."""
-        ipc_s = codec_cost_per_item(items) if item_s <= MAX_INLINE_ITEM_S else 0.0
+        ipc_s = self._router.ipc_s(pattern, items) if item_s <= MAX_INLINE_ITEM_S else 0.0
         result_bytes = _result_bytes(results) if results else 0
         return decide(item_s=item_s, ipc_s=ipc_s, n_items=n, agents=self._settings.max_agents, result_bytes=result_bytes)
 
-    def _agents_ready(self, items: list[Any]) -> Callable[[int, float], bool]:
+    def _agents_ready(self, items: list[Any], pattern: Pattern | None) -> Callable[[int, float], bool]:
         """Stop an inline run once its items prove worth agents and an agent is ready.
 
         Items too cheap to ship settle the run here to its end, and no pool
@@ -568,7 +570,6 @@ class Guild:
         """
         booted = self._supervisor.booted
         settled: list[bool] = []  # [True] once the items proved cheaper here than shipped
-        ipc: list[float] = []  # the codec sample, measured once
         asked = [0]  # slices measured so far
 
         def stop(done: int, item_s: float) -> bool:
@@ -578,10 +579,8 @@ class Guild:
             if item_s <= MAX_INLINE_ITEM_S:
                 if item_s * done < _MEASURE_S:
                     return False  # too little run to tell a tiny item from a cheap one
-                if not ipc:
-                    ipc.append(codec_cost_per_item(items))
                 n, agents = len(items), self._settings.max_agents
-                if decide(item_s=item_s, ipc_s=ipc[0], n_items=n, agents=agents).inline:
+                if decide(item_s=item_s, ipc_s=self._router.ipc_s(pattern, items), n_items=n, agents=agents).inline:
                     settled.append(True)
                     return False
             if booted.is_set():

@@ -188,6 +188,7 @@ class Router:
         self._clock = clock
         self._lock = threading.Lock()
         self._fingerprints: dict[int, tuple[Any, str]] = {}  # id(fn) -> (fn, fingerprint)
+        self._ipc: dict[tuple[str, str], float] = {}  # (fn, args) -> codec cost per item, sampled once
         self.hits = 0
         self.similar = 0
         self.misses = 0
@@ -320,6 +321,18 @@ class Router:
         with table.lock:
             table.entries.setdefault(pair, {})[pattern.bucket] = (decision, self._clock())
             table.dirty.add(pair)
+
+    def ipc_s(self, pattern: Pattern | None, items: Sequence[Any]) -> float:
+        """The codec cost per item of this function's items, sampled once per argument types."""
+        if pattern is None:
+            return codec_cost_per_item(items)
+        key = (pattern.fn, pattern.args)
+        cost = self._ipc.get(key)
+        if cost is None:
+            if len(self._ipc) > 256:
+                self._ipc.clear()  # bound it: patterns made in a loop must not grow it forever
+            cost = self._ipc[key] = codec_cost_per_item(items)
+        return cost
 
     def measured_s(self, pattern: Pattern | None) -> float | None:
         """The last measured compute time per item of ``pattern``'s function and types."""
