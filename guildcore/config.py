@@ -141,7 +141,7 @@ class PoolConfig:
         "least_loaded", choice("least_loaded", "round_robin"), "which agent gets a task"
     )
     start_method: str = _setting(
-        "forkserver", choice("forkserver", "fork", "spawn"), "how agents start"
+        "auto", choice("auto", "forkserver", "fork", "spawn"), "auto: fork from a template when safe, else forkserver"
     )
     prefetch: int = _setting(2, integer(0), "tasks sent ahead to a busy agent")
     max_tasks_per_agent: int | None = _setting(
@@ -260,7 +260,7 @@ class MonitoringConfig:
 # What an agent imports by itself on its first tasks (shared-memory results
 # and streams, the context view): what `optimization.preload: true` preloads
 # when nothing better is known of this project.
-AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.context.view")
+AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.engine.ring", "guildcore.context.view")
 
 
 @dataclass(frozen=True, slots=True)

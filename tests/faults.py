@@ -153,3 +153,33 @@ def release(fifo: str) -> None:
         os.write(fd, b"x")
     finally:
         os.close(fd)
+
+
+def pid_after(seconds: float, _item: object = None) -> int:
+    """Sleep, then say which process ran this (the caller, for an inline run)."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def touch_then_pid(path: str, seconds: float) -> int:
+    """Create ``path`` (opening an agent's gate), sleep, return the pid that ran this."""
+    with open(path, "a"):
+        pass
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def wait_for_path(path: str, timeout_s: float = 30.0) -> None:
+    """An initializer that holds an agent before READY until ``path`` exists."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.002)
+
+
+def nap(seconds: float, value: object) -> object:
+    """``value`` after ``seconds``; with 0, no system call at all: a tiny item."""
+    if seconds:
+        time.sleep(seconds)
+    return value

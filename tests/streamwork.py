@@ -154,3 +154,21 @@ def slow_item(release: str | None, value: int) -> int:
         finally:
             os.close(fd)
     return value
+
+
+def arrays(chunk_size: int) -> Iterator[object]:
+    """numpy chunks of several dtypes and layouts, in and beyond a slot."""
+    import numpy as np
+
+    yield np.arange(1000, dtype=np.float64).reshape(10, 100)
+    yield np.arange(chunk_size // 8, dtype="<i8")
+    yield np.arange(200, dtype=np.int32).reshape(10, 20).T  # not C-contiguous
+    yield np.array(3.5)  # 0-d
+    yield np.zeros(chunk_size // 4 + 1, dtype=np.float64)  # too big for a slot
+    yield np.array(["a", None], dtype=object)  # no raw buffer: encoded
+
+
+def numbered_blocks(n: int, size: int) -> Iterator[bytes]:
+    """``n`` blocks of ``size`` bytes, block ``i`` filled with ``i % 256``."""
+    for i in range(n):
+        yield bytes([i % 256]) * size

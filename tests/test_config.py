@@ -365,7 +365,7 @@ def test_unknown_key_in_env_and_keywords(project: Path) -> None:
         ("idle_timeout: soon", "bad value 'soon' for 'performance.pool.idle_timeout' in {md} line 8; "
          "expected a duration above 0 such as 250ms, 30s, 10m, 1h or a number of seconds"),
         ("start_method: threads", "bad value 'threads' for 'performance.pool.start_method' in {md} line 8; "
-         "choose one of forkserver, fork, spawn"),
+         "choose one of auto, forkserver, fork, spawn"),
         ("balancing: random", "bad value 'random' for 'performance.pool.balancing' in {md} line 8; "
          "choose one of least_loaded, round_robin"),
         ("retries: -1", "bad value -1 for 'performance.pool.retries' in {md} line 8; expected a whole number >= 0"),

@@ -29,7 +29,7 @@ def test_tasks_read_the_context_by_argument_and_by_accessor() -> None:
         ctx = g.share({"answer": 42, "blob": b"\x00" * 1000, "nested": {"a": (1, 2)}})
         assert g.submit(cachework.read_key, ctx, "answer").result(timeout=30) == 42
         assert g.submit(cachework.context_value, "nested").result(timeout=30) == {"a": (1, 2)}
-        assert g.map(cachework.context_value, ["answer"] * 5) == [42] * 5
+        assert g.map(cachework.context_value, ["answer"] * 5, chunksize=1) == [42] * 5
         assert ctx["answer"] == 42  # the reference reads in the supervisor too
 
 

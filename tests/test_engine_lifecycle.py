@@ -126,7 +126,7 @@ def test_guild_from_a_process_that_runs_threads() -> None:
     try:
         for method in ("forkserver", "spawn"):
             with Guild(max_agents=2, start_method=method) as g:
-                assert g.map(faults.inc, range(20)) == list(range(1, 21))
+                assert g.map(faults.inc, range(20), chunksize=5) == list(range(1, 21))
     finally:
         stop.set()
         for t in busy:
@@ -137,7 +137,7 @@ def test_no_leaked_fds_or_threads_after_shutdown() -> None:
     before_fds = set(os.listdir("/proc/self/fd"))
     before_threads = set(threading.enumerate())
     with Guild(max_agents=2, min_agents=2) as g:
-        g.map(faults.inc, range(1000))
+        g.map(faults.inc, range(1000), chunksize=100)
         with pytest.raises(Exception):  # noqa: B017 - any failure; the point is cleanup
             g.submit(faults.exit_hard, 1).result(timeout=30)
     leaked_threads = [t for t in set(threading.enumerate()) - before_threads if t.is_alive()]

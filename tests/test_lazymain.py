@@ -1,7 +1,9 @@
-"""Agents run the caller's script only when a task needs a name from it.
+"""Forkserver agents run the caller's script only when a task needs a name from it.
 
 Each script appends its pid to a marker file at import, outside any guard,
-so the marker counts how many processes ran the script.
+so the marker counts how many processes ran the script. The scripts pin
+``start_method: forkserver``; agents forked from a template inherit the
+script instead (``test_template.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ sys.path.insert(0, {TESTS!r})
 def _run(tmp_path: Path, body: str, *, module: bool = False) -> subprocess.CompletedProcess[str]:
     (tmp_path / "job.py").write_text(MARK + textwrap.dedent(body))
     argv = [sys.executable, "-m", "job"] if module else [sys.executable, str(tmp_path / "job.py")]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    env = {**os.environ, "GUILD_POOL__START_METHOD": "forkserver"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=str(tmp_path), env=env)
 
 
 def _runs(tmp_path: Path) -> list[int]:
@@ -48,7 +51,7 @@ def test_tasks_from_modules_never_run_the_script_in_agents(tmp_path: Path) -> No
 
         if __name__ == "__main__":
             with Guild(max_agents=2, min_agents=2) as g:
-                print(g.map(faults.inc, range(100)) == list(range(1, 101)))
+                print(g.map(faults.inc, range(100), chunksize=10) == list(range(1, 101)))
         """,
     )
     assert proc.returncode == 0, proc.stderr
@@ -83,7 +86,7 @@ def test_names_from_the_script_load_it_on_first_use(tmp_path: Path) -> None:
 
         if __name__ == "__main__":
             with Guild(max_agents=2, min_agents=2, initializer=setup, initargs=(Point(100),)) as g:
-                print(sum(g.map(square, range(10))), g.submit(getx, Point(5)).result(), g.submit(offset, 1).result())
+                print(sum(g.map(square, range(10), chunksize=1)), g.submit(getx, Point(5)).result(), g.submit(offset, 1).result())
         """,
     )
     assert proc.returncode == 0, proc.stderr
@@ -151,7 +154,7 @@ def test_an_unguarded_script_with_functions_from_modules_runs_once(tmp_path: Pat
         from guildcore import Guild
 
         g = Guild(max_agents=2, min_agents=2)
-        print("work", g.map(faults.inc, range(5)))
+        print("work", g.map(faults.inc, range(5), chunksize=1))
         g.shutdown()
         """,
     )
@@ -172,7 +175,7 @@ def test_an_unguarded_script_needing_its_own_functions_gets_the_fix(tmp_path: Pa
         g = Guild(max_agents=1)
         print("work", flush=True)
         try:
-            g.map(square, range(5))
+            g.map(square, range(5), chunksize=1)
         finally:
             g.shutdown()
         """,
@@ -197,7 +200,7 @@ def test_a_main_module_run_with_dash_m_loads_lazily(tmp_path: Path) -> None:
         if __name__ == "__main__":
             with Guild(max_agents=1) as g:
                 before = len(open("mark").read().split())
-                print(g.submit(faults.inc, 1).result(), before, g.map(cube, [1, 2, 3]))
+                print(g.submit(faults.inc, 1).result(), before, g.map(cube, [1, 2, 3], chunksize=1))
         """,
         module=True,
     )

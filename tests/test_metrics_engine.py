@@ -123,10 +123,11 @@ def test_metrics_off_records_nothing(isolated: Path) -> None:
 
 
 def test_inline_batches_and_cache_lookups_are_recorded(isolated: Path) -> None:
-    with Guild(max_agents=2) as g:
-        g.map(faults.inc, range(2000))  # measured in the pool
-        g._router.observe("tests.faults:inc", 1_000_000, 1e-3)  # as a quiet host measures it: tiny
-        g.map(faults.inc, range(2000))  # so routed inline
+    gate = str(isolated / "gate")  # agents wait at their initializer until it exists
+    with Guild(max_agents=2, initializer=faults.wait_for_path, initargs=(gate,)) as g:
+        g.map(faults.inc, range(2000))  # no agent is ready: it runs here, inline
+        g.map(faults.inc, range(2000))  # still none: inline again
+        open(gate, "w").close()
         g.map(faults.inc, range(300), cache=True)
         g.map(faults.inc, range(300), cache=True)
     s = g.stats()["metrics"]

@@ -276,7 +276,8 @@ def test_preload_names_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     from guildcore.process.preload import imported
 
     def agent_has(**overrides: Any) -> bool:
-        with Guild(min_agents=1, max_agents=1, **overrides) as g:
+        # Forkserver agents: a forked one would inherit this process's imports.
+        with Guild(min_agents=1, max_agents=1, start_method="forkserver", **overrides) as g:
             return g.submit(imported, ["tests.procwork"]).result()["tests.procwork"]
 
     assert agent_has() is False

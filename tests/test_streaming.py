@@ -17,6 +17,7 @@ import faults
 import pytest
 import streamwork
 
+import guildcore
 from guildcore import AgentDied, Guild, SerializationError, TaskTimeout, codec
 from guildcore.engine import shmbuf
 
@@ -248,3 +249,74 @@ def test_imap_unordered_hands_back_results_as_they_complete(tmp_path: object) ->
 
 def _slow_or_fast(args: tuple[str | None, int]) -> int:
     return streamwork.slow_item(*args)
+
+
+# ------------------------------------------------------------ numpy and views
+
+
+def test_numpy_chunks_come_through_the_ring_as_arrays(guild: Guild) -> None:
+    np = pytest.importorskip("numpy")
+    it = guild.stream(streamwork.arrays, CHUNK)
+    got = list(it)
+    want = list(streamwork.arrays(CHUNK))
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert type(g) is np.ndarray and g.dtype == w.dtype and g.shape == w.shape
+        assert g.tolist() == w.tolist()
+        assert g.flags.writeable  # a copy the consumer owns
+    # Only the array too big for a slot took the supervisor's way.
+    assert it._state.received == 1
+
+
+def test_a_loop_keeping_its_last_array_streams_on(guild: Guild) -> None:
+    np = pytest.importorskip("numpy")
+    it = guild.stream(streamwork.numbered_blocks, 5 * WINDOW, CHUNK).views()
+    seen = []
+    for view in it:
+        arr = np.frombuffer(view, dtype=np.uint8)  # alive until the next one is bound
+        seen.append(int(arr[0]))
+    assert seen == [i % 256 for i in range(5 * WINDOW)]
+
+
+def test_views_hand_out_chunks_in_place_and_take_slots_back(guild: Guild) -> None:
+    it = guild.stream(streamwork.numbered_blocks, 12, CHUNK).views()
+    kept = []
+    for i, view in enumerate(it):
+        assert type(view) is memoryview and view.readonly and view.nbytes == CHUNK
+        assert view[0] == view[-1] == i % 256
+        if i < 2:
+            kept.append(bytes(view))  # a copy: keeping the view itself would hold its slot
+    assert kept == [b"\0" * CHUNK, b"\1" * CHUNK]
+    assert view[0] == 11  # the last view stays valid while it lives: it holds its own slot
+
+
+def test_an_array_made_from_a_view_holds_its_slot_until_dropped(guild: Guild) -> None:
+    np = pytest.importorskip("numpy")
+    it = guild.stream(streamwork.numbered_blocks, 3 * WINDOW, CHUNK).views()
+    first = np.frombuffer(next(it), dtype=np.uint8)  # pins chunk 0's slot
+    for i in range(1, WINDOW):  # the other slots are still there to use
+        assert np.frombuffer(next(it), dtype=np.uint8)[0] == i
+    assert first[0] == 0 and first[-1] == 0  # never overwritten
+    del first  # chunk 4 needs its slot: now it may come
+    assert [bytes(v)[0] for v in it] == list(range(WINDOW, 3 * WINDOW))
+
+
+def test_keeping_every_slot_is_an_error_not_a_hang(guild: Guild) -> None:
+    np = pytest.importorskip("numpy")
+    it = guild.stream(streamwork.numbered_blocks, 3 * WINDOW, CHUNK).views()
+    kept = [np.frombuffer(next(it), dtype=np.uint8) for _ in range(WINDOW)]
+    with pytest.raises(guildcore.GuildError, match=r"chunk 0 of this stream is still in use, and the agent needs its slot for chunk 4"):
+        next(it)
+    assert [int(a[0]) for a in kept] == list(range(WINDOW))
+    del kept
+    assert guild.submit(faults.inc, 1).result(timeout=30) == 2  # the stream was cancelled, the agent is free
+
+
+def test_numpy_views_are_read_only_arrays(guild: Guild) -> None:
+    np = pytest.importorskip("numpy")
+    it = guild.stream(streamwork.arrays, CHUNK).views()
+    first = next(it)
+    assert isinstance(first, np.ndarray) and not first.flags.writeable and first.shape == (10, 100)
+    assert float(first.sum()) == float(np.arange(1000).sum())
+    del first
+    assert sum(1 for _ in it) == 5  # list(it) would keep every chunk alive, so every slot

@@ -62,6 +62,8 @@ import struct
 
 import xxhash
 
+from guildcore import shm
+
 MAGIC = b"GUILDCTX"
 FORMAT_VERSION = 1
 HEADER_SIZE = 128
@@ -76,7 +78,7 @@ SLOT_INDEX_MASK = 0x0000_0000_FFFF_FFFF
 assert HEADER.size == HEADER_SIZE
 assert ENTRY.size == 40
 
-SEGMENT_PREFIX = "guild_"
+SEGMENT_PREFIX = shm.PREFIX
 
 key_hash = xxhash.xxh3_64_intdigest
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from guildcore.context import layout
+from guildcore import shm
 from guildcore.context.ref import ContextRef
-from guildcore.context.writer import SHM_DIR, ContextHandle, write_context
+
+if TYPE_CHECKING:
+    from guildcore.context.writer import ContextHandle
 
 
 class ContextRegistry:
@@ -69,6 +71,10 @@ class ContextRegistry:
 
                 raise ContextError("the context registry is closed: the Guild was shut down")
             generation = self._generation = self._generation + 1
+        # Imported on first share: the writer's imports (xxhash, the layout)
+        # are no cost of a Guild that shares nothing.
+        from guildcore.context.writer import write_context
+
         handle = write_context(mapping, generation=generation, owner_pid=self._owner_pid)
         with self._lock:
             previous, self._current = self._current, handle
@@ -112,40 +118,9 @@ class ContextRegistry:
             handle.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    import psutil  # only the start-up sweep asks
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-def sweep_stale(prefix: str = layout.SEGMENT_PREFIX, *, shm_dir: str = SHM_DIR) -> list[str]:
+def sweep_stale(prefix: str = shm.PREFIX, *, shm_dir: str = shm.SHM_DIR) -> list[str]:
     """Remove segments named ``{prefix}{pid}_...`` whose owner pid is dead; returns their names.
 
-    Called when a Guild starts. A segment whose owner lives is left alone,
-    whoever owns it; a reused pid only makes the sweep more conservative.
+    Called when a Guild starts (see ``guildcore.shm.sweep_dead``).
     """
-    try:
-        names = os.listdir(shm_dir)
-    except FileNotFoundError:
-        return []
-    removed = []
-    for name in sorted(names):
-        if not name.startswith(prefix):
-            continue
-        rest = name[len(prefix) :]
-        pid_text = rest.split("_", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-            continue
-        try:
-            os.unlink(os.path.join(shm_dir, name))
-        except FileNotFoundError:
-            continue  # another supervisor swept it first
-        removed.append(name)
-    return removed
+    return shm.sweep_dead(prefix, shm_dir=shm_dir)

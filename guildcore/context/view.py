@@ -10,10 +10,10 @@ Ownership: an agent never unlinks and never registers a segment. Python
 3.11's ``SharedMemory(name=...)`` registers even a mere attach with the
 resource tracker, which then unlinks the segment when that process exits
 (and warns about a "leak"): a dying agent would take the context away from
-every other agent. So the reader opens the name with ``_posixshmem.shm_open``
-(the same call SharedMemory makes) and maps it ``PROT_READ`` itself: nothing
-is registered, and the mapping is read-only at the OS level, so every
-memoryview or numpy array made from it is read-only too.
+every other agent. So the reader opens the name through ``guildcore.shm``
+and maps it ``PROT_READ``: nothing is registered, and the mapping is
+read-only at the OS level, so every memoryview or numpy array made from it
+is read-only too.
 
 Fork-safety: a forked agent inherits the cache and its mappings; they stay
 valid (MAP_SHARED, read-only), so no re-attach is needed after fork.
@@ -21,13 +21,11 @@ valid (MAP_SHARED, read-only), so no re-attach is needed after fork.
 
 from __future__ import annotations
 
-import _posixshmem  # type: ignore[import-not-found]  # POSIX only, as is guildcore
 import mmap
-import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
 
-from guildcore import codec
+from guildcore import codec, shm
 from guildcore._errors import ContextError
 from guildcore.context import layout
 from guildcore.context.layout import Kind
@@ -42,12 +40,7 @@ _MISSING = object()
 
 
 def _open_readonly(name: str) -> mmap.mmap:
-    fd: int = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
-    try:
-        size = os.fstat(fd).st_size
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
+    return shm.open_mapped(name, writable=False)
 
 
 class ContextView(Mapping["Any", "Any"]):

@@ -8,37 +8,31 @@ Making generations and tracking tasks is ``registry.py``'s job.
 Ownership: the supervisor process that wrote a segment is the only one that
 unlinks it (``ContextHandle.unlink`` is a no-op in any other process, for
 instance a forked agent that inherited the handle). The writer creates the
-segment through ``SharedMemory(create=True)``, which registers it with this
-process's resource tracker: if the supervisor dies without unlinking, the
-tracker removes it; if the tracker dies too, ``sweep_stale`` does at the
-next start.
+segment through ``guildcore.shm`` and registers it with this process's
+resource tracker: if the supervisor dies without unlinking, the tracker
+removes it; if the tracker dies too, ``sweep_stale`` does at the next start.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 import threading
 from array import array
 from collections.abc import Mapping
-from multiprocessing import resource_tracker
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import xxhash
 
-from guildcore import codec
+from guildcore import codec, shm
 from guildcore.context import layout
 from guildcore.context.layout import Kind
 from guildcore.context.ref import ContextRef
 from guildcore.errors import ContextError, format_bytes
 
-if TYPE_CHECKING:
-    # Imported on first share(): it imports secrets and hashlib, ~8 ms of every
-    # Guild's start-up that a Guild sharing nothing need not pay.
-    from multiprocessing.shared_memory import SharedMemory
-
-SHM_DIR = "/dev/shm"
+SHM_DIR = shm.SHM_DIR
 
 
 def _key_error(key: Any, exc: Exception) -> ContextError:
@@ -78,11 +72,9 @@ def _as_raw(value: Any) -> tuple[Kind, Any, bytes] | None:
 
 
 def _check_free_space(needed: int) -> None:
-    try:
-        st = os.statvfs(SHM_DIR)
-    except (FileNotFoundError, AttributeError):
+    free = shm.free_bytes(SHM_DIR)
+    if free is None:
         return  # no /dev/shm (macOS): let the OS say no
-    free = st.f_bavail * st.f_frsize
     if needed > free:
         raise ContextError(
             f"context needs {format_bytes(needed)} ({needed} bytes) of shared memory but "
@@ -91,18 +83,15 @@ def _check_free_space(needed: int) -> None:
         )
 
 
-def _reserve(shm: Any, needed: int) -> None:
+def _reserve(fd: int, needed: int) -> None:
     """Back every page of the new segment before writing into it.
 
     The free-space check above can be overtaken (another process fills
     /dev/shm meanwhile); tmpfs then kills the writer with SIGBUS on the first
     page it has no room for. Reserving first turns that into ENOSPC here.
     """
-    fd = getattr(shm, "_fd", -1)
-    if fd < 0:
-        return
     try:
-        os.posix_fallocate(fd, 0, needed)
+        shm.reserve(fd, needed)
     except OSError as exc:
         raise ContextError(
             f"context needs {format_bytes(needed)} ({needed} bytes) of shared memory but {SHM_DIR} "
@@ -293,18 +282,18 @@ def write_context(
     table = _build_index(hashes, slots)
     del hashes
     name = layout.segment_name(pid, generation, os.urandom(4).hex())
-    from multiprocessing.shared_memory import SharedMemory
-
     try:
-        shm = SharedMemory(name=name, create=True, size=used)
+        fd = shm.create(name, used)
     except OSError as exc:
         raise ContextError(
             f"could not create shared-memory segment {name} of {format_bytes(used)}: {exc}"
         ) from exc
+    mm: mmap.mmap | None = None
     try:
-        _reserve(shm, used)
-        buf = shm.buf
-        assert buf is not None  # Invariant: a freshly created SharedMemory is mapped
+        shm.track(name)  # the tracker unlinks it if this process dies first
+        _reserve(fd, used)
+        mm = shm.map_fd(fd, used, writable=True)
+        buf = memoryview(mm)
         layout.HEADER.pack_into(
             buf,
             0,
@@ -334,19 +323,22 @@ def write_context(
         # buf[HEADER_SIZE:used], streamed from the source buffers rather than
         # read back from the segment (~27 ms for 256 MB, no page faults).
         hasher = xxhash.xxh3_128(buf[layout.HEADER_SIZE : buffers_off])
-        fd = getattr(shm, "_fd", -1)  # SharedMemory's descriptor (POSIX); -1: copy instead
         pieces, writes = _raw_pieces(raws, value_offs, buffers_off, used)
         digest = _write_and_digest(fd, buf, writes, hasher, pieces)
         # Invariant: no export of a value outlives the write.
         del pieces, writes
-        del buf
-        # The supervisor keeps no mapping: agents map it, the handle only needs the name.
-        shm.close()
+        buf.release()
     except BaseException:
-        shm.close()
-        shm.unlink()
+        if mm is not None:
+            mm.close()
+        os.close(fd)
+        shm.unlink(name)
+        shm.untrack(name)
         raise
-    return ContextHandle(shm, generation=generation, size=used, owner_pid=os.getpid(), digest=digest)
+    # The supervisor keeps no mapping: agents map it, the handle only needs the name.
+    mm.close()
+    os.close(fd)
+    return ContextHandle(name, generation=generation, size=used, owner_pid=os.getpid(), digest=digest)
 
 
 class ContextHandle:
@@ -358,11 +350,10 @@ class ContextHandle:
     """
 
     def __init__(
-        self, shm: SharedMemory, *, generation: int, size: int, owner_pid: int, digest: bytes = b""
+        self, name: str, *, generation: int, size: int, owner_pid: int, digest: bytes = b""
     ) -> None:
-        self._shm = shm
         self.digest = digest
-        self.name: str = shm.name
+        self.name = name
         self.generation = generation
         self.size = size
         self.owner_pid = owner_pid
@@ -416,9 +407,10 @@ class ContextHandle:
         if self.unlinked or os.getpid() != self.owner_pid:
             return
         self.unlinked = True
-        try:
-            self._shm.unlink()
-        except FileNotFoundError:
-            # Gone already (swept, or removed by hand): still drop the tracker's record.
-            if sys.platform != "win32":
-                resource_tracker.unregister("/" + self.name, "shared_memory")
+        shm.unlink(self.name)  # gone already (swept, removed by hand) is fine
+        shm.untrack(self.name)
+        # This process may have mapped it too, for tasks run inline: that
+        # mapping alone would keep the segment's memory alive until evicted.
+        view = sys.modules.get("guildcore.context.view")
+        if view is not None:
+            view.detach(self.name)

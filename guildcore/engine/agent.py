@@ -24,7 +24,6 @@ The agent never unlinks shared memory and never opens LMDB before it starts
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import queue
@@ -45,11 +44,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     # Imported where used: only big results and streams need shared memory.
-    from guildcore.engine import shmbuf
-
-# The forkserver preloads this module: from then on its agents run the
-# caller's script only when a task needs a name from it.
-lazymain.install_hooks()
+    from guildcore.engine.ring import RingWriter
 
 # Task modes: how the payload of a TASK frame is applied to the function.
 MODE_CALL = 0  # payload = [args, kwargs]          -> fn(*args, **kwargs)
@@ -86,6 +81,7 @@ class AgentSettings:
         "initargs",
         "initializer",
         "limit_bytes",
+        "main",
         "preload",
         "report_stats",
         "result_threshold",
@@ -105,6 +101,7 @@ class AgentSettings:
         result_threshold: int | None = None,
         supervisor_pid: int = 0,
         report_stats: bool = False,
+        main: tuple[str, str] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.limit_bytes = limit_bytes
@@ -120,6 +117,9 @@ class AgentSettings:
         self.supervisor_pid = supervisor_pid
         # Send STATS after every task, not only map chunks (metrics are on).
         self.report_stats = report_stats
+        # How the caller's script was started (``lazymain.caller_main``), for
+        # agents that do not inherit its ``__main__``.
+        self.main = main
 
 
 class _Control:
@@ -133,6 +133,11 @@ class _Control:
         # supervisor may withdraw it (to give an idle agent). One lock decides.
         self.begun: set[int] = set()
         self.withdrawn: set[int] = set()
+        # Written on CANCEL: a stream waiting on its ring's credit FIFO
+        # watches it too (ring.RingWriter.wait_credit).
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
 
     def begin(self, task_id: int) -> bool:
         """The main thread takes ``task_id``; False if it was withdrawn first."""
@@ -164,6 +169,8 @@ def _set_parent_death_signal() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    import ctypes  # ~1 ms the caller need not pay; the template imports it for its agents
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
@@ -202,6 +209,10 @@ def _reader(
             with control.lock:
                 control.cancelled.add(task_id)
                 control.lock.notify_all()
+            try:
+                os.write(control.wake_w, b"x")
+            except BlockingIOError:
+                pass  # already full of wake-ups
             continue
         if kind == Kind.WITHDRAW:
             if control.withdraw(task_id):
@@ -421,11 +432,17 @@ class Agent:
         self, task_id: int, fn: Callable[..., Any], fn_name: str, payload: list[Any], timeout_s: float | None
     ) -> bool:
         # payload = [args, kwargs] or [args, kwargs, ring]: the supervisor adds
-        # its shared-memory ring for big chunks (see shmbuf.Ring).
+        # the stream's ring (ring.py), through which chunks go straight to the
+        # consumer; without one every chunk is a CHUNK frame.
         args, kwargs = payload[0], payload[1]
-        from guildcore.engine import shmbuf
+        ring = None
+        if len(payload) > 2 and payload[2]:
+            from guildcore.engine.ring import RingWriter
 
-        ring = shmbuf.RingWriter(payload[2] if len(payload) > 2 else None)
+            ring = RingWriter(payload[2])
+            if not ring.open():
+                self.send(Kind.END, task_id, 0, True)  # the consumer left before we started
+                return True
         index = 0
         gen: Iterator[Any] | None = None
         # The timeout budgets production only: the timer runs while the
@@ -446,20 +463,19 @@ class Agent:
                         self.timer.disarm()
                     if budget_s is not None:
                         budget_s = max(1e-3, budget_s - (time.monotonic() - t0))
-                    if not self._wait_credit(task_id):
+                    sent = self._send_chunk(task_id, fn_name, index, value, ring)
+                    del value
+                    if not sent:
                         gen_close = getattr(gen, "close", None)
                         if gen_close is not None:
                             gen_close()
                         self.send(Kind.END, task_id, index, True)
                         return True
-                    frame = self._chunk_frame(task_id, fn_name, index, value, ring)
-                    with self.write_lock:
-                        self.conn.send_bytes(frame)
-                    del frame, value
                     index += 1
             finally:
                 self.timer.disarm()
-                ring.close()
+                if ring is not None:
+                    ring.close()
         except MemoryError as exc:
             self._send_error(task_id, exc, fn_name, flags=FLAG_MEMORY)
             return False
@@ -484,18 +500,30 @@ class Agent:
         self.send(Kind.END, task_id, index, False)
         return True
 
-    def _chunk_frame(self, task_id: int, fn_name: str, index: int, value: Any, ring: shmbuf.RingWriter) -> bytes:
-        """The CHUNK frame of one value: a ring slot reference, or the value itself.
+    def _send_chunk(self, task_id: int, fn_name: str, index: int, value: Any, ring: RingWriter | None) -> bool:
+        """Send one chunk once a credit allows it; False if the stream was cancelled."""
+        if ring is None:
+            if not self._wait_credit(task_id):
+                return False
+            frame = self._chunk_frame(task_id, fn_name, index, value)
+            with self.write_lock:
+                self.conn.send_bytes(frame)
+            return True
+        control = self.control
+        if not ring.wait_credit(control.wake_r, lambda: task_id in control.cancelled):
+            return False
+        try:
+            record = ring.record_for(index, value)
+        except SerializationError as exc:
+            raise SerializationError(f"chunk {index} of stream task {task_id} ({fn_name}) cannot be encoded: {exc}") from exc
+        if record is None:  # too big for a slot: through the supervisor, then say so in order
+            frame = self._chunk_frame(task_id, fn_name, index, value)
+            with self.write_lock:
+                self.conn.send_bytes(frame)
+            record = ring.queued(index)
+        return ring.send(record)
 
-        Called only with a credit in hand, so the value's slot is free.
-        """
-        from guildcore.engine import shmbuf
-
-        kind = ring.fits(value)
-        if kind != shmbuf.RAW_NONE:
-            where = ring.write(index, value)
-            if where is not None:
-                return codec.encode_frame(Kind.CHUNK, task_id, index, None, where[0], where[1], kind)
+    def _chunk_frame(self, task_id: int, fn_name: str, index: int, value: Any) -> bytes:
         try:
             return codec.encode_frame(Kind.CHUNK, task_id, index, value)
         except SerializationError as exc:
@@ -577,7 +605,7 @@ def _exit_context(token: Any) -> None:
     exit_task_context(token)
 
 
-def _drop_forkserver_alive_fd() -> None:
+def drop_forkserver_alive_fd() -> None:
     """Close the forkserver's liveness pipe that multiprocessing hands every child.
 
     The forkserver exits when every holder of that pipe's write end is gone;
@@ -586,25 +614,27 @@ def _drop_forkserver_alive_fd() -> None:
     signal: both would outlive the supervisor. Agents do not start processes
     through the supervisor's forkserver, so they let go of it.
     """
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    if forkserver is None:
+        return  # never imported in this process: it holds no such pipe (and importing costs ms)
     try:
-        from multiprocessing import forkserver
-
         server = forkserver._forkserver
         fd = getattr(server, "_forkserver_alive_fd", None)
         if fd is not None:
             setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the stdlib
             os.close(fd)
-    except (ImportError, AttributeError, OSError):
+    except (AttributeError, OSError):
         pass
 
 
 def agent_main(conn: Any, settings: AgentSettings) -> None:
     """Entry point of an agent process (the target of ``Process``)."""
-    _drop_forkserver_alive_fd()
+    drop_forkserver_alive_fd()
     # The supervisor decides when agents stop; Ctrl-C in the terminal reaches
     # the whole process group, and an agent must not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_parent_death_signal()
+    lazymain.ensure_main(settings.main)
     limits.apply_hard_cap(settings.limit_bytes)
     for key, value in (settings.cache_env or {}).items():
         os.environ[key] = value

@@ -71,7 +71,7 @@ class GuildExecutor(Executor):
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         self._check_open()
         task = self._guild._make_task(fn, MODE_CALL, [args, kwargs], future_type=StdlibFuture)
-        self._guild._supervisor.submit([task])
+        self._guild._submit([task])
         return task.future
 
     def map(
@@ -92,7 +92,7 @@ class GuildExecutor(Executor):
             tasks = self._guild._chunk_tasks(fn, items, chunksize, MODE_STARMAP, future_type=StdlibFuture)
         # The clock starts with the call, as in the stdlib, not at the first next().
         end = None if timeout is None else time.monotonic() + timeout
-        self._guild._supervisor.submit(tasks)
+        self._guild._submit(tasks)
         return _chained_results(tasks, end)
 
     def _check_open(self) -> None:

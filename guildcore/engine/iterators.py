@@ -22,16 +22,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from guildcore.engine import chunking
 from guildcore.engine.stream import StreamState
 from guildcore.engine.task import Task
 
 R = TypeVar("R")
-
-# imap over an input of unknown length: target run time of one chunk.
-_TARGET_CHUNK_S = 0.02
-# The largest chunk imap's adaptive size picks; the automatic size of a map
-# (executor) stops at four times this.
-MAX_AUTO_CHUNK = 8192
 
 
 class StreamIterator(Iterator[R]):
@@ -44,6 +39,19 @@ class StreamIterator(Iterator[R]):
     def __next__(self) -> R:
         value: R = next(self._state)
         return value
+
+    def views(self) -> StreamIterator[Any]:
+        """Chunks in place from now on: read-only views of the stream's shared memory.
+
+        A ``bytes``/``bytearray`` chunk comes as a read-only ``memoryview``, a
+        numpy chunk as a read-only array over the same memory: no copy at
+        all. A chunk stays valid while anything made from it is alive, and
+        its memory goes back to the agent at the first ``next()`` after that;
+        a consumer that keeps ``streaming.window`` chunks alive at once gets
+        an error. Copy what you keep (``bytes(view)``, ``array.copy()``).
+        """
+        self._state.views()
+        return self  # type: ignore[return-value]
 
     def close(self) -> None:
         self._state.close()
@@ -91,11 +99,7 @@ class ImapRun(Iterator[Any]):
     def _next_chunksize(self) -> int:
         if self._fixed is not None:
             return self._fixed
-        elapsed = time.monotonic() - self._t0
-        if self._items_done < 2 or elapsed <= 0:
-            return 1
-        rate_per_agent = self._items_done / elapsed / max(1, self._max_agents)
-        return max(1, min(MAX_AUTO_CHUNK, int(rate_per_agent * _TARGET_CHUNK_S)))
+        return chunking.rate_size(self._items_done, time.monotonic() - self._t0, self._max_agents)
 
     def _fill(self) -> None:
         while not self._exhausted and len(self._inflight) < self._limit:

@@ -19,11 +19,14 @@ that needed the script fails with a ``SerializationError`` that says how to
 fix it, instead of the script's work running again inside the agent.
 
 This module covers the forkserver start method, where the hook is installed
-in the forkserver by preloading the agent module. ``spawn`` children run the
+in the forkserver by preloading ``forkserver_hooks`` (the caller's own
+``multiprocessing`` is never changed). ``spawn`` children run the
 script before any guildcore code can step in (the stdlib behaviour), and
-``fork`` children inherit the parent's ``__main__`` as it is. A forkserver
-that other code started before the first Guild did not preload the agent
-module, so its agents also run the script at start, as the stdlib does.
+agents forked from the template inherit the caller's ``__main__`` as it was
+when the Guild was made (names defined later come from a ``LazyMain``: see
+``template``). A forkserver that other code started before the first Guild
+did not preload the hooks, so its agents also run the script at start, as
+the stdlib does; a script read from stdin then cannot start them.
 """
 
 from __future__ import annotations
@@ -144,10 +147,52 @@ def _install(kind: str, target: str) -> None:
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 
 
+def caller_main() -> tuple[str, str] | None:
+    """How the caller's script was started, while ``__main__`` still says so.
+
+    ``("path", file)`` for ``python script.py``, ``("name", module)`` for
+    ``python -m module``, None for anything agents cannot import (``-c``, a
+    script read from stdin, an interactive session). Taken when a Guild is
+    made: CPython deletes ``__main__.__file__`` once the script has run, and
+    agents started after that (for work that ``shutdown(wait=False)`` left
+    to finish at exit) must still find the script. Forkserver and spawn
+    agents get it in their settings (``ensure_main``).
+    """
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        if name != "__main__" and not name.endswith(".__main__"):
+            return ("name", name)
+        return None
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and os.path.isfile(path):
+        return ("path", os.path.normpath(os.path.abspath(path)))
+    return None
+
+
+def ensure_main(main: tuple[str, str] | None) -> None:
+    """In a new agent: give it the caller's script as a ``LazyMain`` if it has none.
+
+    The forkserver's hooks do this from the preparation data, which names
+    the script only while it runs: an agent started after the script has
+    finished (work left to finish at exit) gets it from its settings.
+    ``main`` is ``caller_main()``; None for agents that inherit
+    ``__main__`` (forked) or callers without a script.
+    """
+    if main is None:
+        return
+    current = sys.modules.get("__main__")
+    if isinstance(current, LazyMain) or getattr(current, "__file__", None) is not None:
+        return
+    if getattr(getattr(current, "__spec__", None), "name", None) == main[1]:
+        return
+    _install(*main)
+
+
 def install_hooks() -> None:
     """Make forkserver children named ``guild-agent-*`` get a ``LazyMain``.
 
-    Installed in the forkserver (the agent module is preloaded there) and
+    Installed in the forkserver (``forkserver_hooks`` is preloaded there) and
     harmless elsewhere: other processes, including other libraries' workers
     started through the same forkserver, keep the stdlib behaviour.
     """

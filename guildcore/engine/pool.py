@@ -1,88 +1,40 @@
 """Starting agent processes, and the supervisor's handle on each one.
 
-This module covers: choosing the start method (forkserver by default, with
-guildcore preloaded so a new agent costs milliseconds), starting one agent,
-and the ``AgentHandle`` record the owner loop keeps per agent. It does not
+This module covers: choosing the start method (a template forked from the
+caller when that is safe, else the forkserver with guildcore preloaded:
+either way a new agent costs milliseconds), starting one agent, and the
+``AgentHandle`` record the owner loop keeps per agent. It does not
 decide when to start or stop agents (``scaling``) nor which agent gets a task
 (``dispatch``).
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
-import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from guildcore.engine.agent import AgentSettings, agent_main
-from guildcore.engine.lazymain import AGENT_NAME_PREFIX
+from guildcore.engine.lazymain import AGENT_NAME_PREFIX, caller_main
 from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transition
+from guildcore.engine.template import Template, TemplateError, can_fork_now
 from guildcore.errors import ConfigError, format_bytes
 
 if TYPE_CHECKING:
     from guildcore.engine.task import Task
 
-START_METHODS = ("forkserver", "fork", "spawn")
+START_METHODS = ("auto", "forkserver", "fork", "spawn")
+# What the forkserver imports once, before forking any agent: the agent
+# module, and the hooks that make forkserver agents load the caller's script
+# lazily (``lazymain``). The caller itself never imports the hooks.
+FORKSERVER_PRELOAD = ("guildcore.engine.forkserver_hooks", "guildcore.engine.agent")
 
-
-def _guard_main_path() -> None:
-    """Stop forkserver and spawn children from importing a main script that is not a file.
-
-    multiprocessing makes every forkserver or spawn child re-run the parent's
-    ``__main__`` from ``__main__.__file__``. For a script read from stdin that
-    is ``'<stdin>'``, and every child dies at start with FileNotFoundError
-    (ProcessPoolExecutor too). Such a main module cannot be imported anyway,
-    so its functions travel by value; the child is better off without it.
-    Installed once, process-wide: it only drops a path that cannot exist.
-    """
-    from multiprocessing import spawn
-
-    original = spawn.get_preparation_data
-    if getattr(original, "_guild_main_guard", False):
-        return
-
-    def get_preparation_data(name: str) -> dict[str, Any]:
-        data: dict[str, Any] = original(name)
-        path = data.get("init_main_from_path")
-        if path is not None and not os.path.isfile(path):
-            del data["init_main_from_path"]
-        if name.startswith(AGENT_NAME_PREFIX) and _main_at_start and not (
-            "init_main_from_path" in data or "init_main_from_name" in data
-        ):
-            key, value = _main_at_start[0]
-            data[key] = value  # the script has finished running: see remember_main
-        return data
-
-    get_preparation_data._guild_main_guard = True  # type: ignore[attr-defined]
-    spawn.get_preparation_data = get_preparation_data
-
-
-_guard_main_path()
-
-_main_at_start: list[tuple[str, str]] = []  # ("init_main_from_path" or "_name", value), once
-
-
-def remember_main() -> None:
-    """Note how the caller's script was started, while ``__main__`` still says so.
-
-    CPython deletes ``__main__.__file__`` once the script has run. Agents
-    started after that, for work queued by ``shutdown(wait=False)`` that
-    finishes at interpreter exit, would not find the script, nor any
-    function defined in it. Called when a Guild is made.
-    """
-    if _main_at_start:
-        return
-    main = sys.modules.get("__main__")
-    name = getattr(getattr(main, "__spec__", None), "name", None)
-    path = getattr(main, "__file__", None)
-    if name is not None:
-        if name != "__main__" and not name.endswith(".__main__"):
-            _main_at_start.append(("init_main_from_name", name))
-    elif path is not None and os.path.isfile(path):
-        _main_at_start.append(("init_main_from_path", os.path.normpath(os.path.abspath(path))))
+log = logging.getLogger("guildcore.supervisor")
 
 
 class StartFailed(Exception):
@@ -149,7 +101,15 @@ class AgentHandle:
 
 
 class AgentStarter:
-    """Starts agents with one start method and one set of agent settings."""
+    """Starts agents with one start method and one set of agent settings.
+
+    ``start_method`` as configured: ``auto`` forks agents from a template of
+    the caller when the thread that first needs the pool (``prepare``) is
+    the only Python thread, else uses the forkserver; ``fork`` does the same, but
+    warns when it has to use the forkserver; ``forkserver`` and ``spawn``
+    are the stdlib's. ``method`` is what agents really start with: ``fork``
+    (through the template), ``forkserver`` or ``spawn``.
+    """
 
     def __init__(
         self,
@@ -169,12 +129,6 @@ class AgentStarter:
                 key="pool.start_method",
                 value=start_method,
             )
-        self.ctx = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            # Preloading only takes effect before the forkserver first starts;
-            # afterwards the modules are imported by each agent on first use.
-            self.ctx.set_forkserver_preload(["guildcore.engine.agent", *preload])
-        remember_main()
         self.limit_bytes = limit_bytes
         self.initializer = initializer
         self.initargs = initargs
@@ -182,9 +136,49 @@ class AgentStarter:
         self.cache_env = dict(cache_env or {})
         self.result_threshold = result_threshold
         self.report_stats = report_stats
+        self.main = caller_main()
+        self.supervisor_pid = os.getpid()  # read here: _settings also runs inside agents
+        self._template: Template | None = None
+        self.method = start_method
+        self.ctx: Any = None
 
-    def start(self, agent_id: int) -> AgentHandle:
-        settings = AgentSettings(
+    def prepare(self) -> None:
+        """Settle the start method, forking the template if it is used. Once, before the first ``start``.
+
+        Called from the thread that first needs the pool (a caller's thread,
+        never the owner loop's).
+        """
+        if self.ctx is not None:
+            return
+        if self.method in ("auto", "fork"):
+            self.method = self._fork_template(self.method)
+        self.ctx = multiprocessing.get_context("fork" if self.method == "fork" else self.method)
+        if self.method == "forkserver":
+            # Preloading only takes effect before the forkserver first starts;
+            # afterwards the modules are imported by each agent on first use.
+            self.ctx.set_forkserver_preload([*FORKSERVER_PRELOAD, *self.preload])
+
+    def _fork_template(self, requested: str) -> str:
+        """Fork the template now if that is safe; the method agents will use."""
+        if can_fork_now():
+            # Invariant: the template copies this object as it is now, so
+            # ``method`` must already say what its agents are.
+            self.method = "fork"
+            self._template = Template.fork(self._run_agent, self.preload)
+            return "fork"
+        if requested == "fork":
+            warnings.warn(
+                "start_method 'fork' asked for, but this process runs other threads, and a fork copies the "
+                "locks they hold (an agent forked while another thread imports a module hangs forever); "
+                "agents start through the forkserver instead. Make the Guild before starting threads "
+                "to get forked agents.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return "forkserver"
+
+    def _settings(self, agent_id: int) -> AgentSettings:
+        return AgentSettings(
             agent_id=agent_id,
             limit_bytes=self.limit_bytes,
             initializer=self.initializer,
@@ -192,13 +186,36 @@ class AgentStarter:
             preload=self.preload,
             cache_env=self.cache_env,
             result_threshold=self.result_threshold,
-            supervisor_pid=os.getpid(),
-            forked=self.ctx.get_start_method() == "fork",
+            supervisor_pid=self.supervisor_pid,
+            forked=self.method == "fork",
+            main=None if self.method == "fork" else self.main,
             report_stats=self.report_stats,
         )
+
+    def _run_agent(self, agent_id: int, conn: Any) -> None:
+        """In an agent just forked by the template (the caller's copy)."""
+        agent_main(conn, self._settings(agent_id))
+
+    def start(self, agent_id: int) -> AgentHandle:
+        if self._template is not None:
+            try:
+                process, conn = self._template.start(agent_id)
+                return AgentHandle(agent_id, process, conn)
+            except TemplateError as exc:
+                # Only an OOM kill or a crash ends the template early: go on
+                # through the forkserver rather than stop starting agents.
+                log.warning("agent %d could not be forked from the template (%s); agents start through "
+                            "the forkserver from now on", agent_id, exc)
+                self._template.close()
+                self._template = None
+                self.method = "forkserver"
+                self.ctx = multiprocessing.get_context("forkserver")
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(  # type: ignore[attr-defined]
-            target=agent_main, args=(child_conn, settings), name=f"{AGENT_NAME_PREFIX}{agent_id}", daemon=True
+        process = self.ctx.Process(
+            target=agent_main,
+            args=(child_conn, self._settings(agent_id)),
+            name=f"{AGENT_NAME_PREFIX}{agent_id}",
+            daemon=True,
         )
         try:
             process.start()
@@ -206,7 +223,10 @@ class AgentStarter:
             parent_conn.close()
             child_conn.close()
             raise StartFailed(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            pass
         child_conn.close()
         return AgentHandle(agent_id, process, parent_conn)
+
+    def close(self) -> None:
+        """Stop the template, if any (after its agents are gone). Idempotent."""
+        if self._template is not None:
+            self._template.close()

@@ -1,45 +1,32 @@
-"""Shared-memory buffers for big payloads: stream rings and big results.
+"""Shared-memory segments of the engine: helpers, and big results.
 
-This module covers the two places where bytes move through ``/dev/shm``
-instead of the agent's pipe:
+This module covers creating, opening and unlinking the engine's segments
+(never registered with a resource tracker), and the **big result**: a
+return value whose encoding exceeds ``streaming.stream_threshold`` is
+written by the agent into a segment of its own, and the RESULT frame carries
+the segment's name and offsets. Stream rings are ``ring.py``'s.
 
-- **stream ring**: one segment per streaming task, ``window`` slots of
-  ``streaming.chunk_size`` bytes. The agent copies a big ``bytes`` /
-  ``bytearray`` / ``memoryview`` chunk into slot ``index % window`` and sends
-  a CHUNK frame holding only ``(slot, nbytes, kind)``; the consumer copies the
-  slot out and only then returns the credit.
-- **big result**: a return value whose encoding exceeds
-  ``streaming.stream_threshold`` is written by the agent into a segment of
-  its own, and the RESULT frame carries the segment's name and offsets.
-
-It does not cover the credit protocol (``stream.py``, ``agent.py``) nor
-shared context (``guildcore.context``).
+It does not cover shared context (``guildcore.context``).
 
 Names: every segment is ``guild_{supervisor pid}_...`` so that the sweep of a
 dead supervisor's segments (``guildcore.context.registry.sweep_stale``) and
 the test suite's leak guard both see them.
 
-Ownership: the supervisor unlinks, exactly once, every segment of ours:
-- a stream ring is created by the supervisor (``Ring.create``) when the
-  stream is submitted, and unlinked when the task ends (``Ring.unlink``, from
-  ``StreamState.finish``, which every ending path calls). The consumer's
-  mapping outlives the name until the consumer has read the last chunk;
-- a big-result segment is created by the agent under a name the supervisor
-  can compute (``result_name``), because only the agent knows its size. The
-  supervisor unlinks it as soon as it has mapped it; if the agent dies before
-  the RESULT frame arrives, the supervisor unlinks that name after the
-  agent's death (``discard_result``), and a final sweep at teardown
-  (``sweep_results``) catches agents killed during shutdown.
+Ownership: the supervisor unlinks, exactly once, every segment of ours. A
+big-result segment is created by the agent under a name the supervisor can
+compute (``result_name``), because only the agent knows its size. The
+supervisor unlinks it as soon as it has mapped it; if the agent dies before
+the RESULT frame arrives, the supervisor unlinks that name after the agent's
+death (``discard_result``), and a final sweep at teardown
+(``sweep_results``) catches agents killed during shutdown.
 
 Agents never register segments with the resource tracker (Python 3.11 would
-unlink them when the agent exits), so they use ``_posixshmem`` directly, as
-``guildcore.context.view`` does.
+unlink them when the agent exits): see ``guildcore.shm``.
 
-Why shared memory and not chunks over the pipe (measured on the 2-core
-development VM, Python 3.11, 1 MiB pieces): the pipe moves 0.9 GB/s with
-``recv_bytes`` and 1.8 GB/s with ``recv_bytes_into``; a reused 1 MiB shm slot
-is written at ~14 GB/s and copied out into a new ``bytes`` at ~11 GB/s.
-For one big result (256 MB) both paths are bound by page faults on fresh
+Why shared memory and not the pipe (measured on the 2-core development VM,
+Python 3.11): the pipe moves 0.9 GB/s with ``recv_bytes`` and 1.8 GB/s with
+``recv_bytes_into``; a reused 1 MiB shm slot is written at ~14 GB/s and
+copied out into a new ``bytes`` at ~11 GB/s. For one big result (256 MB) both paths are bound by page faults on fresh
 memory (~1 GB/s per pass here), so what counts is how many passes over fresh
 memory each path makes: chunks over the pipe need encode + reassemble +
 decode (0.33 GB/s end to end); shm needs agent write + one copy out
@@ -50,75 +37,27 @@ Shm also keeps the owner thread free: one small frame instead of hundreds.
 
 from __future__ import annotations
 
-import _posixshmem  # type: ignore[import-not-found]  # POSIX only, as is guildcore
 import io
 import mmap
-import os
 
 import msgpack
 
-from guildcore import codec
+from guildcore import codec, shm
 from guildcore._errors import SerializationError
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-SEGMENT_PREFIX = "guild_"
-# Chunks smaller than this go through the pipe: for them the frame dominates
-# and a slot copy buys nothing (the codec frames bytes this big by hand, too).
-RING_MIN_BYTES = 64 * 1024  # 64 KiB
+SEGMENT_PREFIX = shm.PREFIX
 
-# Kinds of raw payload in a slot or a result segment.
+# Kinds of raw payload in a result segment.
 RAW_NONE = 0  # the payload is codec bytes of a value
 RAW_BYTES = 1
 RAW_BYTEARRAY = 2
 
 _BIN32 = b"\xc6"  # msgpack bin 32, then a big-endian uint32 length
 _EXT32 = b"\xc9"  # msgpack ext 32, then a big-endian uint32 length, then the type
-
-
-def _create(name: str, size: int) -> mmap.mmap:
-    """Create ``name`` exclusively, sized ``size``; not registered with any tracker.
-
-    The pages are reserved here (``posix_fallocate``): a full /dev/shm then
-    fails this call with ENOSPC, which callers turn into the pipe path.
-    ftruncate alone makes a sparse file, and a write into a page tmpfs has
-    no room for kills the writer with SIGBUS instead.
-    """
-    fd: int = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
-    try:
-        os.ftruncate(fd, max(1, size))
-        _reserve(fd, max(1, size))
-        return mmap.mmap(fd, max(1, size), flags=mmap.MAP_SHARED)
-    except BaseException:
-        _unlink(name)
-        raise
-    finally:
-        os.close(fd)
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Back every page of a new segment now (the seam tests replace to fake a full /dev/shm)."""
-    os.posix_fallocate(fd, 0, size)
-
-
-def _open(name: str, *, writable: bool) -> mmap.mmap:
-    fd: int = _posixshmem.shm_open("/" + name, os.O_RDWR if writable else os.O_RDONLY, mode=0o600)
-    try:
-        size = os.fstat(fd).st_size
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
-    finally:
-        os.close(fd)
-
-
-def _unlink(name: str) -> bool:
-    try:
-        _posixshmem.shm_unlink("/" + name)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def raw_kind(value: Any) -> int:
@@ -129,127 +68,6 @@ def raw_kind(value: Any) -> int:
     if t is bytearray:
         return RAW_BYTEARRAY
     return RAW_NONE
-
-
-# ------------------------------------------------------------------ stream ring
-
-
-class Ring:
-    """A stream's slots: ``window`` slots of ``slot_bytes`` in one segment.
-
-    Invariant: the agent writes chunk ``k`` into slot ``k % window`` only
-    after it got the credit for it, and the consumer returns a credit only
-    after it copied its chunk out; credits start at ``window``, so chunk
-    ``k - window``, the slot's previous tenant, has been copied out by then.
-    """
-
-    def __init__(self, name: str, window: int, slot_bytes: int, mm: mmap.mmap) -> None:
-        self.name = name
-        self.window = window
-        self.slot_bytes = slot_bytes
-        self._mm: mmap.mmap | None = mm
-        self._view: memoryview | None = memoryview(mm)
-        self.unlinked = False
-
-    @classmethod
-    def create(cls, owner_pid: int, task_id: int, window: int, slot_bytes: int) -> Ring | None:
-        """Supervisor side; None if /dev/shm refuses (chunks then all use the pipe)."""
-        name = f"{SEGMENT_PREFIX}{owner_pid}_s{task_id}_{os.urandom(4).hex()}"
-        try:
-            mm = _create(name, window * slot_bytes)
-        except OSError:
-            return None
-        return cls(name, window, slot_bytes, mm)
-
-    def describe(self) -> list[Any]:
-        """What the agent needs, sent in the TASK payload."""
-        return [self.name, self.window, self.slot_bytes]
-
-    def take(self, slot: int, nbytes: int, kind: int) -> bytes | bytearray:
-        """Copy one chunk out of its slot (consumer thread)."""
-        view = self._view
-        if view is None or not 0 <= slot < self.window or not 0 <= nbytes <= self.slot_bytes:
-            raise SerializationError(
-                f"bad ring reference (slot {slot}, {nbytes} bytes) in a CHUNK frame"
-            )
-        start = slot * self.slot_bytes
-        # A copy, not a view. Measured here end to end (1 GiB in 1 MiB chunks,
-        # window 4, a loaded 2-core VM): copying out streams 2.8 GB/s, handing
-        # out views 4.0 GB/s. The copy (~90 us per MiB, ~11 GB/s) keeps the
-        # plain semantics: each item is an ordinary bytes object the consumer
-        # may keep, where a view would be overwritten ``window`` chunks later.
-        piece = view[start : start + nbytes]
-        try:
-            return bytearray(piece) if kind == RAW_BYTEARRAY else piece.tobytes()
-        finally:
-            piece.release()
-
-    def unlink(self) -> None:
-        """Remove the name (owner thread, once); the mapping stays valid."""
-        if not self.unlinked:
-            self.unlinked = True
-            _unlink(self.name)
-
-    def unmap(self) -> None:
-        """Drop the consumer's mapping (after the last chunk was copied out)."""
-        if self._view is not None:
-            self._view.release()
-            self._view = None
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
-
-
-class RingWriter:
-    """Agent side of a ring: attached on the first big chunk, detached at the end."""
-
-    def __init__(self, described: list[Any] | None) -> None:
-        self._name: str | None = None
-        self.window = 1
-        self.slot_bytes = 0
-        if described:
-            self._name, self.window, self.slot_bytes = (
-                str(described[0]),
-                int(described[1]),
-                int(described[2]),
-            )
-        self._mm: mmap.mmap | None = None
-
-    def fits(self, value: Any) -> int:
-        """The raw kind of ``value`` if it goes through the ring, else RAW_NONE."""
-        if self._name is None:
-            return RAW_NONE
-        kind = raw_kind(value)
-        if kind == RAW_NONE:
-            return RAW_NONE
-        nbytes = value.nbytes if type(value) is memoryview else len(value)
-        if not RING_MIN_BYTES <= nbytes <= self.slot_bytes:
-            return RAW_NONE
-        if type(value) is memoryview and not value.c_contiguous:
-            return RAW_NONE
-        return kind
-
-    def write(self, index: int, value: Any) -> tuple[int, int] | None:
-        """Copy ``value`` into its slot; (slot, nbytes), or None if the ring is gone."""
-        if self._mm is None:
-            assert self._name is not None
-            try:
-                self._mm = _open(self._name, writable=True)
-            except OSError:
-                self._name = None  # unlinked already (the task is ending): use the pipe
-                return None
-        slot = index % self.window
-        start = slot * self.slot_bytes
-        if type(value) is memoryview:
-            value = value.cast("B")
-        nbytes = len(value)
-        self._mm[start : start + nbytes] = value
-        return slot, nbytes
-
-    def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
 
 
 # ----------------------------------------------------------------- big results
@@ -297,7 +115,7 @@ def write_result(
         raw_off = len(head)
         size = raw_off + raw_len
     try:
-        mm = _create(name, size)
+        mm = shm.create_mapped(name, size)
     except FileExistsError:
         # A leftover of an earlier attempt the supervisor has not unlinked yet.
         return None
@@ -312,7 +130,7 @@ def write_result(
             mm[raw_off:size] = result
     except BaseException:
         mm.close()
-        _unlink(name)
+        shm.unlink(name)
         raise
     mm.close()
     return [None, name, size, value_off, raw_off, raw_len, kind]
@@ -325,9 +143,9 @@ def take_result(owner_pid: int, task_id: int, fields: list[Any], *, raw: bool) -
         # Ownership: never unlink a name the agent made up.
         raise SerializationError(f"task {task_id}'s result names an unexpected segment {name!r}")
     try:
-        mm = _open(name, writable=False)
+        mm = shm.open_mapped(name, writable=False)
     finally:
-        _unlink(name)  # Ownership: the one unlink of this segment
+        shm.unlink(name)  # Ownership: the one unlink of this segment
     if mm.size() < size:
         mm.close()
         raise SerializationError(
@@ -350,19 +168,12 @@ def take_result(owner_pid: int, task_id: int, fields: list[Any], *, raw: bool) -
 
 def discard_result(owner_pid: int, task_id: int) -> None:
     """The agent running ``task_id`` died: remove a result segment it may have left."""
-    _unlink(result_name(owner_pid, task_id))
+    shm.unlink(result_name(owner_pid, task_id))
 
 
-def sweep_results(owner_pid: int, shm_dir: str = "/dev/shm") -> None:
+def sweep_results(owner_pid: int) -> None:
     """At teardown: remove result segments of agents killed during shutdown."""
-    prefix = f"{SEGMENT_PREFIX}{owner_pid}_r"
-    try:
-        names = os.listdir(shm_dir)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix):
-            _unlink(name)
+    shm.sweep_owned(owner_pid, "r")
 
 
 def stream_for(value: Any) -> ResultStream:

@@ -132,6 +132,9 @@ class Supervisor:
         self._next_scale_check: float | None = None
         self.counters = _Counters()
         self._finished = threading.Event()
+        # Set when the first agent is ready: until then a map runs its items
+        # in the caller (the Guild's boot-time inline run).
+        self.booted = threading.Event()
         # One selector for the life of the loop, registered with the wake-up
         # pipe and every agent's pipe and sentinel as they come and go:
         # building one per wait (multiprocessing.connection.wait) cost ~40 µs
@@ -394,6 +397,7 @@ class Supervisor:
         if kind == Kind.READY:
             agent.baseline_private = int(fields[1]) if len(fields) > 1 else 0
             self._start_failures = 0
+            self.booted.set()
             if self.recorder is not None:
                 self.recorder.agent_ready(agent.id, time.monotonic())
             if agent.state is AgentState.STARTING:
@@ -623,7 +627,7 @@ class Supervisor:
                 continue
             if head.stream is not None and head.stream.paused_since is not None:
                 continue  # paused by backpressure, not running: resume() moves started_at on
-            if now >= head.started_at + budget(head) + self.settings.timeout_grace_s:
+            if now >= head.started_at + budget(head) + self.settings.timeout_grace_s + _paused_s(head):
                 agent.exit_reason = ("timeout", head.id)
                 self._signal(agent, signal.SIGTERM)
                 agent.kill_at = now + _KILL_GRACE_S
@@ -644,7 +648,7 @@ class Supervisor:
                 head = agent.held[0]
                 paused = head.stream is not None and head.stream.paused_since is not None
                 if head.timeout_s is not None and head.started_at is not None and not paused:
-                    deadlines.append(head.started_at + budget(head) + self.settings.timeout_grace_s)
+                    deadlines.append(head.started_at + budget(head) + self.settings.timeout_grace_s + _paused_s(head))
             if agent.kill_at is not None:
                 deadlines.append(agent.kill_at)
             if agent.stop_deadline is not None:
@@ -925,6 +929,11 @@ class Supervisor:
             },
             "peak_private_bytes": dict(self.counters.peak_private_bytes),
         }
+
+
+def _paused_s(task: Task) -> float:
+    """Time a stream's agent spent waiting for its consumer, as its ring reports it: not run time."""
+    return task.stream.paused_total_s if task.stream is not None else 0.0
 
 
 def _set_exception(future: Future[Any], err: BaseException) -> None:

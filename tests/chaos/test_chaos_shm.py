@@ -5,7 +5,7 @@ root, as here and in CI) over a 1 MB tmpfs on /dev/shm, so every segment
 guildcore makes meets a full /dev/shm; the rest of the machine is not
 touched. Before pages were reserved, a big result or a stream chunk written
 into such a segment killed the agent with SIGBUS. A second set injects
-ENOSPC at the seam (``shmbuf._reserve``, ``os.posix_fallocate`` for the
+ENOSPC at the seam (``shm.reserve``, ``os.posix_fallocate`` for the
 context writer) in this process.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from guildcore import ContextError, Guild
-from guildcore.engine import shmbuf
+from guildcore import ContextError, Guild, shm
+from guildcore.engine import ring
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -108,8 +108,8 @@ def _numbers(n: int) -> Any:
 
 
 def test_injected_enospc_for_a_stream_ring_uses_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shmbuf, "_reserve", _enospc)
-    assert shmbuf.Ring.create(os.getpid(), 1, 4, 1 << 20) is None  # the seam refuses: no ring
+    monkeypatch.setattr(shm, "reserve", _enospc)
+    assert ring.Ring.create(os.getpid(), 1, 4, 1 << 20) is None  # the seam refuses: no ring
     with Guild(max_agents=1) as g:
         got = list(g.stream(_numbers, 6))
     assert got == [bytes([i]) * (256 * 1024) for i in range(6)]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import cfwork
+import psutil
 import pytest
 
 from guildcore import AgentDied, GuildExecutor, PoolBroken
@@ -242,11 +243,17 @@ def test_mp_context_chooses_the_start_method(kind: str, method: str, monkeypatch
     monkeypatch.setattr(cfwork, "MARK", "set in the caller")
     with make(kind, 1, mp_context=multiprocessing.get_context(method)) as ex:
         pid, ppid, mark = ex.submit(cfwork.whoami).result(timeout=60)
+        grandparent = psutil.Process(ppid).ppid()
     assert pid != os.getpid()
     # Only a fork child sees what the caller set at run time; only a
-    # forkserver child has a parent other than the caller.
+    # forkserver child has a parent other than the caller. GuildExecutor's
+    # fork children are forked from a template, itself a fork of the caller
+    # (the README's "How agents start"): the caller is their grandparent.
     assert mark == ("set in the caller" if method == "fork" else "unset")
-    assert (ppid == os.getpid()) == (method != "forkserver")
+    if kind == "GuildExecutor" and method == "fork":
+        assert grandparent == os.getpid()
+    else:
+        assert (ppid == os.getpid()) == (method != "forkserver")
 
 
 # ------------------------------------------------------------ worker death

@@ -1,0 +1,418 @@
+"""The template: a copy of the caller, forked while that is safe, that forks agents.
+
+Data flow::
+
+    first use of the pool, in the caller's thread, the only Python thread alive
+       └── os.fork() ──> template: one thread, waiting on its control socket
+    supervisor thread ── agent id + fds (agent pipe, status pipe) ──> template
+                                                           └── os.fork() ──> agent
+    supervisor <── status pipe: the agent's pid, later its exit code ── template
+
+Why: an agent forked from the template starts in about a millisecond with
+every module the caller had imported when the Guild was made (numpy
+included), where a forkserver agent starts from a bare interpreter and pays
+each import of its first task again (numpy: ~100 ms per agent).
+
+Why not fork agents from the caller directly: agents are started by the
+supervisor thread, whenever the pool grows or replaces one, and a fork copies
+every lock in the state the other threads hold it. An agent forked while the
+caller's main thread was importing a module inherits that module's import
+lock held by a thread that does not exist in the agent, and hangs in
+``importlib`` forever. The template is forked once, when the Guild first
+needs agents (a ``submit``, a map worth agents), by the caller's thread,
+only when no other Python thread exists; it never starts a thread, so every
+fork it makes is safe. Not earlier: after a fork, every page the caller
+writes that the template still shares is copied first (a first pass over
+200,000 ints cost 70% more CPU), so a Guild whose maps all run inline
+never forks.
+
+What agents inherit, and its hazards (see also ``pool.py``):
+- the caller's modules, globals and ``__main__`` as they were when the pool
+  started. A name defined later in the script is not there: agents then run
+  the script (as ``__mp_main__``, guarded code skipped) to find it, as
+  forkserver agents do. A module still being imported at that moment (a
+  Guild used at import time) stays as far as it got: names it defines below
+  that line are not found in agents;
+- the caller's memory, shared copy-on-write (``gc.freeze`` keeps the
+  collector from copying it in agents): the template holds the caller's
+  pages as they were, so a caller that rewrites a big heap afterwards pays
+  for two copies, and for a page fault at its first write to each page;
+- the caller's open files and sockets, as with ``fork``; threads of C
+  libraries (an OpenMP pool) are not carried over, and a library that is not
+  fork-safe is not made so here.
+
+It does not cover when agents start (``scaling``) or what they run
+(``agent``). Internal: the template, its control socket and status pipes are
+guildcore's own; nothing here is public API.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+_SIGNED = struct.Struct("i")
+# How long the supervisor waits for the template to report a new agent's pid.
+_START_TIMEOUT_S = 10.0
+# Signals whose Python handlers the caller may have set; the template and its
+# agents get the default action back (agents set their own after).
+_RESET_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGALRM") if hasattr(signal, name)
+)
+
+# Fork-safety: templates of this process, so that any fork (the template
+# itself, its agents, a fork made by the user) closes the caller's end of
+# their control sockets, and a template sees EOF when its caller is gone.
+_live: weakref.WeakSet[Template] = weakref.WeakSet()
+
+
+class TemplateError(Exception):
+    """The template could not start an agent (internal; the caller falls back)."""
+
+
+def can_fork_now() -> bool:
+    """Whether this thread may fork: it is the only Python thread of the process.
+
+    ``sys._current_frames`` sees every thread running Python code, including
+    those started with ``_thread`` that ``threading`` does not list. Threads
+    of C libraries that never run Python (a BLAS pool) hold no Python lock.
+    """
+    if not hasattr(os, "fork"):
+        return False
+    return threading.active_count() == 1 and len(sys._current_frames()) == 1
+
+
+class TemplateChild:
+    """The caller's handle on one agent forked by the template.
+
+    Quacks like the part of ``multiprocessing.Process`` the supervisor uses:
+    ``pid``, ``sentinel`` (readable once the agent has exited), ``exitcode``,
+    ``join`` and ``close``. The agent is the template's child, not ours, so
+    its exit code comes through the status pipe.
+    """
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        self.sentinel = status_fd
+        self._exitcode: int | None = None
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._exitcode is None and self.sentinel >= 0:
+            self.join(0)
+        return self._exitcode
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._exitcode is not None or self.sentinel < 0:
+            return
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.sentinel, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                return
+        code = _read_signed(self.sentinel)
+        # EOF without a code: the template died, and the agent with it (its
+        # parent-death signal is SIGKILL).
+        self._exitcode = code if code is not None else -signal.SIGKILL
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def close(self) -> None:
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+    def __repr__(self) -> str:
+        return f"<TemplateChild pid={self.pid} exitcode={self._exitcode}>"
+
+
+class Template:
+    """A forked copy of the caller that forks agents on request.
+
+    ``run_agent(agent_id, conn)`` is called in each new agent, inside the
+    template's copy of the caller, and must not return normally (agents end
+    with ``os._exit``).
+    """
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self._sock: socket.socket | None = sock
+        self._lock = threading.Lock()
+
+    @classmethod
+    def fork(cls, run_agent: Callable[[int, Any], None], preload: tuple[str, ...] = ()) -> Template:
+        """Fork the template now. Only call when ``can_fork_now()``.
+
+        ``preload``: modules the template imports once, so that its agents
+        start with them (``optimization.preload``).
+        """
+        mine, theirs = socket.socketpair()
+        _flush_std_streams()
+        pid = os.fork()
+        if pid == 0:  # the template
+            try:
+                mine.close()
+                _serve(theirs, run_agent, preload)
+            finally:
+                os._exit(0)
+        theirs.close()
+        template = cls(pid, mine)
+        _live.add(template)
+        return template
+
+    def start(self, agent_id: int, make_process: Callable[[Any], Any] | None = None) -> tuple[TemplateChild, Any]:
+        """Fork one agent; returns its handle and the supervisor's end of its pipe."""
+        from multiprocessing.connection import Pipe
+
+        parent_conn, child_conn = Pipe(duplex=True)
+        status_r, status_w = os.pipe()
+        try:
+            with self._lock:
+                if self._sock is None:
+                    raise TemplateError("the template is closed")
+                socket.send_fds(self._sock, [_SIGNED.pack(agent_id)], [child_conn.fileno(), status_w])
+        except OSError as exc:
+            parent_conn.close()
+            os.close(status_r)
+            raise TemplateError(f"the template is gone ({type(exc).__name__}: {exc})") from exc
+        finally:
+            os.close(status_w)
+            child_conn.close()
+        with selectors.DefaultSelector() as sel:
+            sel.register(status_r, selectors.EVENT_READ)
+            ready = sel.select(_START_TIMEOUT_S)
+        pid = _read_signed(status_r) if ready else None
+        if not pid or pid < 0:
+            parent_conn.close()
+            os.close(status_r)
+            why = "did not answer" if not ready else "could not fork" if pid is not None else "is gone"
+            raise TemplateError(f"the template {why}")
+        return TemplateChild(pid, status_r), parent_conn
+
+    def alive(self) -> bool:
+        return self._sock is not None
+
+    def close(self) -> None:
+        """Stop the template (it exits on EOF) and reap it. Idempotent."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        sock.close()
+        _live.discard(self)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _drop_inherited(self) -> None:
+        """In a forked child of the caller: let go of the caller's end."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def __repr__(self) -> str:
+        return f"<Template pid={self.pid} {'open' if self._sock is not None else 'closed'}>"
+
+
+def _after_fork_in_child() -> None:
+    for template in list(_live):
+        template._drop_inherited()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ------------------------------------------------------------------ the template
+
+
+def _serve(sock: socket.socket, run_agent: Callable[[int, Any], None], preload: tuple[str, ...]) -> None:
+    """The template's loop: fork an agent per request, report exits, end at EOF."""
+    _become_template()
+    for module in preload:
+        try:
+            __import__(module)
+        except Exception:
+            pass  # preloading is an optimization; the task's own import reports errors
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    signal.signal(signal.SIGCHLD, _ignore)
+    signal.set_wakeup_fd(sig_w)
+    status_of: dict[int, int] = {}  # agent pid -> our end of its status pipe
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        sel.register(sig_r, selectors.EVENT_READ)
+        while True:
+            ready = {key.fileobj for key, _ in sel.select()}
+            if sig_r in ready:
+                _reap(sig_r, status_of)
+            if sock not in ready:
+                continue
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(sock, _SIGNED.size, 2)
+            except OSError:
+                return
+            if not msg:
+                return  # the caller closed its end, or is gone
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            conn_fd, status_w = fds
+            (agent_id,) = _SIGNED.unpack(msg)
+            try:
+                pid = os.fork()
+            except OSError:
+                _write_signed(status_w, -1)
+                os.close(status_w)
+                os.close(conn_fd)
+                continue
+            if pid == 0:  # the agent
+                code = 1
+                try:
+                    sock.close()
+                    for fd in (sig_r, sig_w, status_w, *status_of.values()):
+                        os.close(fd)
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    code = _run_child(agent_id, conn_fd, run_agent)
+                finally:
+                    os._exit(code)
+            os.close(conn_fd)
+            _write_signed(status_w, pid)
+            status_of[pid] = status_w
+
+
+def _become_template() -> None:
+    """Make this fresh fork of the caller fit to be copied again and again."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the caller decides
+    for sig in _RESET_SIGNALS:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    from guildcore.engine.agent import drop_forkserver_alive_fd
+
+    drop_forkserver_alive_fd()
+    _late_main_lookup()
+    # What every agent needs at start, imported once here rather than in each.
+    import ctypes  # noqa: F401 - agent._set_parent_death_signal
+    from multiprocessing import connection, context  # noqa: F401 - _run_child
+    # Fork-safety: the collector would touch (and so copy) every inherited
+    # object in every agent; frozen objects are never scanned.
+    gc.freeze()
+
+
+def _late_main_lookup() -> None:
+    """Names of the script defined after the Guild was made: load them as forkserver agents do.
+
+    The inherited ``__main__`` stops where the script was when the Guild was
+    made. A module-level ``__getattr__`` runs only for names it lacks; it
+    runs the script as ``__mp_main__`` (guarded code skipped) once, like
+    ``lazymain.LazyMain``, and serves the name from there.
+    """
+    from guildcore.engine.lazymain import LazyMain, caller_main
+
+    main = sys.modules.get("__main__")
+    where = caller_main()
+    if main is None or where is None or "__getattr__" in vars(main):
+        return
+    late = LazyMain(*where)
+
+    def __getattr__(name: str) -> object:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return getattr(late, name)
+
+    setattr(main, "__getattr__", __getattr__)  # noqa: B010 - a module-level __getattr__ (PEP 562)
+
+
+def _run_child(agent_id: int, conn_fd: int, run_agent: Callable[[int, Any], None]) -> int:
+    """Become agent ``agent_id``: the stdlib's fork bootstrap, then ``run_agent``."""
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import ForkProcess
+
+    conn = Connection(conn_fd)
+    proc = ForkProcess(target=run_agent, args=(agent_id, conn), name=_agent_name(agent_id), daemon=True)
+    bootstrap = getattr(proc, "_bootstrap", None)
+    if bootstrap is None:  # pragma: no cover - another Python
+        run_agent(agent_id, conn)
+        return 0
+    # What a fork-started multiprocessing child does: current_process() is
+    # the agent, stdin is closed, after-fork hooks of multiprocessing run.
+    return int(bootstrap())
+
+
+def _agent_name(agent_id: int) -> str:
+    from guildcore.engine.lazymain import AGENT_NAME_PREFIX
+
+    return f"{AGENT_NAME_PREFIX}{agent_id}"
+
+
+def _reap(sig_r: int, status_of: dict[int, int]) -> None:
+    try:
+        while os.read(sig_r, 4096):
+            pass
+    except BlockingIOError:
+        pass
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = status_of.pop(pid, None)
+        if fd is not None:
+            _write_signed(fd, os.waitstatus_to_exitcode(status))
+            os.close(fd)
+
+
+def _ignore(*_args: object) -> None:
+    """SIGCHLD must have a handler for the wake-up fd to fire."""
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _write_signed(fd: int, value: int) -> None:
+    try:
+        os.write(fd, _SIGNED.pack(value))
+    except OSError:
+        pass  # the caller closed its end: nobody is waiting for this
+
+
+def _read_signed(fd: int) -> int | None:
+    """One signed int from a status pipe; None at EOF."""
+    data = b""
+    while len(data) < _SIGNED.size:
+        try:
+            chunk = os.read(fd, _SIGNED.size - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    value: int = _SIGNED.unpack(data)[0]
+    return value
+
+
+def _flush_std_streams() -> None:
+    """Buffered output not yet written would be written again by every copy."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass

@@ -1,0 +1,239 @@
+"""Agents forked from a template of the caller: warm, and never forked from a thread.
+
+The template is forked by the thread that first needs the pool, only when it
+is the process's only Python thread; agents fork from the template. Scripts run
+in subprocesses where the test needs a fresh interpreter (what the caller had
+imported when the Guild was made matters).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import faults
+import psutil
+import pytest
+
+from guildcore import Guild
+
+pytestmark = pytest.mark.timeout(90)
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _script(tmp_path: Path, body: str, **files: str) -> subprocess.CompletedProcess[str]:
+    for name, text in files.items():
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(text))
+    (tmp_path / "job.py").write_text(
+        f"import sys\nsys.path[:0] = [{str(tmp_path)!r}, {TESTS!r}]\n" + textwrap.dedent(body)
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUILD_")}
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "job.py")], capture_output=True, text=True, timeout=60, cwd=str(tmp_path), env=env
+    )
+
+
+def test_fork_while_the_main_thread_holds_an_import_lock_does_not_hang(tmp_path: Path) -> None:
+    # The first agent starts while the main thread is inside `import blocker`
+    # (its module lock held, waiting for a task that imports blocker). An
+    # agent forked by the supervisor thread at that moment inherits the lock
+    # held by a thread it does not have, and hangs in importlib forever.
+    proc = _script(
+        tmp_path,
+        """
+        import os
+        from guildcore import Guild
+
+        CALLER = os.getpid()
+
+        def uses_blocker():
+            import blocker
+            return blocker.VALUE
+
+        if __name__ == "__main__":
+            g = Guild(start_method="fork", min_agents=0, max_agents=1)
+            import blocker
+            print(blocker.RESULT, g.stats()["start_method"])
+            g.shutdown()
+        """,
+        blocker="""
+        import os, sys
+        VALUE = 42
+        main = sys.modules["__main__"]
+        if os.getpid() == main.CALLER:
+            RESULT = main.g.submit(main.uses_blocker).result(timeout=20)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["42", "fork"]
+
+
+def test_a_caller_with_threads_falls_back_to_the_forkserver() -> None:
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, name="busy")
+    busy.start()
+    try:
+        with Guild(max_agents=1) as g:
+            assert g.submit(faults.inc, 1).result(timeout=30) == 2
+            assert g.stats()["start_method"] == "forkserver"
+        with pytest.warns(RuntimeWarning, match="other threads"), Guild(max_agents=1, start_method="fork") as g:
+            assert g.submit(faults.inc, 1).result(timeout=30) == 2
+            assert g.stats()["start_method"] == "forkserver"
+    finally:
+        stop.set()
+        busy.join()
+    with Guild(max_agents=1) as g:  # alone again: the template
+        assert g.submit(faults.inc, 1).result(timeout=30) == 2
+        assert g.stats()["start_method"] == "fork"
+
+
+def test_agents_inherit_what_the_caller_had_when_the_pool_started(tmp_path: Path) -> None:
+    proc = _script(
+        tmp_path,
+        """
+        import os, sys
+        import faults
+        import heavy
+        from guildcore import Guild
+
+        heavy.STATE.append("set by the caller")
+
+        def probe():
+            return sys.modules["heavy"].STATE, "heavy" in sys.modules
+
+        def start():
+            if __name__ == "__main__":
+                g = Guild(max_agents=1)
+                print(g.submit(faults.pid).result(timeout=30) != os.getpid())  # the pool starts
+                return g
+
+        g = start()
+
+        def defined_after():  # not in the template: agents run the script (guarded code skipped)
+            return "found by running the script"
+
+        if __name__ == "__main__":
+            print(g.submit(probe).result(timeout=30))
+            print(g.submit(defined_after).result(timeout=30))
+            print(open("marks").read().split())
+            g.shutdown()
+        """,
+        heavy="""
+        import os
+        with open("marks", "a") as f:
+            f.write(f"heavy:{os.getpid()} ")
+        STATE = []
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "True"
+    assert lines[1] == "(['set by the caller'], True)"  # inherited, not imported again
+    assert lines[2] == "found by running the script"  # a name the template did not have
+    # heavy was imported once, by the caller: the agent that ran the script found it inherited
+    assert len(lines[3].split(",")) == 1, lines[3]
+
+
+def test_a_pool_started_while_a_module_is_imported_gives_agents_the_module_so_far(tmp_path: Path) -> None:
+    # Agents never import the module again (it would make a Guild inside
+    # them): they see it as far as it got when the pool started, as a fork
+    # at that moment would.
+    proc = _script(
+        tmp_path,
+        """
+        import jobs
+        print(jobs.OUT, jobs.LATE)
+        jobs.g.shutdown()
+        """,
+        jobs="""
+        import os
+        from guildcore import Guild
+
+        with open("marks", "a") as f:
+            f.write(f"{os.getpid()} ")
+
+        def double(x):
+            return 2 * x
+
+        g = Guild(max_agents=1)
+        OUT = g.map(double, range(3), chunksize=1)  # the pool starts: the template is forked now
+
+        def triple(x):
+            return 3 * x
+
+        try:
+            g.map(triple, range(3), chunksize=1)
+        except Exception as exc:
+            LATE = type(exc).__name__
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[0,", "2,", "4]", "SerializationError"]
+    assert len((tmp_path / "marks").read_text().split()) == 1  # jobs ran in the caller only
+
+
+def test_the_template_leaves_with_its_guild() -> None:
+    with Guild(max_agents=1) as g:
+        assert g.submit(faults.inc, 1).result(timeout=30) == 2
+        template = g._starter._template
+        assert template is not None
+        pid = template.pid
+        assert psutil.pid_exists(pid)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_lost_template_hands_over_to_the_forkserver() -> None:
+    with Guild(max_agents=1, min_agents=1) as g:
+        assert g.submit(faults.inc, 1).result(timeout=30) == 2
+        template = g._starter._template
+        assert template is not None
+        agent = psutil.Process(g.stats()["agents"][0]["pid"])
+        os.kill(template.pid, signal.SIGKILL)
+        agent.wait(timeout=30)  # it dies with the template (parent-death signal)
+        assert g.submit(faults.inc, 2, retries=2).result(timeout=60) == 3
+        assert g.stats()["start_method"] == "forkserver"
+
+
+def test_a_cache_store_open_when_the_template_forks_keeps_storing(tmp_path: Path) -> None:
+    # The fork closes the caller's LMDB environment (never used across a
+    # fork) and it reopens with new handles: writes after it must use those.
+    cfg = {"caching": {"path": str(tmp_path / "cache")}}
+    with Guild(max_agents=1, **cfg) as g:
+        # The lookup opens the store; the pool (and its fork) starts after it.
+        assert g.map(faults.inc, range(40), chunksize=4, cache=True) == list(range(1, 41))
+        assert g.stats()["cache"]["items_missed"] == 40
+    with Guild(max_agents=1, **cfg) as g:
+        assert g.map(faults.inc, range(40), chunksize=4, cache=True) == list(range(1, 41))
+        assert g.stats()["cache"]["items_hit"] == 40
+
+
+def test_preloaded_modules_are_imported_once_for_every_agent(tmp_path: Path) -> None:
+    proc = _script(
+        tmp_path,
+        """
+        import os, sys
+        from guildcore import Guild
+
+        def where(_):
+            return os.getpid(), "heavy" in sys.modules
+
+        if __name__ == "__main__":
+            with Guild(max_agents=2, min_agents=2, optimization={"preload": ["heavy"]}) as g:
+                seen = set(g.map(where, range(40), chunksize=1))
+            print(len({pid for pid, _ in seen}), all(has for _, has in seen), "heavy" in sys.modules)
+            print(len(open("marks").read().split()))
+        """,
+        heavy="""
+        with open("marks", "a") as f:
+            f.write("imported ")
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Two agents had it, the caller never imported it, and it ran once (in the template).
+    assert proc.stdout.split() == ["2", "True", "False", "1"]
