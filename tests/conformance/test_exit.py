@@ -77,9 +77,17 @@ def test_cancelled_work_does_not_run_at_exit(tmp_path: object, maker: str) -> No
         def word(w):
             print(w, flush=True)
 
+        def nothing():
+            pass
+
         if __name__ == "__main__":
             ex = make(1)
             first = ex.submit(wait_for, "go")
+            # ProcessPoolExecutor moves up to max_workers + 1 calls ahead into
+            # its call queue, where they can no longer be cancelled: fillers
+            # take those places, so the cancel below never races with it.
+            for _ in range(3):
+                ex.submit(nothing)
             queued = ex.submit(word, "never")
             assert queued.cancel()
             ex.submit(word, "last")
