@@ -67,10 +67,11 @@ def test_cancelled_work_does_not_run_at_exit(tmp_path: object, maker: str) -> No
         tmp_path,
         maker,
         """
-        import os
+        import os, time
 
         def wait_for(path):
-            while not os.path.exists(path):
+            deadline = time.monotonic() + 60  # never outlive a failed script
+            while not os.path.exists(path) and time.monotonic() < deadline:
                 os.sched_yield()
             print("first", flush=True)
 
