@@ -1,0 +1,145 @@
+"""Reading an agent's frames off its pipe without ever blocking the owner loop.
+
+This module covers ``FrameReader``: the supervisor's end of one agent's
+pipe, read with one ``read`` per readiness (the selector said readable, so
+the read cannot block), split into frames as ``multiprocessing.Connection``
+writes them (``send_bytes``):
+
+    # - 4 bytes: big-endian signed length n of the frame, or -1, then
+    # - 8 bytes: big-endian unsigned length (frames of 2 GiB and more)
+    # - n bytes: the frame
+
+``multiprocessing``'s own ``recv_bytes`` reads a whole frame, blocking until
+the last byte: an agent that writes half a frame and stops (stopped,
+stuck, or hostile) would freeze the whole supervisor, and a length header of
+2 GiB would make it allocate 2 GiB. Here a partial frame waits in the
+reader's buffer while the loop serves everyone else, and a frame longer
+than ``max_bytes`` is refused before anything is allocated for it. Small
+frames that arrive together cost one read between them.
+
+It does not cover decoding frames (``codec``), nor writing them (agents use
+``Connection.send_bytes``; the supervisor's frames to agents are small and
+read at all times by the agent's reader thread).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+
+from guildcore.errors import format_bytes
+
+# Bytes per read of small frames: results of a map chunk are usually a few KB.
+_READ_BYTES = 256 * 1024
+_HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!Q")
+
+
+class FrameTooBig(Exception):
+    """A frame header announced more than the reader accepts (internal)."""
+
+
+class FrameReader:
+    """Frames from one file descriptor, as they complete."""
+
+    __slots__ = ("_buf", "_fd", "_frame", "_got", "eof", "max_bytes")
+
+    def __init__(self, fd: int, max_bytes: int | None = None) -> None:
+        self._fd = fd
+        self.max_bytes = max_bytes
+        self._buf = bytearray()  # bytes read, not yet part of a frame being filled
+        self._frame: bytearray | None = None  # a big frame being filled in place
+        self._got = 0  # bytes of _frame filled so far
+        self.eof = False
+
+    def read(self) -> list[bytes | bytearray]:
+        """Read once (the fd must be readable) and return every frame completed.
+
+        Sets ``eof`` at the end of the stream. Raises ``FrameTooBig`` for a
+        frame over ``max_bytes``; the reader is unusable after that.
+        """
+        if self._frame is not None:
+            self._fill()
+            return self._complete()
+        data = os.read(self._fd, _READ_BYTES)
+        if not data:
+            self.eof = True
+            return []
+        buf = self._buf
+        buf += data
+        return self._complete()
+
+    def drain(self) -> list[bytes | bytearray]:
+        """Everything readable now, up to the end of the stream; never blocks.
+
+        For an agent that has exited: frames it wrote before dying are read
+        before its death is handled.
+        """
+        out: list[bytes | bytearray] = []
+        while not self.eof:
+            ready, _, _ = select.select([self._fd], [], [], 0)
+            if not ready:
+                break
+            out += self.read()
+        return out
+
+    def _fill(self) -> None:
+        """Read the rest of a big frame straight into its own buffer."""
+        frame = self._frame
+        assert frame is not None
+        view = memoryview(frame)[self._got :]
+        n = os.readv(self._fd, [view])
+        view.release()
+        if n == 0:
+            self.eof = True
+        self._got += n
+
+    def _complete(self) -> list[bytes | bytearray]:
+        frames: list[bytes | bytearray] = []
+        frame = self._frame
+        if frame is not None:
+            if self._got < len(frame):
+                return frames
+            frames.append(frame)  # filled in place: no copy
+            self._frame = None
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        with memoryview(buf) as view:
+            pos = self._split(view, end, frames)
+        if pos:
+            del buf[:pos]
+        return frames
+
+    def _split(self, view: memoryview, end: int, frames: list[bytes | bytearray]) -> int:
+        """Append the whole frames in ``view``; returns how many bytes they took."""
+        pos = 0
+        while end - pos >= 4:
+            (size,) = _HEADER.unpack_from(view, pos)
+            head = 4
+            if size == -1:
+                if end - pos < 12:
+                    break
+                (size,) = _LONG_HEADER.unpack_from(view, pos + 4)
+                head = 12
+            elif size < 0:
+                raise FrameTooBig(f"a frame header with a negative length ({size})")
+            if self.max_bytes is not None and size > self.max_bytes:
+                raise FrameTooBig(
+                    f"a frame of {format_bytes(size)}, more than the {format_bytes(self.max_bytes)} an agent can hold"
+                )
+            start = pos + head
+            if end - start >= size:
+                frames.append(view[start : start + size].tobytes())
+                pos = start + size
+                continue
+            if size > _READ_BYTES:
+                # A big frame: allocate it once and read the rest into it.
+                big = bytearray(size)
+                have = end - start
+                big[:have] = view[start:end]
+                self._frame, self._got = big, have
+                pos = end
+            break
+        return pos
