@@ -152,14 +152,6 @@ class ResultFetched:
     value: Any
 
 
-@dataclass(slots=True)
-class AdmissionChanged:
-    """Limits on taking work, from a memory monitor: see ``Admission``."""
-
-    admission: Admission
-    reason: str
-
-
 @dataclass(frozen=True, slots=True)
 class Admission:
     """How much of the pool may take new work, set by whoever watches memory.
@@ -173,6 +165,21 @@ class Admission:
 
     working_agents: int | None = None
     may_start: bool = True
+
+
+@dataclass(slots=True)
+class AdmissionChanged:
+    """Limits on taking work, from a memory monitor: see ``Admission``."""
+
+    admission: Admission
+    reason: str
+
+
+@dataclass(slots=True)
+class StopIdleAgents:
+    """Stop the agents idle now, down to ``min_agents`` (a memory monitor's cleanup)."""
+
+    reason: str
 
 
 Event = (
@@ -191,6 +198,7 @@ Event = (
     | InlineFinished
     | ResultFetched
     | AdmissionChanged
+    | StopIdleAgents
 )
 
 # ---------------------------------------------------------------- actions

@@ -76,6 +76,7 @@ from guildcore.engine.events import (
     ShutdownRequested,
     SignalAgent,
     StartAgent,
+    StopIdleAgents,
     StreamCancelled,
     Submitted,
     TaskMoved,
@@ -200,6 +201,7 @@ class Machine:
             InlineFinished: self._on_inline_finished,
             ResultFetched: self._on_fetched,
             AdmissionChanged: self._on_admission,
+            StopIdleAgents: self._on_stop_idle,
         }
 
     # ------------------------------------------------------------ entry points
@@ -825,15 +827,23 @@ class Machine:
         # Waiting work: the queue plus tasks prefetched behind a running one.
         waiting = len(self.queue) + sum(max(0, len(a.held) - 1) for a in self.agents.values())
         live = [a for a in self.agents.values() if a.live]
+        lo, hi = self.settings.min_agents, self.settings.max_agents
         working = self.admission.working_agents
+        if working is not None:
+            # Agents beyond the working set take nothing new: once idle they stop.
+            lo, hi = min(lo, working), min(hi, max(1, working))
+            for agent in sorted(live, key=lambda a: a.id)[working:]:
+                if agent.state is AgentState.IDLE:
+                    self._drain_agent(agent, "outside the working set (admission)")
+            live = [a for a in live if a.live]
         view = scaling.PoolView(
             queued=waiting,
             agents=[
                 scaling.AgentView(a.id, a.state is AgentState.STARTING, a.idle_since if a.state is AgentState.IDLE else None)
                 for a in live
             ],
-            min_agents=self.settings.min_agents,
-            max_agents=self.settings.max_agents if working is None else min(self.settings.max_agents, max(1, working)),
+            min_agents=lo,
+            max_agents=hi,
             scale_up_queue_length=self.settings.scale_up_queue_length,
             idle_timeout_s=self.settings.idle_timeout_s,
         )
@@ -845,16 +855,20 @@ class Machine:
             self._start_agent("queue pressure" if live else "min_agents")
         for agent_id in plan.stop:
             self._drain_agent(self.agents[agent_id], "idle past idle_timeout")
-        if working is not None:
-            # Agents beyond the working set take nothing new: once idle they stop.
-            for agent in sorted(live, key=lambda a: a.id)[working:]:
-                if agent.state is AgentState.IDLE and len(live) > self.settings.min_agents:
-                    self._drain_agent(agent, "outside the working set (admission)")
         self.next_scale_check = plan.next_check_at
 
     def _on_admission(self, event: AdmissionChanged) -> None:
         self.admission = event.admission
         self._out.append(Log(logging.INFO, f"admission changed: {event.admission} ({event.reason})"))
+
+    def _on_stop_idle(self, event: StopIdleAgents) -> None:
+        live = sum(1 for a in self.agents.values() if a.live)
+        for agent in sorted(self.agents.values(), key=lambda a: a.idle_since or 0.0):
+            if live <= self.settings.min_agents:
+                return
+            if agent.state is AgentState.IDLE and not agent.held:
+                self._drain_agent(agent, event.reason)
+                live -= 1
 
     # -------------------------------------------------------------- inline
 
