@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from guildcore.engine.task import Task
+from guildcore.errors import ConfigError
 
 PRIORITY = "priority"
 FIFO = "fifo"
@@ -36,7 +37,11 @@ class TaskQueue:
 
     def __init__(self, strategy: str = PRIORITY) -> None:
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown queue strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise ConfigError(
+                f"unknown queue strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}",
+                key="pool.queue_strategy",
+                value=strategy,
+            )
         self.fifo = strategy == FIFO
         self._heap: list[tuple[int, int, Task]] = []
         self._deque: deque[Task] = deque()
