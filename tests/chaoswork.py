@@ -35,8 +35,9 @@ def logged(x: int, control: str) -> int:
     FIFO ``control/halfway``. Its arguments stay the same from run to run,
     so runs share their cache keys.
     """
-    import guildcore
     from faults import signal_started
+
+    import guildcore
 
     with open(os.path.join(control, "calls.log"), "a") as f:
         f.write(f"{x}\n")

@@ -10,6 +10,7 @@ begins, chunks that are split on retry, and resources that must not leak.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -264,3 +265,28 @@ def test_peak_memory_per_agent_is_bounded() -> None:
         stats = g.stats()
         assert stats["counters"]["agents_started"] >= 45
         assert 1 <= len(stats["peak_private_bytes"]) <= 32
+
+
+def test_an_agent_that_stops_reading_does_not_stall_the_loop(tmp_path: object) -> None:
+    started = [_fifo(tmp_path, f"started-{i}") for i in range(2)]
+    release = [_fifo(tmp_path, f"release-{i}") for i in range(2)]
+    with Guild(max_agents=2, min_agents=2, timeout=None) as g:
+        assert g.map(faults.pid, range(4), chunksize=1)  # both agents ready
+        first = g.submit(faults.block, started[0], release[0])
+        stopped = faults.wait_started(started[0])
+        second = g.submit(faults.block, started[1], release[1])
+        faults.wait_started(started[1])
+        os.kill(stopped, signal.SIGSTOP)  # its reader thread drains nothing any more
+        try:
+            # Sent ahead to the stopped agent (both hold one task): 8 MB do not fit in its pipe.
+            big = g.submit(len, bytes(8 * 2**20))
+            # The loop still answers and runs work elsewhere.
+            assert g.stats()["counters"]["submitted"] >= 7
+            faults.release(release[1])
+            assert second.result(timeout=30) == "released"
+            assert g.submit(faults.inc, 1).result(timeout=30) == 2
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        faults.release(release[0])
+        assert first.result(timeout=30) == "released"
+        assert big.result(timeout=30) == 8 * 2**20

@@ -9,11 +9,12 @@ Data flow::
                                   │                                 v
                                frames <── FrameReader <──── RESULT / ERROR / CHUNK
                                exits  <── sentinels                 │
-                               memory <── /proc reads     Send ─────┴──> TASK frames
+                               memory <── /proc reads   Send ─> FrameWriter ─> TASK frames
     Future <── set_result / set_exception <── Resolve / Fail / Cancel
 
 The loop does I/O only: it waits on every agent's pipe and sentinel plus the
-inbox's wake-up pipe (one selector for its whole life), turns what it reads
+inbox's wake-up pipe (one selector for its whole life), never blocking on any
+one of them (pipes are non-blocking: ``wire``), turns what it reads
 into events, hands them with the clock reading to the ``Machine``, and
 carries out the actions that come back: writing frames, signalling and
 starting agents, reading memory, reading results out of shared memory,
@@ -105,7 +106,7 @@ from guildcore.engine.machine import Counters, Machine, SupervisorSettings
 from guildcore.engine.pool import AgentHandle, AgentStarter, StartFailed
 from guildcore.engine.recording import RecorderObserver
 from guildcore.engine.task import Task
-from guildcore.engine.wire import FrameReader, FrameTooBig
+from guildcore.engine.wire import FrameReader, FrameTooBig, FrameWriter
 from guildcore.errors import (
     GuildError,
     PoolBroken,
@@ -154,6 +155,7 @@ class Supervisor:
         self.machine = Machine(settings, new_task_id=self.new_task_id, has_initializer=starter.initializer is not None)
         self._handles: dict[int, AgentHandle] = {}
         self._readers: dict[int, FrameReader] = {}
+        self._writers: dict[int, FrameWriter] = {}
         self._runner: inline.InlineRunner | None = None
         self._batch: list[Event] = []  # the events the machine is taking
         self._owner_pid = os.getpid()
@@ -331,14 +333,17 @@ class Supervisor:
 
     def _wait(self, timeout: float | None) -> list[Event]:
         events: list[Event] = []
-        for key, _mask in self._selector.select(timeout):
+        for key, mask in self._selector.select(timeout):
             data = key.data
             if data is None:  # the inbox's wake-up pipe
                 self._inbox.woken()
-            elif data[1]:
-                self._read_frames(data[0], events)
-            else:
+            elif not data[1]:
                 self._agent_exited(data[0], events)
+            else:
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(data[0])
+                if mask & selectors.EVENT_READ:
+                    self._read_frames(data[0], events)
         return events
 
     # ---------------------------------------------------------------- frames
@@ -374,6 +379,7 @@ class Supervisor:
         handle = self._handles.pop(agent_id, None)
         if handle is None:
             return
+        self._writers.pop(agent_id, None)
         reader = self._readers.pop(agent_id, None)
         if reader is not None:
             # Frames it sent before dying are still in the pipe: they count first.
@@ -390,6 +396,9 @@ class Supervisor:
 
     def _unwatch_pipe(self, agent_id: int) -> None:
         self._readers.pop(agent_id, None)
+        writer = self._writers.pop(agent_id, None)
+        if writer is not None:
+            writer.drop()
         handle = self._handles.get(agent_id)
         if handle is not None:
             try:
@@ -409,13 +418,40 @@ class Supervisor:
     # --------------------------------------------------------------- actions
 
     def _send(self, action: Send, events: list[Event]) -> None:
-        handle = self._handles.get(action.agent_id)
-        if handle is None:
+        writer = self._writers.get(action.agent_id)
+        if writer is None:
+            return
+        was_waiting = writer.pending
+        try:
+            waits = writer.send(action.frame)
+        except OSError:
+            writer.drop()  # dying: its sentinel fires, and what it held is retried or failed there
+            return
+        if waits and not was_waiting:
+            self._watch_writable(action.agent_id, True)
+
+    def _flush(self, agent_id: int) -> None:
+        writer = self._writers.get(agent_id)
+        if writer is None:
             return
         try:
-            handle.conn.send_bytes(action.frame)
+            waits = writer.flush()
         except OSError:
-            pass  # dying: its sentinel fires, and what it held is retried or failed there
+            writer.drop()
+            waits = False
+        if not waits:
+            self._watch_writable(agent_id, False)
+
+    def _watch_writable(self, agent_id: int, on: bool) -> None:
+        """Also wake when the agent's pipe takes more (a frame waits half-written), or stop."""
+        handle = self._handles.get(agent_id)
+        if handle is None or agent_id not in self._readers:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        try:
+            self._selector.modify(handle.conn.fileno(), events, (agent_id, True))
+        except (KeyError, ValueError, OSError):
+            pass
 
     def _signal(self, action: SignalAgent, events: list[Event]) -> None:
         handle = self._handles.get(action.agent_id)
@@ -437,8 +473,11 @@ class Supervisor:
             events.append(AgentStartFailed(agent_id, f"{type(exc).__name__}: {exc}"))
             return
         self._handles[agent_id] = handle
-        self._readers[agent_id] = FrameReader(handle.conn.fileno(), self._max_frame)
-        self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, (agent_id, True))
+        fd = handle.conn.fileno()
+        os.set_blocking(fd, False)  # Invariant: the loop never waits on one agent's pipe
+        self._readers[agent_id] = FrameReader(fd, self._max_frame)
+        self._writers[agent_id] = FrameWriter(fd)
+        self._selector.register(fd, selectors.EVENT_READ, (agent_id, True))
         self._selector.register(handle.sentinel, selectors.EVENT_READ, (agent_id, False))
         events.append(AgentStarted(agent_id, handle.pid))
 
@@ -543,6 +582,7 @@ class Supervisor:
             handle.close()
         self._handles.clear()
         self._readers.clear()
+        self._writers.clear()
         self._selector.close()
         if self._runner is not None and not self._runner.stop(_INLINE_STOP_S):
             log.warning("an inline task still runs after shutdown; it is left to finish in its thread")

@@ -1,9 +1,11 @@
-"""Reading an agent's frames off its pipe without ever blocking the owner loop.
+"""An agent's pipe, read and written without ever blocking the owner loop.
 
-This module covers ``FrameReader``: the supervisor's end of one agent's
-pipe, read with one ``read`` per readiness (the selector said readable, so
-the read cannot block), split into frames as ``multiprocessing.Connection``
-writes them (``send_bytes``):
+This module covers the supervisor's end of one agent's pipe (a socket set
+non-blocking): ``FrameReader`` reads it with one ``read`` per readiness and
+splits what it reads into frames; ``FrameWriter`` writes frames as far as
+the pipe takes them and keeps the rest until it is writable again. Frames
+are laid out as ``multiprocessing.Connection`` lays them out (the agent's
+end is one, ``send_bytes`` and ``recv_bytes``):
 
     # - 4 bytes: big-endian signed length n of the frame, or -1, then
     # - 8 bytes: big-endian unsigned length (frames of 2 GiB and more)
@@ -17,9 +19,13 @@ reader's buffer while the loop serves everyone else, and a frame longer
 than ``max_bytes`` is refused before anything is allocated for it. Small
 frames that arrive together cost one read between them.
 
-It does not cover decoding frames (``codec``), nor writing them (agents use
-``Connection.send_bytes``; the supervisor's frames to agents are small and
-read at all times by the agent's reader thread).
+Writing has the same hazard the other way: an agent whose reader cannot
+drain its pipe (the process is stopped, or a task holds the GIL in a long C
+call) would block a ``send_bytes`` of a big TASK frame, and with it every
+other agent's results, every timeout and every caller. Here the rest of the
+frame waits in the writer; the loop asks the selector for writability.
+
+It does not cover decoding frames (``codec``) nor the agent's end.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import os
 import select
 import struct
+from collections import deque
 
 from guildcore.errors import format_bytes
 
@@ -62,7 +69,10 @@ class FrameReader:
         if self._frame is not None:
             self._fill()
             return self._complete()
-        data = os.read(self._fd, _READ_BYTES)
+        try:
+            data = os.read(self._fd, _READ_BYTES)
+        except BlockingIOError:
+            return []  # woken for nothing (another reader of the readiness took it)
         if not data:
             self.eof = True
             return []
@@ -89,8 +99,14 @@ class FrameReader:
         frame = self._frame
         assert frame is not None
         view = memoryview(frame)[self._got :]
-        n = os.readv(self._fd, [view])
-        view.release()
+        try:
+            n = os.readv(self._fd, [view])
+        except BlockingIOError:
+            n = -1
+        finally:
+            view.release()
+        if n < 0:
+            return
         if n == 0:
             self.eof = True
         self._got += n
@@ -143,3 +159,68 @@ class FrameReader:
                 pos = end
             break
         return pos
+
+
+class FrameWriter:
+    """Frames to one file descriptor (non-blocking): written as far as it takes them, in order."""
+
+    __slots__ = ("_fd", "_pending")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending: deque[memoryview] = deque()  # what the pipe did not take yet, in order
+
+    @property
+    def pending(self) -> bool:
+        """Bytes wait for the pipe to be writable."""
+        return bool(self._pending)
+
+    def send(self, frame: bytes) -> bool:
+        """Queue ``frame`` and write what the pipe takes now; True if some of it waits.
+
+        Raises ``OSError`` if the pipe is broken (the agent is gone).
+        """
+        n = len(frame)
+        header = _HEADER.pack(n) if n <= 0x7FFFFFFF else _HEADER.pack(-1) + _LONG_HEADER.pack(n)
+        pending = self._pending
+        if pending:
+            pending.append(memoryview(header))
+            pending.append(memoryview(frame))
+            return True
+        try:
+            written = os.writev(self._fd, [header, frame])
+        except BlockingIOError:
+            written = 0
+        if written == len(header) + n:
+            return False
+        if written < len(header):
+            pending.append(memoryview(header)[written:])
+            pending.append(memoryview(frame))
+        else:
+            pending.append(memoryview(frame)[written - len(header) :])
+        return True
+
+    def flush(self) -> bool:
+        """Write what waits, as far as the pipe takes it; True if some still waits.
+
+        Raises ``OSError`` if the pipe is broken (the agent is gone).
+        """
+        pending = self._pending
+        while pending:
+            try:
+                written = os.writev(self._fd, list(pending)[:64])
+            except BlockingIOError:
+                return True
+            while written and pending:
+                head = pending[0]
+                if written >= len(head):
+                    written -= len(head)
+                    pending.popleft()
+                else:
+                    pending[0] = head[written:]
+                    written = 0
+        return False
+
+    def drop(self) -> None:
+        """Forget what waits (the agent is gone)."""
+        self._pending.clear()
