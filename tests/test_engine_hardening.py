@@ -146,15 +146,22 @@ def test_an_inline_task_does_not_stall_the_loop(tmp_path: object) -> None:
         assert fut.result(timeout=30) == "released"
 
 
-@pytest.fixture
-def fallback(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guild]:
+@pytest.fixture(params=["agents cannot start", "strategy sequential"])
+def fallback(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Guild]:
+    """A Guild that runs its tasks inline: agents refuse to start, or it was asked to."""
     from guildcore.engine import pool
 
     def refuse(self: object, agent_id: int) -> object:
         raise pool.StartFailed("OSError: [Errno 11] Resource temporarily unavailable")
 
-    monkeypatch.setattr(pool.AgentStarter, "start", refuse)
-    with pytest.warns(RuntimeWarning, match="could not start agents"), Guild(max_agents=2) as g:
+    if request.param == "agents cannot start":
+        monkeypatch.setattr(pool.AgentStarter, "start", refuse)
+        warned = pytest.warns(RuntimeWarning, match="could not start agents")
+        kwargs: dict[str, object] = {"max_agents": 2}
+    else:
+        warned = pytest.warns(RuntimeWarning, match="sequential")
+        kwargs = {"parallelization": {"strategy": "sequential"}}
+    with warned, Guild(**kwargs) as g:  # type: ignore[arg-type]
         assert g.submit(faults.inc, 1).result(timeout=30) == 2
         yield g
 
