@@ -23,6 +23,12 @@ queued task's future (``set_running_or_notify_cancel``, so a caller cannot
 cancel a task once it is sent) and handing a stream's chunk to its consumer
 (``StreamState.put_chunk``, a queue put).
 
+Time enters only as ``now``: every batch ends by settling the pool, which
+compares the deadlines kept in state (a task's hard timeout, a SIGTERM's
+grace, a stopping agent's, the next memory sample, the next idle check)
+with it; ``next_deadline()`` tells the loop when to call again, with an
+empty batch if nothing else happened by then.
+
 Each call's actions come out in the order they must be carried out. Records
 for observers (``TaskMoved``, ``AgentMoved``, ``TaskRan``, ``MemoryNoted``)
 are made only while ``trace`` is set: the hot path pays nothing for them
