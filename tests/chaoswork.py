@@ -92,8 +92,8 @@ class Killer:
             if not busy:
                 continue
             pid = self._random.choice(busy)
+            self.kills.append(pid)  # before the kill: its failure may be seen at once
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
-                continue
-            self.kills.append(pid)
+                self.kills.remove(pid)
