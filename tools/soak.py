@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     tally.sample(g)
                     if before is None:  # after one round: the interpreter's own helpers (forkserver, tracker) are up
                         before = _held()
-                    if time.monotonic() >= next_report:
+                    if time.monotonic() >= next_report and time.monotonic() < end:
                         report(tally, killer, started, g.stats())
                         next_report += 60
             except Exception as exc:  # an unexpected failure: reported, the run ends
