@@ -193,9 +193,9 @@ def test_the_timeout_clock_starts_when_the_agent_begins_the_task(tmp_path: objec
         max_agents=1, min_agents=1, initializer=faults.gated_init, initargs=(started, release),
         limits={"timeout_grace": 0.1},
     ) as g:
-        faults.wait_started(started)
         fast = g.submit(faults.inc, 1, timeout=0.3)
         slow = g.submit(faults.hang, None, timeout=0.3)
+        faults.wait_started(started)  # the agent, sent both, runs its initializer
         # The initializer runs well past timeout + grace: nothing may be
         # killed for it (a wait that checks something does not happen).
         threading.Event().wait(1.5)
