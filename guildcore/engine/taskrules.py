@@ -118,10 +118,9 @@ class TaskRules(AgentRules):
         live = [a for a in self.agents.values() if a.live]
         if working is not None:
             live = sorted(live, key=lambda a: a.id)[:working]
-        return [
-            dispatch.Slot(a.id, len(a.held), streaming=any(t.mode == MODE_STREAM for t in a.held))
-            for a in live
-        ]
+        # A stream is alone on its agent (dispatch sends it only to an empty
+        # one, and nothing after it), so the head says whether one runs.
+        return [dispatch.Slot(a.id, len(a.held), streaming=bool(a.held) and a.held[0].mode == MODE_STREAM) for a in live]
 
     def _send_task(self, agent: AgentRecord, task: Task) -> None:
         task.attempts += 1
