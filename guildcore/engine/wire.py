@@ -38,7 +38,9 @@ from collections import deque
 from guildcore.errors import format_bytes
 
 # Bytes per read of small frames: results of a map chunk are usually a few KB.
-_READ_BYTES = 256 * 1024
+# Kept under malloc's mmap threshold (128 KiB): a 256 KiB read buffer was
+# mapped and unmapped at every read, and cost a chunked map a few ms.
+_READ_BYTES = 64 * 1024
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
 
