@@ -225,6 +225,15 @@ class Supervisor:
                 _task_done(task)  # a context generation it holds must not stay held
             raise
 
+    def post(self, event: Event) -> bool:
+        """Hand the owner loop an event, from any thread; False once the loop has ended.
+
+        For what runs beside the pool and steers it: a memory monitor posts
+        ``AdmissionChanged`` (one agent takes new work; no agent may start)
+        and ``StopIdleAgents``.
+        """
+        return self._inbox.post("event", event)
+
     def observe(self, observer: Observer) -> None:
         """Call ``observer(now, action)`` for every action from now on (see the module docstring)."""
         self.observers = [*self.observers, observer]  # copied: the owner thread may be iterating
