@@ -183,3 +183,100 @@ def nap(seconds: float, value: object) -> object:
     if seconds:
         time.sleep(seconds)
     return value
+
+
+class ExitOnLoad:
+    """A value whose unpickling calls ``sys.exit(1)`` (in whoever decodes it)."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        import sys
+
+        return (sys.exit, (1,))
+
+
+def exit_on_load() -> ExitOnLoad:
+    return ExitOnLoad()
+
+
+def raise_system_exit(code: int = 3) -> None:
+    raise SystemExit(code)
+
+
+def gated_init(started: str, release_fifo: str) -> None:
+    """An initializer that runs until the test releases it (a slow initializer)."""
+    signal_started(started)
+    fd = os.open(release_fifo, os.O_RDONLY)
+    try:
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+
+
+def _this_agent() -> object:
+    """The running agent's ``Agent`` object (found on the heap: tests only)."""
+    import gc
+
+    from guildcore.engine.agent import Agent
+
+    agents = [o for o in gc.get_objects() if isinstance(o, Agent)]
+    assert len(agents) == 1, agents
+    return agents[0]
+
+
+def send_raw(kind: str, fifo: str | None = None) -> None:
+    """Write a hostile frame to the supervisor, then wait to be killed.
+
+    ``kind``: ``short`` (a RESULT without its value), ``short-error`` (an
+    ERROR with one field), ``wrong-type`` (an ERROR whose flags are text),
+    ``garbage`` (bytes that are not msgpack), ``oversized`` (a length
+    header of 2 GiB with no body), ``not-a-frame`` (a msgpack string),
+    ``supervisor-kind`` (a SHUTDOWN frame, which only the supervisor sends).
+    """
+    import struct
+
+    from guildcore import codec
+    from guildcore.codec import Kind
+
+    agent = _this_agent()
+    task_id = agent.timer.task_id  # type: ignore[attr-defined]
+    conn = agent.conn  # type: ignore[attr-defined]
+    frames = {
+        "short": lambda: codec.encode_frame(Kind.RESULT, task_id),
+        "short-error": lambda: codec.encode_frame(Kind.ERROR, task_id, None),
+        "short-ready": lambda: codec.encode_frame(Kind.READY, 0),
+        "wrong-type": lambda: codec.encode_frame(Kind.ERROR, task_id, None, "tb", "T", "m", "not-flags"),
+        "garbage": lambda: b"\xc1\xc1\xc1 definitely not msgpack",
+        "not-a-frame": lambda: codec.encode("hello"),
+        "supervisor-kind": lambda: codec.encode_frame(Kind.SHUTDOWN, 0),
+        "initializer-error": lambda: codec.encode_frame(Kind.ERROR, 0, None),
+    }
+    if fifo:
+        signal_started(fifo)
+    with agent.write_lock:  # type: ignore[attr-defined]
+        if kind == "oversized":
+            os.write(conn.fileno(), struct.pack("!i", 2**31 - 1) + b"\0" * 16)
+        else:
+            conn.send_bytes(frames[kind]())
+    while True:
+        time.sleep(3600)
+
+
+def die_on(i: int, poison: int, log: str) -> int:
+    """Item ``poison`` kills its agent (SIGKILL) every time; the others log themselves."""
+    if i == poison:
+        os.kill(os.getpid(), 9)
+    with open(log, "a") as f:
+        f.write(f"{i}\n")
+    return i
+
+
+def die_first_times(i: int, marker: str, times: int) -> int:
+    """Item 0 kills its agent the first ``times`` runs (``marker`` counts them)."""
+    if i == 0:
+        with open(marker, "a+") as f:
+            f.seek(0)
+            runs = len(f.read())
+            f.write("x")
+        if runs < times:
+            os.kill(os.getpid(), 9)
+    return i

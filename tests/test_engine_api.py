@@ -115,6 +115,25 @@ def test_priority_lower_number_runs_first(tmp_path: object) -> None:
         assert f.read().split() == ["high-1", "high-2", "mid", "low-1", "low-2"]
 
 
+def test_queue_strategy_fifo_runs_in_submission_order_whatever_the_priority(tmp_path: object) -> None:
+    log = os.path.join(str(tmp_path), "order.txt")
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
+    with Guild(max_agents=1, min_agents=1, pool={"prefetch": 0, "queue_strategy": "fifo"}) as g:
+        blocker = g.submit(faults.block, started, release)
+        faults.wait_started(started)
+        futs = [
+            g.submit(faults.record, log, name, priority=priority)
+            for name, priority in [("low-1", 5), ("high-1", -1), ("mid", 0), ("high-2", -1), ("low-2", 5)]
+        ]
+        faults.release(release)
+        blocker.result(timeout=30)
+        for f in futs:
+            f.result(timeout=30)
+    with open(log) as f:
+        assert f.read().split() == ["low-1", "high-1", "mid", "high-2", "low-2"]
+
+
 def test_imap_consumes_an_infinite_generator_lazily(guild: Guild) -> None:
     consumed = itertools.count()
 

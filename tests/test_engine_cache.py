@@ -121,4 +121,6 @@ def test_batch_resumes_after_the_supervisor_is_killed(tmp_path: object, sig: int
         out = g.starmap(cachework.double_logged, [(i, control) for i in range(20)], cache=True)
     assert out == [2 * i for i in range(20)]
     rerun = cachework.calls(control)[len(first_run) :]
-    assert sorted(rerun) == list(range(10, 20))  # only what had not finished
+    # Only what had not finished, each once: items 10..19, and item 9 too if
+    # the kill came before the cache's writer thread had stored it.
+    assert len(rerun) == len(set(rerun)) and set(range(10, 20)) <= set(rerun) <= set(range(9, 20))

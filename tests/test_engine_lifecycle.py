@@ -18,7 +18,7 @@ import faults
 import psutil
 import pytest
 
-from guildcore import Guild
+from guildcore import AgentDied, Guild
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,7 +38,7 @@ def test_functions_defined_in_main_of_a_script(tmp_path: object) -> None:
     proc = _run_script(
         tmp_path,
         """
-        from guildcore import Guild
+        from guildcore import AgentDied, Guild
 
         def square(x):
             return x * x
@@ -57,7 +57,7 @@ def test_interpreter_exit_with_a_live_guild_finishes_its_work_and_leaves_no_agen
         tmp_path,
         """
         import os, time
-        from guildcore import Guild
+        from guildcore import AgentDied, Guild
 
         def slow(x):
             time.sleep(0.3)
@@ -90,7 +90,7 @@ def test_ctrl_c_cancels_pending_work_and_stops_agents(tmp_path: object) -> None:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
                 import faults
-                from guildcore import Guild
+                from guildcore import AgentDied, Guild
 
                 if __name__ == "__main__":
                     try:
@@ -138,7 +138,7 @@ def test_no_leaked_fds_or_threads_after_shutdown() -> None:
     before_threads = set(threading.enumerate())
     with Guild(max_agents=2, min_agents=2) as g:
         g.map(faults.inc, range(1000), chunksize=100)
-        with pytest.raises(Exception):  # noqa: B017 - any failure; the point is cleanup
+        with pytest.raises(AgentDied, match=r"died with exit code 1"):
             g.submit(faults.exit_hard, 1).result(timeout=30)
     leaked_threads = [t for t in set(threading.enumerate()) - before_threads if t.is_alive()]
     assert not leaked_threads
@@ -155,7 +155,7 @@ def test_a_script_read_from_stdin_works(tmp_path: object) -> None:
         import sys
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
         import faults
-        from guildcore import Guild
+        from guildcore import AgentDied, Guild
 
         def triple(x):
             return 3 * x

@@ -95,3 +95,17 @@ def test_round_robin_spreads_tasks() -> None:
         pids = {g.submit(faults.pid).result(timeout=30) for _ in range(6)}
         pids |= set(g.map(faults.pid, range(40), chunksize=1))
         assert len(pids) == 2
+
+
+def test_admission_posted_by_a_monitor_narrows_the_pool_to_one_working_agent() -> None:
+    from guildcore.engine.events import Admission, AdmissionChanged, StopIdleAgents
+
+    with Guild(min_agents=2, max_agents=2) as g:
+        assert len(set(g.map(faults.pid, range(20), chunksize=1))) >= 1  # the pool is up
+        _wait_for(lambda: len([a for a in g.stats()["agents"] if a["state"] == "IDLE"]) == 2, timeout_s=30)
+        assert g._supervisor.post(AdmissionChanged(Admission(working_agents=1), "critical"))
+        assert len(set(g.map(faults.pid, range(40), chunksize=1))) == 1  # one agent takes new work
+        _wait_for(lambda: len(g.stats()["agents"]) == 1, timeout_s=30)  # the other stopped
+        assert g._supervisor.post(AdmissionChanged(Admission(), "normal"))
+        assert g._supervisor.post(StopIdleAgents("warning"))  # min_agents (2) holds: nothing to stop
+        _wait_for(lambda: len(g.stats()["agents"]) == 2, timeout_s=30)

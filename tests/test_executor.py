@@ -150,9 +150,10 @@ def test_a_task_sent_ahead_moves_to_an_agent_that_frees_up(tmp_path: object) -> 
         assert list(ex.map(faults.inc, range(4))) == [1, 2, 3, 4]  # both agents ready
         blocked = ex.submit(faults.block, started, release)
         faults.wait_started(started)
-        shorts = [ex.submit(faults.inc, i) for i in range(6)]
-        # Some were sent ahead to the blocked agent; the free one takes them back.
-        assert [f.result(timeout=30) for f in shorts] == [1, 2, 3, 4, 5, 6]
+        # Three tasks of two items, submitted at once: the second is sent ahead
+        # to the blocked agent (both hold one task then); the free one takes it back.
+        assert list(ex.map(faults.inc, range(6), chunksize=2, timeout=30)) == [1, 2, 3, 4, 5, 6]
         assert not blocked.done()
+        assert ex.stats()["counters"]["stolen"] >= 1
         faults.release(release)
         assert blocked.result(timeout=30) == "released"

@@ -51,7 +51,9 @@ def test_stats_and_the_full_record_of_a_run(isolated: Path) -> None:
     assert stats["tasks"] == {"submitted": 9, "done": 9, "failed": 0, "cancelled": 0, "retried": 0, "inline_batches": 0}
     assert stats["items"] == {"submitted": 9, "done": 9} and stats["tasks_per_min"] > 0
     assert 1 <= stats["agents_used"] <= 2 and 0 < stats["parallel_efficiency"] <= 1
-    assert stats["error_rate"] == 0.0 and (stats["peak_private_bytes"] is None or stats["peak_private_bytes"] > 0)
+    # An agent forked from the template measures its growth above what it inherited:
+    # for tasks that allocate next to nothing, that may be 0.
+    assert stats["error_rate"] == 0.0 and (stats["peak_private_bytes"] is None or stats["peak_private_bytes"] >= 0)
     tasks = [dict(zip(("id", "fn", "agent", "n_items", "queued", "started", "run_s", "finished", "outcome", "error",
                        "cpu_s", "sends", "retries", "peak_private", "measured"), r, strict=True))
              for r in record["guilds"][0]["tasks"]]  # fmt: skip

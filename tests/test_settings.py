@@ -51,6 +51,9 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "pool.prefetch": ("test_executor.py::test_a_task_sent_ahead_moves_to_an_agent_that_frees_up",
                       "test_settings.py::test_supervisor_settings_follow_config"),
     "pool.max_tasks_per_agent": ("test_engine_api.py::test_recycling_after_max_tasks_per_agent",),
+    "pool.queue_strategy": ("test_engine_api.py::test_queue_strategy_fifo_runs_in_submission_order_whatever_the_priority",
+                            "test_engine_api.py::test_priority_lower_number_runs_first",
+                            "test_machine.py::test_queue_orders_by_priority_or_by_submission"),
     "pool.retries": ("test_settings.py::test_pool_retries_rerun_tasks_whose_agent_died",),
     "pool.quarantine_after": ("test_engine_faults.py::test_quarantine_stops_retry_storms",),
     "limits.per_agent": ("test_engine_faults.py::test_memory_past_the_limit_is_sampled_and_the_agent_replaced",
@@ -97,7 +100,6 @@ EFFECTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 PENDING: dict[str, str] = {
-    "pool.queue_strategy": "the supervisor's queue orders tasks by it (fifo or priority)",
     "monitoring.enabled": "the supervisor's loop runs the monitor (guildcore.monitor) only when it is true",
 }
 
@@ -141,6 +143,7 @@ def test_every_setting_has_a_test_of_its_effect() -> None:
         ({"parallelization": {"max_parallel": 2}}, "max_agents", 2),
         ({"pool": {"scale_up_queue_length": 9}}, "scale_up_queue_length", 9),
         ({"pool": {"prefetch": 0}}, "prefetch", 0),
+        ({"pool": {"queue_strategy": "fifo"}}, "queue_strategy", "fifo"),
         ({"pool": {"idle_timeout": "5s"}}, "idle_timeout_s", 5.0),
         ({"pool": {"balancing": "round_robin"}}, "balancing", "round_robin"),
         ({"limits": {"sample_interval": "20ms"}}, "sample_interval_s", 0.02),

@@ -18,7 +18,7 @@ import pytest
 import streamwork
 
 import guildcore
-from guildcore import AgentDied, Guild, SerializationError, TaskTimeout, codec
+from guildcore import AgentDied, Guild, SerializationError, TaskCancelled, TaskTimeout, codec
 from guildcore.engine import shmbuf
 
 pytestmark = pytest.mark.timeout(60)
@@ -163,7 +163,7 @@ def test_shutdown_cancels_a_paused_stream() -> None:
         it = g.stream(streamwork.forever_with_finally, os.devnull)
         next(it)
     # Leaving the block did not wait for a consumer that is this very thread.
-    with pytest.raises(Exception, match="cancelled"):
+    with pytest.raises(TaskCancelled, match=r"task \d+ \(streamwork:forever_with_finally\) was cancelled"):
         list(it)
 
 

@@ -142,6 +142,7 @@ def _settings_from(config: Config) -> SupervisorSettings:
         timeout_grace_s=lim.timeout_grace,
         stream_window=config.streaming.window,
         parallel=parallel,
+        queue_strategy=pool.queue_strategy,
     )
 
 
@@ -286,13 +287,8 @@ class Guild:
         n_items: int = 1,
         future_type: type[Future[Any]] = Future,
     ) -> Task:
-        task_id = self._supervisor.new_task_id()
-        # The task holds the context generation current at submit time.
-        ctx_ref = self._contexts.acquire(task_id) if self._contexts.current is not None else None
         task = Task(
-            id=task_id,
-            ctx_ref=ctx_ref,
-            on_done=self._release_context if ctx_ref is not None else None,
+            id=self._supervisor.new_task_id(),
             fn_name=describe(fn),
             spec=spec_for(fn),
             mode=mode,
@@ -303,6 +299,12 @@ class Guild:
             retries=self._retries(retries),
             n_items=n_items,
         )
+        # The task holds the context generation current at submit time; taken
+        # last, once nothing above can raise and leave the hold behind.
+        if self._contexts.current is not None:
+            task.ctx_ref = self._contexts.acquire(task.id)
+            if task.ctx_ref is not None:
+                task.on_done = self._release_context
         group = current_group()  # a process step's tasks, cancelled together on fail_fast
         if group is not None:
             group.add(task.future, n_items)
@@ -369,6 +371,7 @@ class Guild:
             raise ShutdownError("cannot schedule new futures after interpreter shutdown")
         if self._is_shutdown:
             raise ShutdownError(after_shutdown)
+        self._supervisor.check_open()  # its loop may be gone (a bug): refuse, never hang
 
     def submit(
         self,

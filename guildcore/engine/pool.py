@@ -13,20 +13,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import time
 import warnings
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from guildcore.engine.agent import AgentSettings, agent_main
 from guildcore.engine.lazymain import AGENT_NAME_PREFIX, caller_main
-from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transition
 from guildcore.engine.template import Template, TemplateError, can_fork_now
-from guildcore.errors import ConfigError, format_bytes
-
-if TYPE_CHECKING:
-    from guildcore.engine.task import Task
+from guildcore.errors import ConfigError
 
 START_METHODS = ("auto", "forkserver", "fork", "spawn")
 # What the forkserver imports once, before forking any agent: the agent
@@ -42,7 +36,11 @@ class StartFailed(Exception):
 
 
 class AgentHandle:
-    """What the supervisor knows of one agent. Owner thread only."""
+    """The supervisor's hold on one agent process: pid, pipe, sentinel. Owner thread only.
+
+    What the agent is doing (its state, the tasks it holds, its memory) is
+    the state machine's (``lifecycle.AgentRecord``); this is only the I/O.
+    """
 
     def __init__(self, agent_id: int, process: Any, conn: Any) -> None:
         self.id = agent_id
@@ -50,28 +48,6 @@ class AgentHandle:
         self.conn = conn
         self.pid: int = process.pid
         self.sentinel: int = process.sentinel
-        self.state = AgentState.STARTING
-        self.held: deque[Task] = deque()
-        self.tasks_done = 0
-        self.started_at = time.monotonic()
-        self.idle_since: float | None = None
-        self.last_private: int | None = None
-        self.peak_private: int | None = None
-        self.exit_reason: tuple[str, Any] | None = None
-        self.kill_at: float | None = None
-        self.stop_deadline: float | None = None
-        self.shutdown_sent = False
-        self.baseline_private = 0  # private bytes inherited at start (fork only)
-
-    def set_state(self, new: AgentState) -> None:
-        check_transition(f"agent {self.id}", self.state, new, AGENT_TRANSITIONS)
-        self.state = new
-
-    def find(self, task_id: int) -> Task | None:
-        for task in self.held:
-            if task.id == task_id:
-                return task
-        return None
 
     def close(self) -> None:
         try:
@@ -83,21 +59,8 @@ class AgentHandle:
         except ValueError:
             pass  # still running: it is SIGKILLed by the caller before this
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "pid": self.pid,
-            "state": self.state.name,
-            "held": [t.id for t in self.held],
-            "tasks_done": self.tasks_done,
-            "private_bytes": self.last_private,
-            "peak_private_bytes": self.peak_private,
-        }
-
     def __repr__(self) -> str:
-        task = f" task={self.held[0].id}" if self.held else ""
-        mem = f" private={format_bytes(self.last_private)}" if self.last_private else ""
-        return f"<Agent {self.id} pid={self.pid} {self.state.name}{task}{mem}>"
+        return f"<AgentHandle {self.id} pid={self.pid}>"
 
 
 class AgentStarter:

@@ -31,7 +31,7 @@ from guildcore.errors import (
 )
 
 if TYPE_CHECKING:
-    from guildcore.engine.pool import AgentHandle
+    from guildcore.engine.lifecycle import AgentRecord as AgentHandle
     from guildcore.engine.task import Task
 
 
@@ -102,13 +102,15 @@ def death_error(
         )
     ran = f"{now - task.started_at:.2f} s" if task.started_at else "an unknown time"
     if reason == "malformed":
-        # Killed by the owner loop for a frame it could not decode: most
-        # often a result that pickles in the agent but cannot be unpickled here.
+        # Killed by the owner loop for a frame it could not use (short, of the
+        # wrong kind or types, not msgpack, too long): a broken agent, or task
+        # code that wrote to its pipe. A result that merely fails to decode
+        # here fails its task and keeps the agent.
         return AgentDied(
-            f"agent {agent.id} (pid {agent.pid}) sent a frame that could not be decoded while running task "
-            f"{task.id} ({task.fn_name}) ({agent.exit_reason[1] if agent.exit_reason else '?'}); the agent was "
-            "killed and replaced; if the task returns objects whose unpickling fails in the caller, "
-            "return plain data instead",
+            f"agent {agent.id} (pid {agent.pid}) sent a frame the supervisor could not read "
+            f"({agent.exit_reason[1] if agent.exit_reason else '?'}) while running task {task.id} "
+            f"({task.fn_name}); it was killed and replaced; something in the task wrote to the agent's "
+            "pipe, or the agent is broken",
             **_who(agent, task),
             exitcode=exitcode,
             runtime_s=_runtime_s(task, now),

@@ -1,6 +1,6 @@
 """Agent and task states, and the only transitions allowed between them.
 
-A state change goes through ``advance(current, new, table)`` so an
+A state change goes through ``check_transition(what, current, new, table)`` so an
 impossible move (a DONE task running again, a DEAD agent becoming IDLE) is
 caught where it happens instead of corrupting pool state silently.
 """
@@ -23,8 +23,9 @@ class AgentState(enum.Enum):
 
 class TaskState(enum.Enum):
     PENDING = "PENDING"  # queued in the supervisor
-    RUNNING = "RUNNING"  # sent to an agent (running or prefetched there)
-    RETRYING = "RETRYING"  # its agent failed; queued again
+    SENT = "SENT"  # sent to an agent that has not begun it (starting, or it runs another task)
+    RUNNING = "RUNNING"  # begun: its agent is ready and runs it (or inline); its clock runs
+    RETRYING = "RETRYING"  # failed in a way worth another try: queued again, or split in parts
     DONE = "DONE"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -42,9 +43,14 @@ AGENT_TRANSITIONS: Mapping[AgentState, frozenset[AgentState]] = {
 }
 
 TASK_TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
-    TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED}),
+    TaskState.PENDING: frozenset({TaskState.SENT, TaskState.RUNNING, TaskState.FAILED, TaskState.CANCELLED}),
+    # SENT -> PENDING: withdrawn for an idle agent, or its agent stopped before it began.
+    TaskState.SENT: frozenset({TaskState.RUNNING, TaskState.PENDING, TaskState.FAILED, TaskState.CANCELLED}),
+    # RUNNING -> PENDING: withdrawn in the instant its predecessor finished (the
+    # agent gave it back before it began; the supervisor had inferred it began).
     TaskState.RUNNING: frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.RETRYING, TaskState.PENDING}),
-    TaskState.RETRYING: frozenset({TaskState.RUNNING, TaskState.FAILED, TaskState.CANCELLED, TaskState.DONE}),
+    # RETRYING -> DONE / FAILED: a chunk split in parts ends with its parts.
+    TaskState.RETRYING: frozenset({TaskState.SENT, TaskState.RUNNING, TaskState.FAILED, TaskState.CANCELLED, TaskState.DONE}),
     TaskState.DONE: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.CANCELLED: frozenset(),

@@ -49,6 +49,7 @@ from guildcore.engine.ring import Ring
 from guildcore.errors import GuildError
 
 _END = object()
+_INLINE = object()  # an inline stream was handed over: the consumer drives it
 
 
 class StreamState:
@@ -66,6 +67,7 @@ class StreamState:
         self.consumed = 0  # written by the consumer thread
         self._done = False
         self._inline: Iterator[Any] | None = None
+        self._on_end: Callable[[BaseException | None, bool], None] | None = None
         self._views = False
         # Chunks not credited back yet, oldest first, with the view that pins
         # each slot (None: nothing pins it, it waits behind an older one).
@@ -111,15 +113,16 @@ class StreamState:
         """The task ended (owner thread, once per task)."""
         if self.ring is not None:
             self.ring.unlink()  # Ownership: the one unlink; the mappings live until read out
-        if self._inline is not None and error is None:
-            return  # the consumer drives an inline stream to its end itself
-        self._chunks.put((_END, error))
+        inline_done = self._inline is not None and error is None  # its consumer drove it to its end
+        if not inline_done:
+            self._chunks.put((_END, error))
         # Ownership: the write end belongs to this side and is closed here,
         # once: the consumer may have closed its end already (EPIPE is fine).
         wake, self._wake_w = self._wake_w, -1
         if wake >= 0:
             try:
-                os.write(wake, b"x")
+                if not inline_done:
+                    os.write(wake, b"x")
             except OSError:
                 pass
             os.close(wake)
@@ -128,8 +131,20 @@ class StreamState:
         """True when the agent has used every credit: paused, not running (owner thread)."""
         return self.received >= self.window + self.granted
 
-    def run_inline(self, gen: Iterator[Any]) -> None:
+    def run_inline(self, gen: Iterator[Any], on_end: Callable[[BaseException | None, bool], None]) -> None:
+        """Run in the supervisor's process: the consumer drives ``gen`` itself.
+
+        ``on_end(error, cancelled)`` is called once, from the consumer's
+        thread, when the generator ends, raises, or the consumer closes it.
+        """
+        self._on_end = on_end
         self._inline = iter(gen)
+        self._chunks.put((_INLINE, None))  # wakes a consumer already waiting for frame chunks
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"i")  # ... or for its ring, which no agent will write
+            except OSError:
+                pass
 
     # consumer thread
     def __iter__(self) -> Iterator[Any]:
@@ -144,16 +159,14 @@ class StreamState:
         if self._done:
             raise StopIteration
         if self._inline is not None and self._chunks.empty():
-            try:
-                return next(self._inline)
-            except StopIteration:
-                self._done = True
-                raise
+            return self._next_inline()
         ring = self.ring
-        if ring is None:
+        if ring is None or self._inline is not None:
             return self._next_from_queue()
         self._credit_in_order()
         record = ring.next_record(self._wake_r, block=not self._ending)
+        if record is None and self._inline is not None:
+            return self._next_inline()  # handed over to run inline while we waited
         if record is None and not self._ending:
             self._ending = True  # ended by the supervisor: take what the agent wrote before
             record = ring.next_record(self._wake_r, block=False)
@@ -214,6 +227,8 @@ class StreamState:
 
     def _next_from_queue(self) -> Any:
         index, value = self._chunks.get()
+        if index is _INLINE:
+            return self._next_inline()
         if index is _END:
             return self._finish_consumer(value)
         self.consumed += 1
@@ -233,6 +248,26 @@ class StreamState:
             raise error
         raise StopIteration
 
+    def _next_inline(self) -> Any:
+        assert self._inline is not None
+        try:
+            return next(self._inline)
+        except StopIteration:
+            self._done = True
+            self._close_channel()
+            self._ended(None, False)
+            raise
+        except BaseException as exc:
+            self._done = True
+            self._close_channel()
+            self._ended(exc, False)
+            raise
+
+    def _ended(self, error: BaseException | None, cancelled: bool) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(error, cancelled)
+
     def close(self) -> None:
         """Stop the stream: the agent closes the generator and takes new work."""
         if self._done:
@@ -241,8 +276,11 @@ class StreamState:
         if self._inline is not None:
             self._close_channel()
             close = getattr(self._inline, "close", None)
-            if close is not None:
-                close()
+            try:
+                if close is not None:
+                    close()
+            finally:
+                self._ended(None, True)
             return
         self._cancel()
         self._close_channel()

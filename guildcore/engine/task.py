@@ -3,12 +3,18 @@
 This module covers the ``Task`` dataclass the owner loop keeps per unit of
 work (what to run, its future, its limits, its state), the states a task
 ends in (``ENDED``) and its hard time budget (``budget``). It does not
-cover queueing, dispatch or finishing a task (``supervisor``), nor the
+cover queueing, dispatch or finishing a task (``machine``), nor the
 errors a task ends with when its agent fails (``postmortem``).
 
 Ownership: a task is built by a caller thread (``Guild``), then belongs to
 the owner thread from ``Supervisor.submit`` on; callers only read its
 ``future`` (and ``stream``, whose consumer side is theirs).
+
+A map chunk whose agent fails is split in two *parts* (``retry.split``):
+each part is a task of its own, with ``parent`` pointing at the chunk and
+``part`` its index there, and a private future no caller sees. The chunk
+ends when its parts have: with their results concatenated, or with the
+first failure in item order.
 """
 
 from __future__ import annotations
@@ -41,16 +47,28 @@ class Task:
     raw_result: bool = False  # submit(stream_result=True): the future gets a shmbuf.ResultStream
     stream: StreamState | None = None
     state: TaskState = TaskState.PENDING
-    attempts: int = 0
-    agent_kills: int = 0
+    attempts: int = 0  # times sent to an agent (or run inline); a withdrawn send does not count
+    agent_kills: int = 0  # agents that died running it (quarantine counts these)
     withdrawing: bool = False  # asked back from the agent holding it, not begun (work stealing)
     future_started: bool = False
-    started_at: float | None = None
+    agent_id: int | None = None  # the agent holding it while SENT or RUNNING (owner thread)
+    started_at: float | None = None  # when it began (RUNNING): its clock for timeouts
     compute_s: float | None = None  # the agent's own time for a map chunk (routing)
+    parent: Task | None = None  # the chunk this task is a part of, after a split
+    part: int = 0  # its index among the parent's parts
+    parts: list[Any] | None = None  # a split chunk: each part's result list, or _PartFailed, or None
+    parts_left: int = 0  # a split chunk: parts not yet ended
 
     def set_state(self, new: TaskState) -> None:
         check_transition(f"task {self.id}", self.state, new, TASK_TRANSITIONS)
         self.state = new
+
+    def root(self) -> Task:
+        """The task a caller submitted: itself, or the chunk it is a part of."""
+        task = self
+        while task.parent is not None:
+            task = task.parent
+        return task
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.fn_name} {self.state.name}>"

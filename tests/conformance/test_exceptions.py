@@ -18,7 +18,7 @@ from typing import Any
 import cfwork
 import pytest
 
-from guildcore import AgentDied, Guild, GuildExecutor, SerializationError
+from guildcore import Guild, GuildExecutor, SerializationError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,7 +76,7 @@ GUILD_CASES = [
     ("result refuses pickle", cfwork.make, ("refuses",), SerializationError, "cannot be sent back"),
     ("result calls sys.exit when pickled", cfwork.make, ("exits",), SerializationError, r"SystemExit: 3"),
     ("argument cannot be unpickled", cfwork.identity, (cfwork.RefusesUnpickle(),), SerializationError, "cannot be decoded in the agent"),
-    ("result cannot be unpickled", cfwork.make, ("unpickle",), AgentDied, "could not be decoded"),
+    ("result cannot be unpickled", cfwork.make, ("unpickle",), SerializationError, "could not be decoded in the caller"),
     ("result is a generator", cfwork.numbers, (3,), SerializationError, r"g\.stream\("),
 ]
 
