@@ -19,6 +19,25 @@ import pytest
 
 SHM_DIR = "/dev/shm"
 LEAK_DEADLINE_S = 5.0
+# Backends an engine test module runs under when it asks for the ``backend``
+# fixture (``pytestmark = pytest.mark.usefixtures("backend")``); a test marked
+# ``local_only`` runs on local agents alone.
+BACKENDS = ("local", "dask-local")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        local_only = metafunc.definition.get_closest_marker("local_only") is not None
+        metafunc.parametrize("backend", ["local"] if local_only else list(BACKENDS), indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The backend every Guild of the test uses: set through the environment, as a user would."""
+    name: str = request.param
+    if name != "local":
+        monkeypatch.setenv("GUILD_PARALLELIZATION__BACKEND", name)
+    return name
 
 
 def _interpreter_helpers() -> set[int]:

@@ -12,9 +12,10 @@ import pytest
 
 from guildcore import GuildExecutor
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("backend")]
 
 
+@pytest.mark.local_only("mp_context and max_tasks_per_child choose how agents start and recycle; refused on Dask")
 def test_is_an_executor_with_the_stdlib_constructor() -> None:
     with GuildExecutor(2, multiprocessing.get_context("spawn"), None, (), max_tasks_per_child=5) as ex:
         assert isinstance(ex, Executor)

@@ -21,7 +21,7 @@ import guildcore
 from guildcore import AgentDied, Guild, SerializationError, TaskCancelled, TaskTimeout, codec
 from guildcore.engine import shmbuf
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("backend")]
 
 WINDOW = 4
 CHUNK = 256 * 1024  # ring slots small enough to keep the tests light
@@ -202,6 +202,7 @@ def test_stream_result_reads_the_raw_bytes(small_threshold: Guild, tmp_path: obj
         assert codec.decode(r.read()) == streamwork.big_list(30_000)
 
 
+@pytest.mark.local_only("big results through shared memory: on Dask they travel as Dask data")
 def test_big_result_segment_is_not_leaked_when_the_agent_is_killed(small_threshold: Guild, tmp_path: object) -> None:
     started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
     task_id = small_threshold._supervisor.new_task_id() + 1  # the id the next submit gets
