@@ -63,18 +63,24 @@ def worker_died(task: Task, address: str, pid: int | None, exitcode: int | None 
     return err
 
 
-def memory_restart(task: Task, address: str, pid: int | None, rss: int, limit_bytes: int | None, memory_limit: int | None) -> MemoryLimitExceeded:
-    """A nanny restarted the worker running ``task`` for its memory (RSS past 95% of its Dask limit)."""
+def memory_restart(
+    task: Task, address: str, pid: int | None, used: int, limit_bytes: int | None, memory_limit: int | None, *, private: bool
+) -> MemoryLimitExceeded:
+    """A nanny restarted the worker running ``task`` past 95% of its Dask memory limit.
+
+    ``private``: the nanny measured private memory (dask-local's nannies), not RSS (Dask's).
+    """
     who = f"Dask worker {address}" + (f" (pid {pid})" if pid else "")
+    measure = "private memory" if private else "memory (RSS)"
     err = MemoryLimitExceeded(
-        f"{who} used {format_bytes(rss)} of memory (RSS), past its Dask memory limit of "
-        f"{format_bytes(memory_limit)} (limits.per_agent plus the worker's own), while running task {task.id} "
-        f"({task.fn_name}); its nanny restarted it; raise limits.per_agent or lower the task's memory",
+        f"{who} used {format_bytes(used)} of {measure}, past 95% of its Dask memory limit of "
+        f"{format_bytes(memory_limit)}, while running task {task.id} ({task.fn_name}); its nanny restarted it; "
+        "raise limits.per_agent or lower the task's memory",
         task_id=task.id,
         fn=task.fn_name,
         pid=pid,
         limit_bytes=limit_bytes,
-        peak_bytes=rss,
+        peak_bytes=used,
     )
     err.address = address
     return err
