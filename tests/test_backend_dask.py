@@ -314,3 +314,26 @@ def test_a_cluster_from_the_command_line_loses_a_worker_mid_batch(cluster: str, 
         assert g.stats()["counters"]["submitted"] == submitted
         assert g.stats()["cache"]["items_hit"] == 50
     assert json.loads(Path(cluster).read_text())["address"].startswith("tcp://127.0.0.1:")
+
+
+# ------------------------------------------------------------ the demo
+
+
+def test_guild_demo_with_backend_dask_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_demo import demo_args, make_codebase, run_json
+
+    root = tmp_path / "code"
+    expected = make_codebase(root)
+    report = run_json([*demo_args(root, tmp_path), "--backend", "dask-local"], capsys)
+    seq, cold, warm = report["passes"]
+    assert seq["digest"] == cold["digest"] == warm["digest"]  # the same outcomes, file by file
+    assert (cold["hit_rate"], warm["hit_rate"]) == (0.0, 1.0)
+    assert cold["changes"] == sum(expected.values()) and cold["agents_used"] >= 1
+    assert main_refuses(["demo", "--backend", "dask"], capsys) == "--backend dask and --address go together"
+
+
+def main_refuses(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    from guildcore.cli import main
+
+    assert main(args) == 2
+    return capsys.readouterr().err.strip().removeprefix("guild: error: ")
