@@ -602,7 +602,7 @@ class DaskPool:
             if rss is not None:
                 self.counters.agents_replaced_memory += 1
                 err = daskerrors.memory_restart(
-                    task, address, pid, rss, self._limit_bytes, getattr(worker, "memory_limit", None), private=self._link.local
+                    task, address, pid, rss, self._limit_bytes, getattr(worker, "memory_limit", None), local=self._link.local
                 )
             else:
                 err = daskerrors.worker_died(task, address, pid, exitcode)

@@ -34,8 +34,8 @@ from guildcore.errors import ConfigError, PoolBroken, format_bytes
 log = logging.getLogger("guildcore.dask")
 
 # What a dask-local worker uses by itself (a Dask worker with guildcore
-# loaded holds 40-50 MB of private memory), on top of ``limits.per_agent``,
-# in its Dask memory limit; its nanny restarts it past 95% of that limit.
+# loaded holds 40-60 MB of private memory), on top of ``limits.per_agent``,
+# in the memory limit Dask is told (its own accounting and dashboard).
 WORKER_HEADROOM_BYTES = 128 * 2**20
 
 # The Dask settings of a cluster that a Guild starts (dask-local).
@@ -81,12 +81,12 @@ class ExitLog:
             self._exits[address] = exitcode
             self._cond.notify_all()
 
-    def restarted_for_memory(self, address: str, rss: int) -> None:
+    def restarted_for_memory(self, address: str, grown: int) -> None:
         with self._cond:
-            self._memory[address] = rss
+            self._memory[address] = grown
 
     def wait_exit(self, address: str, timeout_s: float) -> tuple[int | None, int | None]:
-        """``(exitcode, rss of a memory restart)`` of the worker at ``address``.
+        """``(exitcode, private memory grown, if restarted for memory)`` of the worker at ``address``.
 
         Dask tells the caller that a worker is lost when its connection
         closes; its nanny notices the exit by itself, at about the same time:
@@ -103,42 +103,64 @@ class ExitLog:
 
 
 class GuildNanny(distributed.Nanny):  # type: ignore[misc]  # Dask's classes are untyped here
-    """The nanny of a dask-local worker: reports its end, and limits its private memory.
+    """The nanny of a dask-local worker: limits its private memory, reports its end.
 
-    Dask's nanny restarts a worker whose RSS passes 95% of its memory limit.
-    RSS counts the pages of a shared context the worker has read, so a task
-    reading a 256 MB context would get its worker restarted under a 100 MB
-    ``limits.per_agent``. This nanny measures what agents are limited on
-    instead: private memory (``RssAnon``), in which shared pages never count.
+    Dask's nanny restarts a worker whose RSS passes 95% of its memory limit:
+    RSS counts the pages of a shared context the worker has read, and the
+    worker's own 40-60 MB. This nanny limits what agents are limited on
+    instead: private memory (``RssAnon``, in which shared pages never count)
+    grown past ``limits.per_agent`` since the worker started, sampled every
+    ``limits.sample_interval``. It is the hard limit on Dask: the watchdog in
+    the worker (``daskworker``) stops a task in Python code sooner, keeping
+    the worker; this one also ends a task blocked in C, by restarting the worker.
     """
 
-    def __init__(self, *args: Any, exit_log: ExitLog, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, exit_log: ExitLog, limit_bytes: int, sample_interval_s: float, **kwargs: Any) -> None:
         self._guild_exits = exit_log
+        self._guild_limit = limit_bytes
+        self._guild_baseline: tuple[int, int] | None = None  # (pid, private bytes when first seen running)
         super().__init__(*args, **kwargs)
-        dask_monitor = self.periodic_callbacks.get("memory_monitor")
-        if dask_monitor is not None:
-            self.periodic_callbacks["memory_monitor"] = PeriodicCallback(
-                self._guild_memory_monitor, dask_monitor.callback_time
-            )
+        # In place of Dask's own RSS monitor.
+        self.periodic_callbacks["memory_monitor"] = PeriodicCallback(self._guild_memory_monitor, sample_interval_s * 1000)
+
+    async def instantiate(self) -> Any:
+        """Start the worker process; its private memory now is what it uses by itself."""
+        status = await super().instantiate()
+        self._guild_sample()
+        return status
+
+    def _guild_sample(self) -> tuple[int, int] | None:
+        """``(pid, private bytes)`` of the worker now; the first of a pid is its baseline."""
+        process = self.process.process if self.process is not None else None
+        if process is None or process.pid is None:
+            return None
+        private = limits.read_private_bytes(process.pid)
+        if private is None:
+            return None
+        base = self._guild_baseline
+        if base is None or base[0] != process.pid or private < base[1]:
+            # A new worker, or one that gave memory back below what was taken
+            # for its own (a task may have run before the first sample).
+            self._guild_baseline = (process.pid, private)
+        return process.pid, private
 
     def _guild_memory_monitor(self) -> None:
-        """Dask's ``NannyMemoryManager.memory_monitor``, on private memory rather than RSS."""
-        manager = self.memory_manager
         process = self.process.process if self.process is not None else None
-        if self.status != Status.running or process is None or process.pid is None:
+        if self.status != Status.running or process is None:
             return
-        private = limits.read_private_bytes(process.pid)
-        if private is None or private <= manager.memory_terminate_fraction * manager.memory_limit:
+        sample = self._guild_sample()
+        if sample is None or self._guild_baseline is None:
             return
-        if manager._last_terminated_pid != process.pid:
+        grown = sample[1] - self._guild_baseline[1]
+        if grown <= self._guild_limit:
+            return
+        if self.memory_manager._last_terminated_pid != process.pid:
             log.warning(
-                "Dask worker %s (pid %d) used %s of private memory, past %.0f%% of its memory limit of %s; restarting it",
-                self.worker_address, process.pid, format_bytes(private),
-                manager.memory_terminate_fraction * 100, format_bytes(manager.memory_limit),
+                "Dask worker %s (pid %d) grew by %s of private memory, over its %s limit; restarting it",
+                self.worker_address, process.pid, format_bytes(grown), format_bytes(self._guild_limit),
             )  # fmt: skip
-            manager._last_terminated_pid = process.pid
-            self._guild_exits.restarted_for_memory(str(self.worker_address), private)
-            self.log_event("worker-restart-memory", {"worker": self.worker_address, "pid": process.pid, "rss": private})
+            self.memory_manager._last_terminated_pid = process.pid
+            self._guild_exits.restarted_for_memory(str(self.worker_address), grown)
             process.terminate()
         else:  # SIGTERM did not end it since the last look
             process.kill()
@@ -149,10 +171,6 @@ class GuildNanny(distributed.Nanny):  # type: ignore[misc]  # Dask's classes are
             self._guild_exits.exited(str(address), int(exitcode))
         super()._on_worker_exit_sync(exitcode)
 
-    def log_event(self, topic: Any, msg: Any) -> None:
-        if topic == "worker-restart-memory" and isinstance(msg, Mapping):
-            self._guild_exits.restarted_for_memory(str(msg.get("worker")), int(msg.get("rss") or 0))
-        super().log_event(topic, msg)
 
 
 class GuildWorkerPlugin(WorkerPlugin):  # type: ignore[misc]  # Dask's classes are untyped here
@@ -240,6 +258,8 @@ class ClusterLink:
             cluster = distributed.LocalCluster(
                 worker_class=GuildNanny,
                 exit_log=exits,
+                limit_bytes=limit,
+                sample_interval_s=config.limits.sample_interval,
                 n_workers=workers,
                 threads_per_worker=1,  # one task per worker process, as one per agent
                 processes=True,
@@ -248,7 +268,7 @@ class ClusterLink:
                 # No dashboard; the scheduler's small HTTP server (health,
                 # metrics) on any free port rather than 8787.
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                memory_limit=limit + WORKER_HEADROOM_BYTES if limit else 0,
+                memory_limit=limit + WORKER_HEADROOM_BYTES,  # for Dask's accounting; GuildNanny limits
                 silence_logs=logging.ERROR,
             )
         try:
@@ -289,10 +309,12 @@ class ClusterLink:
         return None
 
     def lost(self, address: str) -> tuple[int | None, int | None]:
-        """How the worker at ``address`` ended: ``(exitcode, rss if restarted for memory)``.
+        """How the worker at ``address`` ended: ``(exitcode, memory if restarted for it)``.
 
-        Exit codes are known where the nannies run here (dask-local); a
-        cluster elsewhere tells only of restarts for memory.
+        Where the nannies run here (dask-local) the exit code is known, and
+        the memory is the private memory grown past ``limits.per_agent``; a
+        cluster elsewhere tells only of its nannies' restarts for memory,
+        with the worker's RSS.
         """
         if self.local:
             return self.exits.wait_exit(address, _EXIT_WAIT_S)

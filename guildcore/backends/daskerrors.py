@@ -64,17 +64,21 @@ def worker_died(task: Task, address: str, pid: int | None, exitcode: int | None 
 
 
 def memory_restart(
-    task: Task, address: str, pid: int | None, used: int, limit_bytes: int | None, memory_limit: int | None, *, private: bool
+    task: Task, address: str, pid: int | None, used: int, limit_bytes: int | None, memory_limit: int | None, *, local: bool
 ) -> MemoryLimitExceeded:
-    """A nanny restarted the worker running ``task`` past 95% of its Dask memory limit.
+    """A nanny restarted the worker running ``task`` for its memory.
 
-    ``private``: the nanny measured private memory (dask-local's nannies), not RSS (Dask's).
+    ``local``: a dask-local nanny, which restarts a worker whose private
+    memory grew by ``used`` past ``limits.per_agent``; otherwise Dask's own,
+    past 95% of the worker's memory limit, measured as RSS.
     """
     who = f"Dask worker {address}" + (f" (pid {pid})" if pid else "")
-    measure = "private memory" if private else "memory (RSS)"
+    if local:
+        what = f"grew by {format_bytes(used)} of private memory, over its {format_bytes(limit_bytes)} limit,"
+    else:
+        what = f"used {format_bytes(used)} of memory (RSS), past 95% of its Dask memory limit of {format_bytes(memory_limit)},"
     err = MemoryLimitExceeded(
-        f"{who} used {format_bytes(used)} of {measure}, past 95% of its Dask memory limit of "
-        f"{format_bytes(memory_limit)}, while running task {task.id} ({task.fn_name}); its nanny restarted it; "
+        f"{who} {what} while running task {task.id} ({task.fn_name}); its nanny restarted it; "
         "raise limits.per_agent or lower the task's memory",
         task_id=task.id,
         fn=task.fn_name,
