@@ -212,9 +212,11 @@ class DaskPool:
         self._capacity = max(1, link.threads())
         if config.parallelization.max_parallel is not None:
             self._capacity = min(self._capacity, config.parallelization.max_parallel)
-        # Chunk sizes and imap windows follow the threads Dask offers.
+        # Chunk sizes and imap windows follow the threads Dask offers; nothing
+        # is sent ahead of a free thread (see the invariant above), which the
+        # Guild's guided chunks take into account: fewer, larger chunks.
         self.settings = dataclasses.replace(
-            settings, max_agents=self._capacity, min_agents=min(settings.min_agents, self._capacity)
+            settings, max_agents=self._capacity, min_agents=min(settings.min_agents, self._capacity), prefetch=0
         )
         self.counters = DaskCounters(agents_started=self._capacity if link.local else len(link.workers()))
         self._token = uuid.uuid4().hex[:8]
