@@ -160,6 +160,14 @@ def test_an_allocation_in_c_past_the_limit_gets_the_worker_restarted_by_its_nann
         assert g.stats()["counters"]["agents_replaced_memory"] == 1
 
 
+def test_an_initializer_that_kills_its_worker_breaks_the_pool() -> None:
+    with Guild(backend="dask-local", max_agents=1, initializer=faults.exit_hard, initargs=(3,)) as g:
+        with pytest.raises(guildcore.PoolBroken, match=r"a Dask worker died while it ran the agent initializer"):
+            g.submit(faults.inc, 1).result(timeout=30)
+        with pytest.raises(guildcore.PoolBroken):
+            g.map(faults.inc, range(3))
+
+
 def test_arguments_too_big_are_refused_before_sending() -> None:
     with Guild(backend="dask-local", max_agents=1) as g:
         with pytest.raises(MemoryLimitExceeded, match=r"was not sent: its arguments encode to 15\d\.\d MB"):

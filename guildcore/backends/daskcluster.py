@@ -281,15 +281,25 @@ class ClusterLink:
         return link
 
     def register(self, plugin: GuildWorkerPlugin) -> None:
-        """Install ``plugin`` on every worker; a failing initializer raises ``PoolBroken``."""
+        """Install ``plugin`` on every worker; a failing initializer raises ``PoolBroken``.
+
+        The plugin is then taken off the cluster again: a worker started
+        later (a nanny replacing one) would only fail, or die, the same way.
+        """
         self.plugin_name = plugin.name
         try:
             replies = self.client.register_plugin(plugin, name=plugin.name)
+            for reply in (replies or {}).values():
+                if isinstance(reply, Mapping) and reply.get("status") == "error":
+                    raise _initializer_failed(reply.get("exception"), reply.get("text"))
         except Exception as exc:
-            raise _initializer_failed(exc) from None
-        for reply in (replies or {}).values():
-            if isinstance(reply, Mapping) and reply.get("status") == "error":
-                raise _initializer_failed(reply.get("exception"), reply.get("text"))
+            broken = exc if isinstance(exc, PoolBroken) else _initializer_failed(exc)
+            try:
+                self.client.unregister_worker_plugin(plugin.name)
+            except Exception:
+                pass
+            self.plugin_name = None
+            raise broken from None
 
     # --------------------------------------------------------------- questions
 
@@ -358,8 +368,14 @@ class ClusterLink:
 
 
 def _initializer_failed(exc: object, text: object = None) -> PoolBroken:
+    from distributed.comm import CommClosedError
+
     from guildcore.engine import postmortem
 
+    if isinstance(exc, CommClosedError | OSError):
+        # The worker went away while it ran the plugin: os._exit, a signal or
+        # a crash in the initializer, which no exception reports.
+        return postmortem.agents_die_at_start(f"a Dask worker died while it ran the agent initializer ({exc})")
     if isinstance(exc, BaseException):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         fields = [exc, tb, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 0]
