@@ -59,6 +59,11 @@ _RESTART_TIMEOUT_S = 30.0
 _CONNECT_TIMEOUT_S = 30.0
 # How long a lost worker's nanny gets to report its exit code (dask-local).
 _EXIT_WAIT_S = 2.0
+# How long a dask-local worker may stay over limits.per_agent before its
+# nanny restarts it. The watchdog in the worker stops a task running Python
+# code within one sample, and the worker lives on; only a task blocked in C
+# (nothing to interrupt) outlasts this.
+_MEMORY_GRACE_S = 0.5
 
 
 class ExitLog:
@@ -111,14 +116,16 @@ class GuildNanny(distributed.Nanny):  # type: ignore[misc]  # Dask's classes are
     instead: private memory (``RssAnon``, in which shared pages never count)
     grown past ``limits.per_agent`` since the worker started, sampled every
     ``limits.sample_interval``. It is the hard limit on Dask: the watchdog in
-    the worker (``daskworker``) stops a task in Python code sooner, keeping
-    the worker; this one also ends a task blocked in C, by restarting the worker.
+    the worker (``daskworker``) stops a task in Python code first, keeping
+    the worker; a worker still over the limit ``_MEMORY_GRACE_S`` later (a
+    task blocked in C, nothing to interrupt) is restarted.
     """
 
     def __init__(self, *args: Any, exit_log: ExitLog, limit_bytes: int, sample_interval_s: float, **kwargs: Any) -> None:
         self._guild_exits = exit_log
         self._guild_limit = limit_bytes
         self._guild_baseline: tuple[int, int] | None = None  # (pid, private bytes when first seen running)
+        self._guild_over_since: float | None = None  # over the limit since (monotonic)
         super().__init__(*args, **kwargs)
         # In place of Dask's own RSS monitor.
         self.periodic_callbacks["memory_monitor"] = PeriodicCallback(self._guild_memory_monitor, sample_interval_s * 1000)
@@ -152,8 +159,14 @@ class GuildNanny(distributed.Nanny):  # type: ignore[misc]  # Dask's classes are
         if sample is None or self._guild_baseline is None:
             return
         grown = sample[1] - self._guild_baseline[1]
+        now = time.monotonic()
         if grown <= self._guild_limit:
+            self._guild_over_since = None
             return
+        if self._guild_over_since is None:
+            self._guild_over_since = now
+        if now - self._guild_over_since < _MEMORY_GRACE_S:
+            return  # the watchdog in the worker may still stop the task, keeping the worker
         if self.memory_manager._last_terminated_pid != process.pid:
             log.warning(
                 "Dask worker %s (pid %d) grew by %s of private memory, over its %s limit; restarting it",
