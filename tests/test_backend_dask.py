@@ -179,7 +179,7 @@ def test_stats_count_tasks_per_worker() -> None:
     with Guild(backend="dask-local", max_agents=2) as g:
         g.map(faults.inc, range(40), chunksize=1)
         stats = g.stats()
-        assert len(stats["agents"]) == 2 and all(a["id"].startswith("tcp://127.0.0.1:") for a in stats["agents"])
+        assert len(stats["agents"]) == 2 and all(a["address"].startswith("tcp://127.0.0.1:") for a in stats["agents"])
         assert sum(a["tasks_done"] for a in stats["agents"]) == 40
         assert set(stats["peak_private_bytes"]) <= {a["id"] for a in stats["agents"]}
     stats = g.stats()

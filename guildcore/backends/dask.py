@@ -50,6 +50,7 @@ def open_pool(
     *,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    preload: tuple[str, ...] = (),
     recorder: Any = None,
 ) -> DaskPool:
     """Connect to (or start) the cluster ``config`` names; the pool runs from here on."""
@@ -69,14 +70,14 @@ def open_pool(
     link = ClusterLink.open(config, settings.max_agents)
     try:
         broken = None
-        if initializer is not None or config.optimization.preload:
+        if initializer is not None or preload:
             name = f"guildcore-{uuid.uuid4().hex[:12]}"
-            plugin = GuildWorkerPlugin(name, tuple(config.optimization.preload), initializer, tuple(initargs))
+            plugin = GuildWorkerPlugin(name, tuple(preload), initializer, tuple(initargs))
             try:
                 link.register(plugin)
             except PoolBroken as exc:
                 broken = exc  # as with agents: the Guild starts, and every task fails with it
-        pool = DaskPool(link, settings, config)
+        pool = DaskPool(link, settings, config, recorder)
         pool._broken = broken
     except BaseException:
         link.close()
@@ -86,15 +87,15 @@ def open_pool(
 
 
 def _stop_at_exit(pool: DaskPool) -> None:
-    """At interpreter exit, end ``pool`` while Dask still works.
+    """At interpreter exit, let ``pool`` finish its work while Dask still works.
 
-    Guilds are stopped at exit by a hook of the engine's, run among those of
-    ``threading._register_atexit``, last registered first. Importing Dask
-    registered ``concurrent.futures``' own hook after the engine's: it runs
-    first and refuses new work to every thread pool, Dask's included, which
-    would leave this pool unable to finish. So this pool registers its own,
-    later still: it runs before both. A pool nobody shut down is stopped
-    now; one shut down without waiting finishes its work first.
+    The engine's exit hook finishes every Guild's work (``executor``); it
+    runs among the hooks of ``threading._register_atexit``, last registered
+    first. Importing Dask registered ``concurrent.futures``' own hook after
+    the engine's: it runs first and refuses new work to every thread pool,
+    Dask's included, which would leave this pool unable to finish. So this
+    pool registers its own, later still, which runs before both: it finishes
+    the work (as the engine's hook would) and closes the client and cluster.
     """
     ref = weakref.ref(pool)
 
@@ -103,7 +104,7 @@ def _stop_at_exit(pool: DaskPool) -> None:
         if alive is None:
             return
         if not alive._closed:
-            alive.shutdown(wait=True, cancel_futures=True, kill=True)
+            alive.shutdown(wait=True, cancel_futures=False)
         alive.join()
 
     try:

@@ -324,6 +324,10 @@ class ClusterLink:
         info: dict[str, Any] = self.client.scheduler_info(n_workers=-1).get("workers", {})
         return info
 
+    def processing(self) -> dict[str, tuple[str, ...]]:
+        """Each worker's address and the keys of the tasks the scheduler has it run."""
+        return {str(address): tuple(keys) for address, keys in self.client.processing().items()}
+
     def worker_of(self, key: str) -> str | None:
         """The worker a running task is on, if the scheduler knows it."""
         for address, keys in self.client.processing().items():

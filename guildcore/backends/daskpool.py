@@ -55,11 +55,13 @@ from guildcore.engine.states import TaskState
 from guildcore.engine.supervisor import SupervisorSettings
 from guildcore.engine.task import Task, budget
 from guildcore.errors import GuildError, SerializationError, ShutdownError
+from guildcore.metrics.recorder import exit_reason
 
 if TYPE_CHECKING:
     from guildcore.backends.daskcluster import ClusterLink
     from guildcore.backends.daskstreams import StreamLink
     from guildcore.config import Config
+    from guildcore.metrics.recorder import RunRecorder
 
 log = logging.getLogger("guildcore.dask")
 
@@ -87,8 +89,10 @@ class _Running:
 class DaskPool(TaskBook):
     """Runs a Guild's tasks on Dask; the same face to ``Guild`` as the local ``Supervisor``."""
 
-    def __init__(self, link: ClusterLink, settings: SupervisorSettings, config: Config) -> None:
-        super().__init__(config.pool.quarantine_after)
+    def __init__(
+        self, link: ClusterLink, settings: SupervisorSettings, config: Config, recorder: RunRecorder | None = None
+    ) -> None:
+        super().__init__(config.pool.quarantine_after, recorder)
         self._link = link
         self._client = link.client
         self._config = config
@@ -116,6 +120,7 @@ class DaskPool(TaskBook):
         self._to_gather: list[str] = []
         self._contexts: dict[str, Any] = {}  # context segment name -> its scattered bytes (backend dask)
         self._by_value: dict[str, bytes] = {}  # "__main__:fn" -> the function pickled by value
+        self._agent_ids: dict[str, int] = {}  # worker address -> its id in stats and metrics
         self._tasks_done: dict[str, int] = {}  # worker address -> tasks it finished
         self._peaks: dict[str, int] = {}  # worker address -> most private memory a task added
         self._next_refresh = time.monotonic() + _CAPACITY_REFRESH_S
@@ -281,6 +286,8 @@ class DaskPool(TaskBook):
             deadline = now + budget(task) + self._config.limits.timeout_grace
         task.started_at = now
         self._inflight[key] = _Running(task, key, dfut, deadline, stream)
+        if self.recorder is not None:
+            self.recorder.task_sent(task.id, 0, now)  # which worker runs it, its record says
         if stream is not None:
             stream.start()
         from distributed.client import done_callback
@@ -410,18 +417,20 @@ class DaskPool(TaskBook):
             self._finish_error(task, SerializationError(f"the result of task {task.id} ({task.fn_name}) could not be read: {record}"))
         elif record[0] == OK:
             task.compute_s = record[2]
-            self._count_worker(record[3])
+            self._count_worker(task, record[3])
             value = shmbuf.stream_for(record[1]) if task.raw_result else record[1]
             self._finish_result(task, value)
         else:
             self._on_reported(task, daskerrors.reported(task, record, self._limit_bytes), record)
 
-    def _count_worker(self, facts: dict[str, Any]) -> None:
-        """What the worker said of itself: which one ran the task, its memory growth."""
+    def _count_worker(self, task: Task, facts: dict[str, Any]) -> None:
+        """What the worker said of itself: which one ran the task, for how long, its memory growth."""
         address = facts.get("address")
         if address is None:
             return
         self._tasks_done[address] = self._tasks_done.get(address, 0) + 1
+        if self.recorder is not None and facts.get("run_s") is not None:
+            self.recorder.task_ran(task.id, self._agent_id(address), [facts["run_s"]], time.monotonic())
         peak = facts.get("peak")
         if peak is not None:
             self._peaks[address] = max(self._peaks.get(address, 0), int(peak))
@@ -450,6 +459,9 @@ class DaskPool(TaskBook):
             if self._link.local:
                 self.counters.agents_started += 1  # its nanny starts a new one
             exitcode, rss = self._link.lost(address)
+            if self.recorder is not None:
+                why = exit_reason(False, False, ("memory", rss) if rss is not None else None, exitcode)
+                self.recorder.agent_exited(self._agent_id(address), why, time.monotonic())
             if rss is not None:
                 self.counters.agents_replaced_memory += 1
                 err = daskerrors.memory_restart(
@@ -523,7 +535,7 @@ class DaskPool(TaskBook):
         elif isinstance(record, BaseException):
             self._finish_error(task, record)
         elif isinstance(record, list) and record[0] == OK:
-            self._count_worker(record[3])
+            self._count_worker(task, record[3])
             self._finish_result(task, None)
         elif isinstance(record, list):
             self._finish_error(task, daskerrors.reported(task, record, self._limit_bytes))
@@ -539,6 +551,8 @@ class DaskPool(TaskBook):
     # ------------------------------------------------------------------ timers
 
     def _check_timers(self, now: float) -> None:
+        if self.recorder is not None and now >= self.recorder.next_tick:
+            self.recorder.tick(now, self.snapshot)
         for run in [r for r in self._inflight.values() if r.deadline is not None and now >= r.deadline]:
             if run.task.stream is not None and run.task.stream.paused_since is not None:
                 continue  # waiting for the consumer, not running: resuming moves the deadline on
@@ -571,6 +585,8 @@ class DaskPool(TaskBook):
         deadlines = [r.deadline for r in self._inflight.values() if r.deadline is not None]
         if not self._link.local and self._queue:
             deadlines.append(self._next_refresh)
+        if self.recorder is not None:
+            deadlines.append(self.recorder.next_tick)
         if self._to_gather:
             return 0.0
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -641,21 +657,24 @@ class DaskPool(TaskBook):
     # ------------------------------------------------------------ snapshot
 
     def snapshot(self) -> dict[str, Any]:
-        """Pool state for stats (call through ``call`` while the loop runs)."""
+        """Pool state for stats and metrics (call through ``call`` while the loop runs).
+
+        Agents are the cluster's workers, each with a small id of this pool's
+        (its address beside it) and the tasks it runs now.
+        """
         agents: list[dict[str, Any]] = []
         if not self._finished.is_set():
-            for address, info in self._link.workers().items():
-                executing = int(info.get("metrics", {}).get("executing", 0))
+            for address, keys in self._link.processing().items():
+                held = [self._inflight[k].task.id for k in keys if k in self._inflight]
                 agents.append({
-                    "id": address,
-                    "pid": info.get("pid"),
-                    "state": "BUSY" if executing else "IDLE",
-                    "held": [],
+                    "id": self._agent_id(address),
+                    "address": address,
+                    "pid": None,
+                    "state": "BUSY" if held else "IDLE",
+                    "held": held,
                     "tasks_done": self._tasks_done.get(address, 0),
                     "private_bytes": None,
-                    "rss_bytes": info.get("metrics", {}).get("memory"),  # Dask reports RSS
                     "peak_private_bytes": self._peaks.get(address),
-                    "threads": info.get("nthreads"),
                 })  # fmt: skip
         return {
             "backend": self._link.backend,
@@ -665,5 +684,12 @@ class DaskPool(TaskBook):
             "in_flight": len(self._inflight),
             "inline": False,
             "counters": dataclasses.asdict(self.counters),
-            "peak_private_bytes": dict(self._peaks),
+            "peak_private_bytes": {self._agent_id(a): peak for a, peak in self._peaks.items()},
         }
+
+    def _agent_id(self, address: str) -> int:
+        """A worker's id in this pool's stats and metrics: 1, 2, ... in the order first seen."""
+        agent_id = self._agent_ids.get(address)
+        if agent_id is None:
+            agent_id = self._agent_ids[address] = len(self._agent_ids) + 1
+        return agent_id

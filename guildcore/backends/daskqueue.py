@@ -20,12 +20,17 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import time
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guildcore.engine.states import TaskState
 from guildcore.engine.task import ENDED, Task
 from guildcore.errors import GuildError, PoolBroken, TaskCancelled
+from guildcore.metrics.recorder import error_name
+
+if TYPE_CHECKING:
+    from guildcore.metrics.recorder import RunRecorder
 
 log = logging.getLogger("guildcore.dask")
 
@@ -48,8 +53,9 @@ class DaskCounters:
 class TaskBook:
     """Queue and endings of a pool's tasks; ``_task_ended`` is the pool's hook after each end."""
 
-    def __init__(self, quarantine_after: int) -> None:
+    def __init__(self, quarantine_after: int, recorder: RunRecorder | None = None) -> None:
         self._quarantine_after = quarantine_after
+        self.recorder = recorder  # metrics; None when monitoring.metrics is off
         self._queue: list[tuple[int, int, Task]] = []
         self._seq = itertools.count()
         self._front_seq = itertools.count(-1, -1)
@@ -80,6 +86,8 @@ class TaskBook:
             self._finish_cancelled(task)
             return
         self.counters.submitted += 1
+        if self.recorder is not None:
+            self.recorder.task_queued(task.id, task.fn_name, task.n_items, time.monotonic())
         heapq.heappush(self._queue, (task.priority, next(self._seq), task))
 
     def _requeue(self, task: Task) -> None:
@@ -106,6 +114,8 @@ class TaskBook:
         quarantined = task.agent_kills >= self._quarantine_after
         if task.attempts <= task.retries and not quarantined and not self._stopping and task.stream is None:
             self.counters.retried += 1
+            if self.recorder is not None:
+                self.recorder.task_retried(task.id, type(err).__name__, time.monotonic())
             task.set_state(TaskState.RETRYING)
             self._requeue(task)
             return
@@ -149,6 +159,9 @@ class TaskBook:
 
     def _task_done(self, task: Task) -> None:
         task.payload = None
+        if self.recorder is not None:
+            failed = error_name(task.future) if task.state is TaskState.FAILED else None
+            self.recorder.task_finished(task.id, task.state.name.lower(), failed, time.monotonic())
         if task.on_done is not None:
             try:
                 task.on_done(task)

@@ -300,7 +300,7 @@ def run_task(frame: bytes, ctx_data: bytes | None = None, stream: tuple[str, str
             from guildcore.context import exit_task_context
 
             exit_task_context(token)
-    facts = {"address": _worker_address(), "peak": watch.peak if watch is not None else None}
+    facts = {"address": _worker_address(), "peak": watch.peak if watch is not None else None, "run_s": compute_s}
     try:
         return codec.encode([OK, result, compute_s if mode != MODE_CALL else None, facts])
     except SerializationError as exc:

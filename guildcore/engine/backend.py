@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from guildcore.config import Config
+    from guildcore.engine.pool import AgentStarter
     from guildcore.engine.supervisor import SupervisorSettings
     from guildcore.engine.task import Task
     from guildcore.metrics.recorder import RunRecorder
@@ -50,17 +51,18 @@ class Pool(Protocol):
 
 
 def open_backend(
-    config: Config,
-    settings: SupervisorSettings,
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-    recorder: RunRecorder | None = None,
+    config: Config, settings: SupervisorSettings, starter: AgentStarter, recorder: RunRecorder | None = None
 ) -> Pool:
     """The pool of the backend ``parallelization.backend`` names, connected and ready to start.
 
-    ``recorder`` takes the pool's events for the run's metrics, as the
-    supervisor's (None when ``monitoring.metrics`` is off).
+    ``starter`` holds what every worker runs first, as agents do (its
+    initializer and preload list); ``recorder`` takes the pool's events for
+    the run's metrics, as the supervisor's (None when ``monitoring.metrics``
+    is off).
     """
     module = importlib.import_module(BACKEND_MODULES[config.parallelization.backend])
-    pool: Pool = module.open_pool(config, settings, initializer=initializer, initargs=initargs, recorder=recorder)
+    pool: Pool = module.open_pool(
+        config, settings, initializer=starter.initializer, initargs=starter.initargs,
+        preload=starter.preload, recorder=recorder,
+    )  # fmt: skip
     return pool

@@ -238,7 +238,7 @@ class Guild:
         if self.config.parallelization.backend == "local" or not self._settings.parallel:
             self._supervisor = Supervisor(self._settings, starter, self._recorder)
         else:  # a backend above the engine runs the tasks; it knows how many run at once
-            self._supervisor = open_backend(self.config, self._settings, initializer, tuple(initargs), self._recorder)
+            self._supervisor = open_backend(self.config, self._settings, starter, self._recorder)
             self._settings = self._supervisor.settings
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
