@@ -182,6 +182,8 @@ def test_stats_count_tasks_per_worker() -> None:
         assert len(stats["agents"]) == 2 and all(a["address"].startswith("tcp://127.0.0.1:") for a in stats["agents"])
         assert sum(a["tasks_done"] for a in stats["agents"]) == 40
         assert set(stats["peak_private_bytes"]) <= {a["id"] for a in stats["agents"]}
+        # The run's metrics see the workers as agents, and every task on one.
+        assert stats["metrics"]["agents_used"] == 2 and stats["metrics"]["tasks"]["done"] == 40
     stats = g.stats()
     assert stats["closed"] is True and stats["agents"] == []
     assert stats["counters"]["done"] == 40 and stats["counters"]["submitted"] == 40

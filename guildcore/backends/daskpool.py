@@ -121,6 +121,7 @@ class DaskPool(TaskBook):
         self._contexts: dict[str, Any] = {}  # context segment name -> its scattered bytes (backend dask)
         self._by_value: dict[str, bytes] = {}  # "__main__:fn" -> the function pickled by value
         self._agent_ids: dict[str, int] = {}  # worker address -> its id in stats and metrics
+        self._pids: dict[str, int] = {}  # worker address -> its pid, as it reported it
         self._tasks_done: dict[str, int] = {}  # worker address -> tasks it finished
         self._peaks: dict[str, int] = {}  # worker address -> most private memory a task added
         self._next_refresh = time.monotonic() + _CAPACITY_REFRESH_S
@@ -429,8 +430,9 @@ class DaskPool(TaskBook):
         if address is None:
             return
         self._tasks_done[address] = self._tasks_done.get(address, 0) + 1
+        agent_id = self._agent_id(address, facts.get("pid"))
         if self.recorder is not None and facts.get("run_s") is not None:
-            self.recorder.task_ran(task.id, self._agent_id(address), [facts["run_s"]], time.monotonic())
+            self.recorder.task_ran(task.id, agent_id, [facts["run_s"]], time.monotonic())
         peak = facts.get("peak")
         if peak is not None:
             self._peaks[address] = max(self._peaks.get(address, 0), int(peak))
@@ -459,9 +461,10 @@ class DaskPool(TaskBook):
             if self._link.local:
                 self.counters.agents_started += 1  # its nanny starts a new one
             exitcode, rss = self._link.lost(address)
+            lost_id = self._agent_id(address, pid)
             if self.recorder is not None:
                 why = exit_reason(False, False, ("memory", rss) if rss is not None else None, exitcode)
-                self.recorder.agent_exited(self._agent_id(address), why, time.monotonic())
+                self.recorder.agent_exited(lost_id, why, time.monotonic())
             if rss is not None:
                 self.counters.agents_replaced_memory += 1
                 err = daskerrors.memory_restart(
@@ -669,7 +672,7 @@ class DaskPool(TaskBook):
                 agents.append({
                     "id": self._agent_id(address),
                     "address": address,
-                    "pid": None,
+                    "pid": self._pids.get(address),
                     "state": "BUSY" if held else "IDLE",
                     "held": held,
                     "tasks_done": self._tasks_done.get(address, 0),
@@ -687,9 +690,15 @@ class DaskPool(TaskBook):
             "peak_private_bytes": {self._agent_id(a): peak for a, peak in self._peaks.items()},
         }
 
-    def _agent_id(self, address: str) -> int:
+    def _agent_id(self, address: str, pid: int | None = None) -> int:
         """A worker's id in this pool's stats and metrics: 1, 2, ... in the order first seen."""
+        if pid is not None:
+            self._pids[address] = pid
         agent_id = self._agent_ids.get(address)
         if agent_id is None:
             agent_id = self._agent_ids[address] = len(self._agent_ids) + 1
+            if self.recorder is not None:
+                now = time.monotonic()
+                self.recorder.agent_started(agent_id, pid or 0, now)
+                self.recorder.agent_ready(agent_id, now)
         return agent_id

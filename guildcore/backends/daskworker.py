@@ -300,7 +300,7 @@ def run_task(frame: bytes, ctx_data: bytes | None = None, stream: tuple[str, str
             from guildcore.context import exit_task_context
 
             exit_task_context(token)
-    facts = {"address": _worker_address(), "peak": watch.peak if watch is not None else None, "run_s": compute_s}
+    facts = {"address": _worker_address(), "pid": os.getpid(), "peak": watch.peak if watch is not None else None, "run_s": compute_s}
     try:
         return codec.encode([OK, result, compute_s if mode != MODE_CALL else None, facts])
     except SerializationError as exc:
@@ -385,7 +385,7 @@ def _run_stream(
         close = getattr(gen, "close", None)
         if close is not None:
             close()
-    return _end(chunks, credits, index, cancelled, codec.encode([OK, None, None, {"address": _worker_address()}]))
+    return _end(chunks, credits, index, cancelled, codec.encode([OK, None, None, {"address": _worker_address(), "pid": os.getpid()}]))
 
 
 def _take_credits(credits: Any, *, wait: bool) -> int | None:
