@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -20,9 +21,12 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("backend")]
 
 
 @pytest.fixture
-def guild() -> Guild:
-    with Guild(max_agents=2, min_agents=1) as g:
-        yield g
+def guild(backend: str, dask_guild: Callable[..., Guild]) -> Iterator[Guild]:
+    if backend == "local":
+        with Guild(max_agents=2, min_agents=1) as g:
+            yield g
+    else:  # one LocalCluster for the module's tests of a plain Guild
+        yield dask_guild(max_agents=2, min_agents=1)
 
 
 @pytest.mark.local_only("start methods of local agents")
