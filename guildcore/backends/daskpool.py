@@ -241,8 +241,6 @@ class DaskPool(TaskBook):
             elif kind == "shutdown":
                 self._begin_stop(*payload)
 
-    # ------------------------------------------------------------------ queue
-
     # --------------------------------------------------------------- dispatch
 
     def _dispatch(self, now: float) -> None:
