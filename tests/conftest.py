@@ -44,8 +44,8 @@ def dask_guild() -> Iterator[Callable[..., Any]]:
 
     A LocalCluster costs seconds to start, against a fifth of one for agents;
     tests that only use a Guild (not its start, its counters or its workers'
-    deaths) share one per module and settings. Its workers are all started
-    with it, so what it started is known when it is made.
+    deaths) share one per module and settings. Its cluster is started when it
+    is made, so what it started is known then.
     """
     from guildcore import Guild
 
@@ -55,7 +55,8 @@ def dask_guild() -> Iterator[Callable[..., Any]]:
         key = repr(sorted(settings.items()))
         if key not in made:
             threads, children = _threads(), _children()
-            made[key] = Guild(backend="dask-local", **settings)
+            made[key] = guild = Guild(backend="dask-local", **settings)
+            guild.submit(abs, -1).result(timeout=60)  # its cluster starts on first need: now
             _shared_pids.update(_children() - children)
             _shared_threads.update(_threads() - threads)
         return made[key]

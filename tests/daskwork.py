@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import faults
 
@@ -28,6 +29,13 @@ def grow_forever(step: int) -> None:
         for i in range(0, step, 4096):
             block[i] = 1
         held.append(block)
+
+
+def hold_in_c(nbytes: int) -> None:
+    """Allocate ``nbytes`` in one C call (zeroed, so resident), then block in C: nothing to interrupt."""
+    block = bytearray(nbytes)
+    time.sleep(3600)
+    del block
 
 
 def first_signals_then_square(x: int, fifo: str, marker: str) -> int:

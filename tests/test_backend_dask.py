@@ -155,7 +155,7 @@ def test_an_allocation_in_c_past_the_limit_gets_the_worker_restarted_by_its_nann
         pid = g.submit(daskwork.worker_pid).result(timeout=30)
         # One C call, then a sleep: nothing in Python to interrupt; the nanny acts.
         with pytest.raises(MemoryLimitExceeded, match=r"\(pid \d+\) grew by \d+\.\d MB of private memory, over its 50.0 MB limit, .*its nanny restarted it"):
-            g.submit(faults.allocate, 400 * 2**20, True).result(timeout=60)
+            g.submit(daskwork.hold_in_c, 400 * 2**20).result(timeout=60)
         assert g.submit(daskwork.worker_pid).result(timeout=60) != pid
         assert g.stats()["counters"]["agents_replaced_memory"] == 1
 

@@ -255,6 +255,7 @@ def _slow_or_fast(args: tuple[str | None, int]) -> int:
 # ------------------------------------------------------------ numpy and views
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_numpy_chunks_come_through_the_ring_as_arrays(guild: Guild) -> None:
     np = pytest.importorskip("numpy")
     it = guild.stream(streamwork.arrays, CHUNK)
@@ -279,6 +280,7 @@ def test_a_loop_keeping_its_last_array_streams_on(guild: Guild) -> None:
     assert seen == [i % 256 for i in range(5 * WINDOW)]
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_views_hand_out_chunks_in_place_and_take_slots_back(guild: Guild) -> None:
     it = guild.stream(streamwork.numbered_blocks, 12, CHUNK).views()
     kept = []
@@ -302,6 +304,7 @@ def test_an_array_made_from_a_view_holds_its_slot_until_dropped(guild: Guild) ->
     assert [bytes(v)[0] for v in it] == list(range(WINDOW, 3 * WINDOW))
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_keeping_every_slot_is_an_error_not_a_hang(guild: Guild) -> None:
     np = pytest.importorskip("numpy")
     it = guild.stream(streamwork.numbered_blocks, 3 * WINDOW, CHUNK).views()
@@ -313,6 +316,7 @@ def test_keeping_every_slot_is_an_error_not_a_hang(guild: Guild) -> None:
     assert guild.submit(faults.inc, 1).result(timeout=30) == 2  # the stream was cancelled, the agent is free
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_numpy_views_are_read_only_arrays(guild: Guild) -> None:
     np = pytest.importorskip("numpy")
     it = guild.stream(streamwork.arrays, CHUNK).views()

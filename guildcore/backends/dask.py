@@ -24,6 +24,7 @@ Nothing here imports Dask until a pool is opened.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 import weakref
@@ -34,6 +35,7 @@ from guildcore.engine.supervisor import SupervisorSettings
 from guildcore.errors import ConfigError, PoolBroken
 
 if TYPE_CHECKING:
+    from guildcore.backends.daskcluster import ClusterLink
     from guildcore.backends.daskpool import DaskPool
     from guildcore.config import Config
 
@@ -53,7 +55,12 @@ def open_pool(
     preload: tuple[str, ...] = (),
     recorder: Any = None,
 ) -> DaskPool:
-    """Connect to (or start) the cluster ``config`` names; the pool runs from here on."""
+    """The pool of the cluster ``config`` names.
+
+    A cluster someone else runs is reached now: its size is the pool's. A
+    dask-local cluster starts with the pool, on the Guild's first need, as
+    agents do: a Guild whose maps are all served by the cache starts none.
+    """
     _check_settings(config)
     try:
         import distributed  # noqa: F401
@@ -64,26 +71,46 @@ def open_pool(
             key="parallelization.backend",
             value=config.parallelization.backend,
         ) from None
-    from guildcore.backends.daskcluster import ClusterLink, GuildWorkerPlugin
     from guildcore.backends.daskpool import DaskPool
 
-    link = ClusterLink.open(config, settings.max_agents)
+    opener = functools.partial(_open_link, config, settings.max_agents, initializer, tuple(initargs), tuple(preload))
+    if config.parallelization.backend == "dask-local":
+        pool = DaskPool(None, settings, config, recorder, opener=opener)
+    else:
+        link, broken = opener()
+        try:
+            pool = DaskPool(link, settings, config, recorder)
+        except BaseException:
+            link.close()
+            raise
+        pool._broken = broken
+    _stop_at_exit(pool)
+    return pool
+
+
+def _open_link(
+    config: Config,
+    workers: int,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    preload: tuple[str, ...],
+) -> tuple[ClusterLink, PoolBroken | None]:
+    """Reach the cluster and install the worker plugin; a failing initializer breaks the pool."""
+    from guildcore.backends.daskcluster import ClusterLink, GuildWorkerPlugin
+
+    link = ClusterLink.open(config, workers)
+    broken = None
     try:
-        broken = None
         if initializer is not None or preload:
-            name = f"guildcore-{uuid.uuid4().hex[:12]}"
-            plugin = GuildWorkerPlugin(name, tuple(preload), initializer, tuple(initargs))
+            plugin = GuildWorkerPlugin(f"guildcore-{uuid.uuid4().hex[:12]}", preload, initializer, initargs)
             try:
                 link.register(plugin)
             except PoolBroken as exc:
-                broken = exc  # as with agents: the Guild starts, and every task fails with it
-        pool = DaskPool(link, settings, config, recorder)
-        pool._broken = broken
+                broken = exc  # as with agents: the Guild runs, and every task fails with it
     except BaseException:
         link.close()
         raise
-    _stop_at_exit(pool)
-    return pool
+    return link, broken
 
 
 def _stop_at_exit(pool: DaskPool) -> None:

@@ -54,7 +54,7 @@ from guildcore.engine.functions import resolve_reference
 from guildcore.engine.states import TaskState
 from guildcore.engine.supervisor import SupervisorSettings
 from guildcore.engine.task import Task, budget
-from guildcore.errors import GuildError, SerializationError, ShutdownError
+from guildcore.errors import GuildError, PoolBroken, SerializationError, ShutdownError
 from guildcore.metrics.recorder import exit_reason
 
 if TYPE_CHECKING:
@@ -90,13 +90,21 @@ class DaskPool(TaskBook):
     """Runs a Guild's tasks on Dask; the same face to ``Guild`` as the local ``Supervisor``."""
 
     def __init__(
-        self, link: ClusterLink, settings: SupervisorSettings, config: Config, recorder: RunRecorder | None = None
+        self,
+        link: ClusterLink | None,
+        settings: SupervisorSettings,
+        config: Config,
+        recorder: RunRecorder | None = None,
+        *,
+        opener: Callable[[], tuple[ClusterLink, PoolBroken | None]] | None = None,
     ) -> None:
+        """``link`` is a cluster reached; or None, and ``opener`` starts one when the pool starts."""
         super().__init__(config.pool.quarantine_after, recorder)
-        self._link = link
-        self._client = link.client
+        self._link_or_none = link
+        self._opener = opener
         self._config = config
-        self._capacity = max(1, link.threads())
+        # A cluster reached has a size; dask-local's is the workers it will start.
+        self._capacity = max(1, link.threads()) if link is not None else settings.max_agents
         if config.parallelization.max_parallel is not None:
             self._capacity = min(self._capacity, config.parallelization.max_parallel)
         # Chunk sizes and imap windows follow the threads Dask offers; nothing
@@ -105,7 +113,8 @@ class DaskPool(TaskBook):
         self.settings = dataclasses.replace(
             settings, max_agents=self._capacity, min_agents=min(settings.min_agents, self._capacity), prefetch=0
         )
-        self.counters.agents_started = self._capacity if link.local else len(link.workers())
+        if link is not None:
+            self.counters.agents_started = len(link.workers())
         self._token = uuid.uuid4().hex[:8]
         self._ids = itertools.count(1)
         self._limit_bytes = config.limits.per_agent
@@ -114,6 +123,10 @@ class DaskPool(TaskBook):
         self._wake = threading.Condition()
         self._inbox_closed = False
         self._finished = threading.Event()
+        self.booted = threading.Event()  # the Guild runs maps here until it is set: workers are up
+        if link is not None:
+            self.booted.set()
+        self._local = config.parallelization.backend == "dask-local"  # workers on this host
         # --- owner-thread state below ---
         self._inflight: dict[str, _Running] = {}
         self._streams: dict[int, StreamLink] = {}  # task id -> its link; read by consumer threads too
@@ -129,8 +142,40 @@ class DaskPool(TaskBook):
 
     # ------------------------------------------------------------ caller side
 
+    @property
+    def _link(self) -> ClusterLink:
+        link = self._link_or_none
+        assert link is not None, "the Dask pool is used before it started"
+        return link
+
+    @property
+    def _client(self) -> Any:
+        return self._link.client
+
     def start(self) -> None:
+        """Start the owner loop; the Guild calls it once, on first need."""
         self._thread.start()
+
+    def _open(self) -> None:
+        """Start dask-local's cluster, in the owner thread: the Guild runs maps here meanwhile.
+
+        Until the workers are up ``booted`` is unset, and the Guild's maps
+        run in the caller's thread, as while agents start; tasks submitted
+        meanwhile wait in the queue. A cluster that cannot start breaks the
+        pool: every task fails with PoolBroken, saying why.
+        """
+        if self._link_or_none is None and self._opener is not None:
+            try:
+                self._link_or_none, self._broken = self._opener()
+                self.counters.agents_started = self._capacity
+            except Exception as exc:
+                log.exception("dask-local could not start its cluster")
+                self._broken = PoolBroken(
+                    f"dask-local could not start its cluster of {self._capacity} workers ({type(exc).__name__}: "
+                    f"{exc}); check the host's process limits, or use backend local"
+                )
+                self._fail_everything(self._broken)
+        self.booted.set()
 
     def new_task_id(self) -> int:
         return next(self._ids)
@@ -163,6 +208,14 @@ class DaskPool(TaskBook):
 
     def shutdown(self, *, wait: bool, cancel_futures: bool, kill: bool = False) -> None:
         self._closed = True
+        if self._thread.ident is None:  # never started (the Guild needed no pool): nothing runs
+            with self._wake:
+                if self._finished.is_set():
+                    return
+                self._stopping = True
+            self._teardown()
+            self._finished.set()
+            return
         self._post("shutdown", (cancel_futures, kill))
         if wait and not self.on_owner_thread():
             self._thread.join()
@@ -189,6 +242,7 @@ class DaskPool(TaskBook):
 
     def _run(self) -> None:
         try:
+            self._open()
             while True:
                 self._drain_inbox()
                 now = time.monotonic()
@@ -316,7 +370,7 @@ class DaskPool(TaskBook):
         instead, as agents do: nothing is copied.
         """
         ref = task.ctx_ref
-        if ref is None or self._link.local:
+        if ref is None or self._local:
             return None
         data = self._contexts.get(ref.name)
         if data is None or data.status != "finished":
@@ -456,7 +510,7 @@ class DaskPool(TaskBook):
             worker = exc.last_worker
             address, pid = str(worker.address), getattr(worker, "pid", None)
             self.counters.agents_died += 1
-            if self._link.local:
+            if self._local:
                 self.counters.agents_started += 1  # its nanny starts a new one
             exitcode, rss = self._link.lost(address)
             lost_id = self._agent_id(address, pid)
@@ -466,7 +520,7 @@ class DaskPool(TaskBook):
             if rss is not None:
                 self.counters.agents_replaced_memory += 1
                 err = daskerrors.memory_restart(
-                    task, address, pid, rss, self._limit_bytes, getattr(worker, "memory_limit", None), local=self._link.local
+                    task, address, pid, rss, self._limit_bytes, getattr(worker, "memory_limit", None), local=self._local
                 )
             else:
                 err = daskerrors.worker_died(task, address, pid, exitcode)
@@ -558,7 +612,7 @@ class DaskPool(TaskBook):
             if run.task.stream is not None and run.task.stream.paused_since is not None:
                 continue  # waiting for the consumer, not running: resuming moves the deadline on
             self._hard_timeout(run)
-        if not self._link.local and self._queue and now >= self._next_refresh:
+        if not self._local and self._queue and now >= self._next_refresh:
             self._next_refresh = now + _CAPACITY_REFRESH_S
             limit = self._config.parallelization.max_parallel
             self._capacity = max(1, min(self._link.threads(), limit or 2**31))
@@ -584,7 +638,7 @@ class DaskPool(TaskBook):
 
     def _next_deadline(self, now: float) -> float | None:
         deadlines = [r.deadline for r in self._inflight.values() if r.deadline is not None]
-        if not self._link.local and self._queue:
+        if not self._local and self._queue:
             deadlines.append(self._next_refresh)
         if self.recorder is not None:
             deadlines.append(self.recorder.next_tick)
@@ -650,6 +704,8 @@ class DaskPool(TaskBook):
         for link in self._streams.values():
             link.close()
         self._streams.clear()
+        if self._link_or_none is None:
+            return
         try:
             self._link.close()
         except Exception as exc:
@@ -664,7 +720,7 @@ class DaskPool(TaskBook):
         (its address beside it) and the tasks it runs now.
         """
         agents: list[dict[str, Any]] = []
-        if not self._finished.is_set():
+        if not self._finished.is_set() and self._link_or_none is not None:
             for address, keys in self._link.processing().items():
                 held = [self._inflight[k].task.id for k in keys if k in self._inflight]
                 agents.append({
@@ -678,8 +734,8 @@ class DaskPool(TaskBook):
                     "peak_private_bytes": self._peaks.get(address),
                 })  # fmt: skip
         return {
-            "backend": self._link.backend,
-            "scheduler": self._link.where,
+            "backend": self._config.parallelization.backend,
+            "scheduler": self._link.where if self._link_or_none is not None else None,
             "agents": agents,
             "queued": len(self._queue),
             "in_flight": len(self._inflight),
@@ -689,14 +745,18 @@ class DaskPool(TaskBook):
         }
 
     def _agent_id(self, address: str, pid: int | None = None) -> int:
-        """A worker's id in this pool's stats and metrics: 1, 2, ... in the order first seen."""
-        if pid is not None:
-            self._pids[address] = pid
+        """A worker's id in this pool's stats and metrics: 1, 2, ... in the order first seen.
+
+        The run's metrics hear of a worker once its pid is known (it comes
+        with the first result the worker sends, or with its death).
+        """
         agent_id = self._agent_ids.get(address)
         if agent_id is None:
             agent_id = self._agent_ids[address] = len(self._agent_ids) + 1
+        if pid is not None and address not in self._pids:
+            self._pids[address] = pid
             if self.recorder is not None:
                 now = time.monotonic()
-                self.recorder.agent_started(agent_id, pid or 0, now)
+                self.recorder.agent_started(agent_id, pid, now)
                 self.recorder.agent_ready(agent_id, now)
         return agent_id

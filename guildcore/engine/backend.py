@@ -14,6 +14,7 @@ supervisor and another backend (``executor.Guild``).
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +38,7 @@ class Pool(Protocol):
 
     settings: SupervisorSettings
     counters: Any
+    booted: threading.Event  # set once a task can run off the caller's thread
 
     def start(self) -> None: ...
     def new_task_id(self) -> int: ...

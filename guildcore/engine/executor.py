@@ -796,7 +796,7 @@ class Guild:
         sup = self._supervisor
         window = self._settings.stream_window
         ring = None
-        if self._settings.parallel:
+        if self._settings.parallel and self.config.parallelization.backend == "local":  # shared memory
             ring = Ring.create(os.getpid(), task.id, window, self.config.streaming.chunk_size)
         task.stream = StreamState(
             window,
