@@ -165,7 +165,7 @@ def test_an_initializer_that_kills_its_worker_breaks_the_pool() -> None:
         with pytest.raises(guildcore.PoolBroken, match=r"a Dask worker died while it ran the agent initializer"):
             g.submit(faults.inc, 1).result(timeout=30)
         with pytest.raises(guildcore.PoolBroken):
-            g.map(faults.inc, range(3))
+            g.map(faults.inc, range(3), chunksize=1)  # the pool, not a run in this thread
 
 
 def test_arguments_too_big_are_refused_before_sending() -> None:

@@ -13,6 +13,7 @@ Importing this module imports Dask: ``dask.open_pool`` checks for it first.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -243,20 +244,24 @@ class ClusterLink:
         par = config.parallelization
         if par.backend == "dask-local":
             return cls._start_local(config, workers)
+        where = par.address or par.scheduler_file
+        path = None
+        if par.scheduler_file is not None:
+            path = os.path.abspath(os.path.expanduser(par.scheduler_file))
+            if not os.path.isfile(path):
+                raise ConfigError(
+                    f"parallelization.scheduler_file {par.scheduler_file} does not exist; start the "
+                    "scheduler with  dask scheduler --scheduler-file PATH  or fix the path",
+                    key="parallelization.scheduler_file", value=par.scheduler_file,
+                )  # fmt: skip
         try:
-            if par.scheduler_file is not None:
-                path = os.path.abspath(os.path.expanduser(par.scheduler_file))
-                if not os.path.isfile(path):
-                    raise ConfigError(
-                        f"parallelization.scheduler_file {par.scheduler_file} does not exist; start the "
-                        "scheduler with  dask scheduler --scheduler-file PATH  or fix the path",
-                        key="parallelization.scheduler_file", value=par.scheduler_file,
-                    )  # fmt: skip
-                client = distributed.Client(scheduler_file=path, set_as_default=False, timeout=_CONNECT_TIMEOUT_S)
-            else:
-                client = distributed.Client(par.address, set_as_default=False, timeout=_CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError, ValueError) as exc:
-            where = par.address or par.scheduler_file
+            address = par.address or ""
+            if path is not None:
+                with open(path) as f:
+                    address = json.load(f)["address"]
+            _probe(address)
+            client = distributed.Client(address, set_as_default=False, timeout=_CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError, KeyError) as exc:
             raise PoolBroken(
                 f"cannot reach the Dask scheduler at {where} ({type(exc).__name__}: {exc}); check "
                 "parallelization.address (or scheduler_file) and that the scheduler is running"
@@ -265,6 +270,7 @@ class ClusterLink:
 
     @classmethod
     def _start_local(cls, config: Config, workers: int) -> ClusterLink:
+        _guard_main_path()
         limit = config.limits.per_agent
         exits = ExitLog()
         with dask.config.set(dict(LOCAL_CLUSTER_CONFIG)):
@@ -303,6 +309,8 @@ class ClusterLink:
         try:
             replies = self.client.register_plugin(plugin, name=plugin.name)
             for reply in (replies or {}).values():
+                if isinstance(reply, BaseException):  # the worker could not be reached: it died
+                    raise _initializer_failed(reply)
                 if isinstance(reply, Mapping) and reply.get("status") == "error":
                     raise _initializer_failed(reply.get("exception"), reply.get("text"))
         except Exception as exc:
@@ -382,6 +390,83 @@ class ClusterLink:
         finally:
             if self.cluster is not None:
                 self.cluster.close()
+            _retire_offload_thread()
+
+
+def _guard_main_path() -> None:
+    """Keep dask-local's workers (spawned by their nannies) from importing a main script that is no file.
+
+    multiprocessing makes every spawned child run the parent's ``__main__``
+    again from ``__main__.__file__``; for a script read from stdin that is
+    ``'<stdin>'``, and every worker would die at start with FileNotFoundError
+    (plain Dask too). Such a script cannot be imported anyway (its functions
+    travel by value), so the child does without it. Installed once,
+    process-wide: it only drops a path that cannot exist.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "_guild_main_guard", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        path = data.get("init_main_from_path")
+        if path is not None and not os.path.isfile(path):
+            del data["init_main_from_path"]
+        return data
+
+    get_preparation_data._guild_main_guard = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+
+
+def _probe(address: str) -> None:
+    """Connect to ``address`` once and hang up; OSError if nothing answers within the connect timeout.
+
+    A Dask client that cannot connect raises, but leaves its event-loop
+    thread running for good (nothing holds the client to close it); a
+    probe on a loop of its own leaves nothing. Inside a running event loop
+    (a notebook) the client's own error has to do.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def knock() -> None:
+        comm = await connect(address, timeout=_CONNECT_TIMEOUT_S)
+        await comm.close()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(knock())
+
+
+def _retire_offload_thread() -> None:
+    """Let Dask's offload thread go once no Dask client or cluster is left in this process.
+
+    Dask keeps one idle thread for good after its first use
+    (``Dask-Offload``). Fork-safety: a process with another thread may not
+    fork (a fork copies the locks that thread holds), so every local Guild
+    made after a Dask one would start its agents through the forkserver
+    instead of the warm template. With no client or cluster left, the thread
+    has nothing to do: a fresh executor, threadless until used, takes its
+    place, and the old one is shut down.
+    """
+    try:
+        from distributed import utils
+        from distributed.client import Client
+        from distributed.deploy.spec import SpecCluster
+
+        if any(c.status not in ("closed", "closing") for c in list(Client._instances)):
+            return
+        if any(c.status.name not in ("closed", "closing") for c in list(SpecCluster._instances)):
+            return
+        old = utils._offload_executor
+        utils._offload_executor = type(old)(max_workers=1, thread_name_prefix="Dask-Offload")
+    except (ImportError, AttributeError):  # another Dask: its thread stays, agents use the forkserver
+        return
+    old.shutdown(wait=True)
 
 
 def _initializer_failed(exc: object, text: object = None) -> PoolBroken:
