@@ -256,7 +256,8 @@ class Guild:
         with self._start_lock:
             if self._started or self._is_shutdown:
                 return
-            self._starter.prepare()
+            if isinstance(self._supervisor, Supervisor):  # a backend's workers are not agents: no template
+                self._starter.prepare()
             self._supervisor.start()
             self._started = True
 
