@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import threading
 
 import faults
 
@@ -31,11 +31,24 @@ def grow_forever(step: int) -> None:
         held.append(block)
 
 
-def hold_in_c(nbytes: int) -> None:
-    """Allocate ``nbytes`` in one C call (zeroed, so resident), then block in C: nothing to interrupt."""
-    block = bytearray(nbytes)
-    time.sleep(3600)
-    del block
+def hold_from_another_thread(nbytes: int) -> None:
+    """A thread of the task's allocates ``nbytes`` and holds them while the task blocks in C.
+
+    The watchdog interrupts the task's own thread, which is blocked in a lock
+    by the time the memory grows: nothing in Python to interrupt.
+    """
+    ready, never = threading.Event(), threading.Lock()
+    never.acquire()
+
+    def hold() -> None:
+        ready.wait()
+        block = bytearray(nbytes)  # zeroed: resident
+        never.acquire()
+        del block
+
+    threading.Thread(target=hold, daemon=True).start()
+    ready.set()
+    never.acquire()
 
 
 def first_signals_then_square(x: int, fifo: str, marker: str) -> int:

@@ -150,12 +150,12 @@ def test_private_memory_past_the_limit_stops_the_task_and_keeps_the_worker() -> 
         assert g.submit(daskwork.worker_pid).result(timeout=30) == pid
 
 
-def test_an_allocation_in_c_past_the_limit_gets_the_worker_restarted_by_its_nanny() -> None:
+def test_memory_grown_while_the_task_blocks_in_c_gets_the_worker_restarted_by_its_nanny() -> None:
     with Guild(backend="dask-local", max_agents=1, per_agent="50MB", timeout=None) as g:
         pid = g.submit(daskwork.worker_pid).result(timeout=30)
-        # One C call, then a sleep: nothing in Python to interrupt; the nanny acts.
+        # The task's thread blocks in C while memory grows: nothing to interrupt; the nanny acts.
         with pytest.raises(MemoryLimitExceeded, match=r"\(pid \d+\) grew by \d+\.\d MB of private memory, over its 50.0 MB limit, .*its nanny restarted it"):
-            g.submit(daskwork.hold_in_c, 400 * 2**20).result(timeout=60)
+            g.submit(daskwork.hold_from_another_thread, 400 * 2**20).result(timeout=60)
         assert g.submit(daskwork.worker_pid).result(timeout=60) != pid
         assert g.stats()["counters"]["agents_replaced_memory"] == 1
 

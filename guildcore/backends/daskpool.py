@@ -99,7 +99,7 @@ class DaskPool(TaskBook):
         opener: Callable[[], tuple[ClusterLink, PoolBroken | None]] | None = None,
     ) -> None:
         """``link`` is a cluster reached; or None, and ``opener`` starts one when the pool starts."""
-        super().__init__(config.pool.quarantine_after, recorder)
+        super().__init__(config.pool.quarantine_after, recorder, fifo=config.pool.queue_strategy == "fifo")
         self._link_or_none = link
         self._opener = opener
         self._config = config
@@ -119,6 +119,7 @@ class DaskPool(TaskBook):
         self._ids = itertools.count(1)
         self._limit_bytes = config.limits.per_agent
         self._closed = False
+        self._crashed: str | None = None  # why the owner loop ended early (a bug), if it did
         self._inbox: deque[tuple[str, Any]] = deque()
         self._wake = threading.Condition()
         self._inbox_closed = False
@@ -180,9 +181,18 @@ class DaskPool(TaskBook):
     def new_task_id(self) -> int:
         return next(self._ids)
 
-    def submit(self, tasks: list[Task]) -> None:
+    def check_open(self) -> None:
+        """Raise if this pool takes no more work: shut down, or its loop is gone."""
+        if self._crashed is not None:
+            raise PoolBroken(
+                f"the Dask pool loop stopped ({self._crashed}); this Guild cannot run tasks any more; "
+                "create a new Guild (and report this bug in guildcore)"
+            )
         if self._closed:
             raise ShutdownError("cannot submit: this Guild is shut down; create a new Guild")
+
+    def submit(self, tasks: list[Task]) -> None:
+        self.check_open()
         self._post("submit", tasks)
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
@@ -254,6 +264,7 @@ class DaskPool(TaskBook):
                 self._wait(self._next_deadline(now))
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             log.exception("guildcore Dask pool loop crashed")
+            self._crashed = f"{type(exc).__name__}: {exc}"
             self._fail_everything(GuildError(f"the Dask pool loop crashed ({type(exc).__name__}: {exc}); this is a bug in guildcore"))
         finally:
             self._teardown()
@@ -332,7 +343,7 @@ class DaskPool(TaskBook):
             self._streams[task.id] = stream
         dfut = self._client.submit(
             run_task, frame, self._context_data(task), stream.describe() if stream else None,
-            key=key, priority=-task.priority, pure=False,
+            key=key, priority=-self._rank(task), pure=False,
         )  # fmt: skip
         deadline = None
         if task.timeout_s is not None:  # a stream's moves on while it waits for the consumer

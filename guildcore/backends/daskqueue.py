@@ -3,7 +3,7 @@
 This module covers ``TaskBook``, the part of ``DaskPool`` that does what the
 supervisor does with tasks whatever runs them: a queue in priority order
 (FIFO within one priority; a retried task goes before the rest of its
-priority), a task's future started or found cancelled as it leaves the
+priority, or in submission order under ``pool.queue_strategy: fifo``), a task's future started or found cancelled as it leaves the
 queue, the decision to retry a task or fail it (``retries``,
 ``pool.quarantine_after``), and the one way each task ends: DONE, FAILED
 with its cause, or CANCELLED. It mirrors the supervisor's own code for the
@@ -53,8 +53,9 @@ class DaskCounters:
 class TaskBook:
     """Queue and endings of a pool's tasks; ``_task_ended`` is the pool's hook after each end."""
 
-    def __init__(self, quarantine_after: int, recorder: RunRecorder | None = None) -> None:
+    def __init__(self, quarantine_after: int, recorder: RunRecorder | None = None, *, fifo: bool = False) -> None:
         self._quarantine_after = quarantine_after
+        self._fifo = fifo  # pool.queue_strategy fifo: submission order, whatever the priority
         self.recorder = recorder  # metrics; None when monitoring.metrics is off
         self._queue: list[tuple[int, int, Task]] = []
         self._seq = itertools.count()
@@ -63,6 +64,10 @@ class TaskBook:
         self._stopping = False
         self._kill_on_stop = False
         self._broken: PoolBroken | None = None
+
+    def _rank(self, task: Task) -> int:
+        """Where a task queues: by priority (lower first), or all alike under fifo."""
+        return 0 if self._fifo else task.priority
 
     def _task_ended(self, task: Task) -> None:
         """Called after each task ends, whichever way."""
@@ -88,10 +93,10 @@ class TaskBook:
         self.counters.submitted += 1
         if self.recorder is not None:
             self.recorder.task_queued(task.id, task.fn_name, task.n_items, time.monotonic())
-        heapq.heappush(self._queue, (task.priority, next(self._seq), task))
+        heapq.heappush(self._queue, (self._rank(task), next(self._seq), task))
 
     def _requeue(self, task: Task) -> None:
-        heapq.heappush(self._queue, (task.priority, next(self._front_seq), task))
+        heapq.heappush(self._queue, (self._rank(task), next(self._front_seq), task))
 
     def _pop_task(self) -> Task | None:
         while self._queue:
