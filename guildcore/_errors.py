@@ -185,7 +185,12 @@ class CacheError(GuildError):
 
 
 class TaskError(GuildError):
-    """Something went wrong with one task; ``task_id`` and ``fn`` say which."""
+    """Something went wrong with one task; ``task_id`` and ``fn`` say which.
+
+    ``address`` names the Dask worker involved, for tasks run on Dask.
+    """
+
+    address: str | None = None
 
     def __init__(self, message: str, *, task_id: int | None = None, fn: str | None = None) -> None:
         super().__init__(message)

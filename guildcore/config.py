@@ -36,6 +36,7 @@ from guildcore.config_values import (
     GB,
     MB,
     MIB,
+    OPTIONAL_TEXT,
     PRELOAD,
     SIZE,
     TEXT,
@@ -116,6 +117,15 @@ class ParallelizationConfig:
         "auto",
         choice("auto", "pool", "sequential", "adaptive"),
         "auto lets the router choose; adaptive also follows host load and memory",
+    )
+    backend: str = _setting(
+        "local", choice("local", "dask", "dask-local"), "where tasks run: agents here, or Dask"
+    )
+    address: str | None = _setting(
+        None, OPTIONAL_TEXT, "backend dask: the scheduler, e.g. tcp://host:8786"
+    )
+    scheduler_file: str | None = _setting(
+        None, OPTIONAL_TEXT, "backend dask: a scheduler file instead of an address"
     )
 
 
@@ -349,6 +359,8 @@ _POLICY_KINDS: Mapping[str, Kind] = MappingProxyType(
 SHORTCUTS: Mapping[str, str] = MappingProxyType({
     "max_agents": "pool.max_agents", "min_agents": "pool.min_agents", "per_agent": "limits.per_agent",
     "timeout": "limits.timeout", "start_method": "pool.start_method",
+    "backend": "parallelization.backend", "address": "parallelization.address",
+    "scheduler_file": "parallelization.scheduler_file",
 })  # fmt: skip
 
 
@@ -535,6 +547,28 @@ def _check(values: _Values) -> None:
     if values["monitoring.warning_threshold"][0] >= values["monitoring.critical_threshold"][0]:
         raise _conflict(values, "monitoring.warning_threshold", "is not below", "monitoring.critical_threshold",
                         "set the warning threshold below the critical one")  # fmt: skip
+    _check_backend(values)
+
+
+def _check_backend(values: _Values) -> None:
+    """A Dask scheduler is named exactly when, and only when, backend dask is chosen."""
+    backend, backend_origin = values["parallelization.backend"]
+    given = [k for k in ("parallelization.address", "parallelization.scheduler_file") if values[k][0] is not None]
+    if backend == "dask" and len(given) != 1:
+        problem = "names no scheduler" if not given else "names two schedulers"
+        raise ConfigError(
+            f"parallelization.backend dask ({backend_origin}) {problem}; set exactly one of "
+            "parallelization.address (tcp://host:8786) and parallelization.scheduler_file",
+            source=backend_origin.source, line=backend_origin.line, key="parallelization.backend", value=backend,
+        )  # fmt: skip
+    if backend != "dask" and given:
+        key = given[0]
+        value, origin = values[key]
+        raise ConfigError(
+            f"{key} {render_value(key, value)} ({origin}) is read only by backend dask, and "
+            f"parallelization.backend is {backend} ({backend_origin}); set backend: dask or remove {key}",
+            source=origin.source, line=origin.line, key=key, value=value,
+        )  # fmt: skip
 
 
 def _build(

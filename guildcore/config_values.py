@@ -299,6 +299,11 @@ PRELOAD = Kind(
     "expected true, false or a list of module names such as [numpy, mypkg.tasks]",
     render_scalar,
 )
+OPTIONAL_TEXT = Kind(
+    lambda value: None if _is_none(value) else _to_text(value),
+    "expected a non-empty string, or null for none",
+    render_scalar,
+)
 
 
 def choice(*options: str) -> Kind:

@@ -12,13 +12,69 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
 
 SHM_DIR = "/dev/shm"
 LEAK_DEADLINE_S = 5.0
+# Backends an engine test module runs under when it asks for the ``backend``
+# fixture (``pytestmark = pytest.mark.usefixtures("backend")``); a test marked
+# ``local_only`` runs on local agents alone.
+BACKENDS = ("local", "dask-local")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        local_only = metafunc.definition.get_closest_marker("local_only") is not None
+        metafunc.parametrize("backend", ["local"] if local_only else list(BACKENDS), indirect=True)
+
+
+# What Guilds shared by a module's tests (``dask_guild``) started: their
+# processes and threads outlive each test by design, and no test leaks them.
+_shared_pids: set[int] = set()
+_shared_threads: set[threading.Thread] = set()
+
+
+@pytest.fixture(scope="module")
+def dask_guild() -> Iterator[Callable[..., Any]]:
+    """``dask_guild(**settings)``: a dask-local Guild shared by the tests of one module.
+
+    A LocalCluster costs seconds to start, against a fifth of one for agents;
+    tests that only use a Guild (not its start, its counters or its workers'
+    deaths) share one per module and settings. Its cluster is started when it
+    is made, so what it started is known then.
+    """
+    from guildcore import Guild
+
+    made: dict[str, Any] = {}
+
+    def get(**settings: Any) -> Any:
+        key = repr(sorted(settings.items()))
+        if key not in made:
+            threads, children = _threads(), _children()
+            made[key] = guild = Guild(backend="dask-local", **settings)
+            guild.submit(abs, -1).result(timeout=60)  # its cluster starts on first need: now
+            _shared_pids.update(_children() - children)
+            _shared_threads.update(_threads() - threads)
+        return made[key]
+
+    yield get
+    for guild in made.values():
+        guild.shutdown()
+    _shared_pids.clear()
+    _shared_threads.clear()
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The backend every Guild of the test uses: set through the environment, as a user would."""
+    name: str = request.param
+    if name != "local":
+        monkeypatch.setenv("GUILD_PARALLELIZATION__BACKEND", name)
+    return name
 
 
 def _interpreter_helpers() -> set[int]:
@@ -71,9 +127,9 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     deadline = time.monotonic() + LEAK_DEADLINE_S
     while True:
-        children = _children() - children_before
+        children = _children() - children_before - _shared_pids
         segments = _our_segments() - segments_before
-        threads = {t for t in _threads() - threads_before if not t.daemon or t.name.startswith("guild")}
+        threads = {t for t in _threads() - threads_before - _shared_threads if not t.daemon or t.name.startswith("guild")}
         if not (children or segments or threads) or time.monotonic() > deadline:
             break
         for t in threads:

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -16,15 +17,19 @@ import pytest
 import guildcore
 from guildcore import Guild, SerializationError, ShutdownError
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("backend")]
 
 
 @pytest.fixture
-def guild() -> Guild:
-    with Guild(max_agents=2, min_agents=1) as g:
-        yield g
+def guild(backend: str, dask_guild: Callable[..., Guild]) -> Iterator[Guild]:
+    if backend == "local":
+        with Guild(max_agents=2, min_agents=1) as g:
+            yield g
+    else:  # one LocalCluster for the module's tests of a plain Guild
+        yield dask_guild(max_agents=2, min_agents=1)
 
 
+@pytest.mark.local_only("start methods of local agents")
 @pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
 def test_submit_and_map_under_each_start_method(method: str) -> None:
     with Guild(start_method=method, max_agents=2) as g:
@@ -196,6 +201,7 @@ def test_sequential_fallback_when_parallelization_is_disabled() -> None:
             g.submit(faults.fail, "inline").result(timeout=30)
 
 
+@pytest.mark.local_only("starting local agents")
 def test_sequential_fallback_when_agents_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
     from guildcore.engine import pool
 
@@ -208,6 +214,7 @@ def test_sequential_fallback_when_agents_cannot_start(monkeypatch: pytest.Monkey
         assert g.stats()["inline"] is True
 
 
+@pytest.mark.local_only("local agents that die starting")
 def test_agents_that_die_before_ready_lose_no_task_and_shutdown_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,6 +241,7 @@ def _exits_at_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gate: str 
     return "exits_at_import"
 
 
+@pytest.mark.local_only("local agents that die starting")
 def test_shutdown_returns_once_the_inline_fallback_drains_the_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -247,6 +255,7 @@ def test_shutdown_returns_once_the_inline_fallback_drains_the_queue(
     assert sum(f.result(timeout=0) for f in futures) == sum(range(50))
 
 
+@pytest.mark.local_only("local agents that die starting")
 @pytest.mark.timeout(30)
 def test_a_stream_cancelled_by_shutdown_stays_cancelled_when_its_agent_dies_starting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -267,6 +276,7 @@ def test_a_stream_cancelled_by_shutdown_stays_cancelled_when_its_agent_dies_star
     assert g._supervisor.counters.agents_started == 1  # not revived in a new agent
 
 
+@pytest.mark.local_only("local agents that die starting")
 def test_an_initializer_that_kills_agents_breaks_the_pool() -> None:
     with Guild(max_agents=1, initializer=faults.exit_hard, initargs=(3,)) as g:
         with pytest.raises(guildcore.PoolBroken, match="died before they were ready"):
@@ -303,6 +313,7 @@ def test_stats_report_agents_and_counters(guild: Guild) -> None:
     assert stats["agents"] and all(a["state"] in {"IDLE", "BUSY", "STARTING"} for a in stats["agents"])
 
 
+@pytest.mark.local_only("pool.max_tasks_per_agent recycles local agents")
 def test_recycling_after_max_tasks_per_agent() -> None:
     with Guild(max_agents=1, min_agents=1, pool={"max_tasks_per_agent": 3}) as g:
         pids = [g.submit(faults.pid).result(timeout=30) for _ in range(7)]

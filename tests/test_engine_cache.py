@@ -15,7 +15,7 @@ import pytest
 
 from guildcore import Guild
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("backend")]
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

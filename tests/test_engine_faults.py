@@ -15,7 +15,7 @@ import pytest
 
 from guildcore import AgentDied, Guild, MemoryLimitExceeded, TaskTimeout
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("backend")]
 
 
 def _fifo(tmp_path: object, name: str = "started") -> str:
@@ -41,6 +41,7 @@ def test_sigkill_mid_task_fails_only_that_task(tmp_path: object) -> None:
         assert new_pid != pid
 
 
+@pytest.mark.local_only("the message names an agent id; on Dask the worker address (test_backend_dask)")
 @pytest.mark.parametrize(
     ("fault", "args", "match"),
     [
@@ -70,6 +71,7 @@ def test_memory_past_the_limit_is_sampled_and_the_agent_replaced(tmp_path: objec
         assert g.submit(faults.inc, 1).result(timeout=30) == 2
 
 
+@pytest.mark.local_only("the RLIMIT_DATA hard cap of agents; on Dask the nanny restarts the worker (test_backend_dask)")
 def test_runaway_allocation_hits_the_hard_cap_inside_the_task() -> None:
     with Guild(max_agents=1, per_agent="100MB") as g:
         # The message names the cap the agent hit and the limit the user set.
@@ -80,6 +82,7 @@ def test_runaway_allocation_hits_the_hard_cap_inside_the_task() -> None:
         assert g.submit(faults.inc, 1).result(timeout=30) == 2
 
 
+@pytest.mark.local_only("SIGALRM interrupts time.sleep in an agent; on Dask the interrupt waits for Python code (test_backend_dask)")
 def test_soft_timeout_runs_finally_and_keeps_the_agent(tmp_path: object) -> None:
     marker = os.path.join(str(tmp_path), "finally")
     with Guild(max_agents=1, min_agents=1) as g:
@@ -91,6 +94,7 @@ def test_soft_timeout_runs_finally_and_keeps_the_agent(tmp_path: object) -> None
         assert g.submit(faults.pid).result(timeout=30) == pid  # same agent survived
 
 
+@pytest.mark.local_only("names the killed agent; on Dask the restarted worker (test_backend_dask)")
 def test_stubborn_task_is_killed_after_the_grace(tmp_path: object) -> None:
     fifo = _fifo(tmp_path)
     with Guild(max_agents=1, limits={"timeout_grace": 0.2}) as g:
@@ -146,6 +150,7 @@ def test_initializer_failure_breaks_the_pool_without_respawning() -> None:
         assert g.stats()["counters"]["agents_started"] <= 2
 
 
+@pytest.mark.local_only("an agent dies decoding a frame under its hard cap; on Dask (no cap) it may fit (test_backend_dask)")
 def test_arguments_too_big_for_an_agent_fail_that_task_and_nothing_else() -> None:
     with Guild(max_agents=1, min_agents=1) as g:
         # Over the limit as encoded: refused before sending, nothing wedges.
@@ -158,6 +163,7 @@ def test_arguments_too_big_for_an_agent_fail_that_task_and_nothing_else() -> Non
         assert g.stats()["counters"]["agents_replaced_memory"] == 1  # the 80 MB one, however it was caught
 
 
+@pytest.mark.local_only("the fork start method of local agents")
 def test_forked_agents_are_limited_on_their_own_memory_not_the_parents() -> None:
     # A parent holding 150 MB forks agents whose RssAnon starts at 150 MB
     # (shared copy-on-write); the 100 MB limit applies above that baseline.

@@ -20,7 +20,7 @@ import pytest
 
 from guildcore import AgentDied, Guild
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("backend")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,6 +118,7 @@ def test_ctrl_c_cancels_pending_work_and_stops_agents(tmp_path: object) -> None:
     assert not alive
 
 
+@pytest.mark.local_only("start methods of local agents")
 def test_guild_from_a_process_that_runs_threads() -> None:
     stop = threading.Event()
     busy = [threading.Thread(target=stop.wait, name=f"busy-{i}") for i in range(4)]

@@ -12,9 +12,10 @@ import pytest
 
 from guildcore import GuildExecutor
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("backend")]
 
 
+@pytest.mark.local_only("mp_context and max_tasks_per_child choose how agents start and recycle; refused on Dask")
 def test_is_an_executor_with_the_stdlib_constructor() -> None:
     with GuildExecutor(2, multiprocessing.get_context("spawn"), None, (), max_tasks_per_child=5) as ex:
         assert isinstance(ex, Executor)
@@ -143,6 +144,7 @@ def test_done_callbacks_may_read_stats_and_start_a_shutdown() -> None:
     ex.shutdown(wait=True)
 
 
+@pytest.mark.local_only("work stealing of tasks sent ahead: Dask is sent none ahead of a free thread")
 def test_a_task_sent_ahead_moves_to_an_agent_that_frees_up(tmp_path: object) -> None:
     started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
     release = faults.make_fifo(os.path.join(str(tmp_path), "release"))

@@ -34,6 +34,10 @@ TESTS = Path(__file__).parent
 EFFECTS: dict[str, tuple[str, ...]] = {
     "parallelization.enabled": ("test_engine_api.py::test_sequential_fallback_when_parallelization_is_disabled",),
     "parallelization.max_parallel": ("test_settings.py::test_max_parallel_caps_the_pool",),
+    "parallelization.backend": ("test_backend_dask.py::test_stats_count_tasks_per_worker",
+                                "test_backend_dask.py::test_guild_demo_with_backend_dask_local"),
+    "parallelization.address": ("test_backend_dask.py::test_unreachable_scheduler_is_pool_broken",),
+    "parallelization.scheduler_file": ("test_backend_dask.py::test_a_cluster_from_the_command_line_loses_a_worker_mid_batch",),
     "parallelization.strategy": (
         "test_routing.py::test_explicit_options_and_strategy_pool_never_run_here",
         "test_settings.py::test_strategy_adaptive_sizes_the_pool_from_host_load",

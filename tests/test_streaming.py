@@ -21,7 +21,7 @@ import guildcore
 from guildcore import AgentDied, Guild, SerializationError, TaskCancelled, TaskTimeout, codec
 from guildcore.engine import shmbuf
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("backend")]
 
 WINDOW = 4
 CHUNK = 256 * 1024  # ring slots small enough to keep the tests light
@@ -202,6 +202,7 @@ def test_stream_result_reads_the_raw_bytes(small_threshold: Guild, tmp_path: obj
         assert codec.decode(r.read()) == streamwork.big_list(30_000)
 
 
+@pytest.mark.local_only("big results through shared memory: on Dask they travel as Dask data")
 def test_big_result_segment_is_not_leaked_when_the_agent_is_killed(small_threshold: Guild, tmp_path: object) -> None:
     started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
     task_id = small_threshold._supervisor.new_task_id() + 1  # the id the next submit gets
@@ -254,6 +255,7 @@ def _slow_or_fast(args: tuple[str | None, int]) -> int:
 # ------------------------------------------------------------ numpy and views
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_numpy_chunks_come_through_the_ring_as_arrays(guild: Guild) -> None:
     np = pytest.importorskip("numpy")
     it = guild.stream(streamwork.arrays, CHUNK)
@@ -278,6 +280,7 @@ def test_a_loop_keeping_its_last_array_streams_on(guild: Guild) -> None:
     assert seen == [i % 256 for i in range(5 * WINDOW)]
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_views_hand_out_chunks_in_place_and_take_slots_back(guild: Guild) -> None:
     it = guild.stream(streamwork.numbered_blocks, 12, CHUNK).views()
     kept = []
@@ -301,6 +304,7 @@ def test_an_array_made_from_a_view_holds_its_slot_until_dropped(guild: Guild) ->
     assert [bytes(v)[0] for v in it] == list(range(WINDOW, 3 * WINDOW))
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_keeping_every_slot_is_an_error_not_a_hang(guild: Guild) -> None:
     np = pytest.importorskip("numpy")
     it = guild.stream(streamwork.numbered_blocks, 3 * WINDOW, CHUNK).views()
@@ -312,6 +316,7 @@ def test_keeping_every_slot_is_an_error_not_a_hang(guild: Guild) -> None:
     assert guild.submit(faults.inc, 1).result(timeout=30) == 2  # the stream was cancelled, the agent is free
 
 
+@pytest.mark.local_only("the shared-memory ring (slots, views in place): on Dask chunks travel as Dask data")
 def test_numpy_views_are_read_only_arrays(guild: Guild) -> None:
     np = pytest.importorskip("numpy")
     it = guild.stream(streamwork.arrays, CHUNK).views()

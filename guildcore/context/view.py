@@ -46,16 +46,18 @@ def _open_readonly(name: str) -> mmap.mmap:
 class ContextView(Mapping["Any", "Any"]):
     """A read-only Mapping over one context generation.
 
-    ``decode_count`` counts values decoded so far (each at most once).
+    ``decode_count`` counts values decoded so far (each at most once). The
+    segment's bytes are a read-only mapping of /dev/shm, or (``install``) a
+    ``bytes`` copy that reached this process over the network.
     """
 
-    def __init__(self, ref: ContextRef, mm: mmap.mmap) -> None:
+    def __init__(self, ref: ContextRef, mm: mmap.mmap | bytes) -> None:
         self.ref = ref
         self.name = ref.name
         self.generation = ref.generation
         self.decode_count = 0
         self.closed = False
-        self._mmap: mmap.mmap | None = mm
+        self._mmap: mmap.mmap | bytes | None = mm
         if len(mm) < layout.HEADER_SIZE:
             raise ContextError(
                 f"segment {ref.name} is {len(mm)} bytes, too short for a context header"
@@ -197,11 +199,12 @@ class ContextView(Mapping["Any", "Any"]):
             self._keys = None
             self._table.release()
             self._mv.release()
-        try:
-            self._mmap.close()
-        except BufferError:
-            return False  # a task kept a buffer: the mapping goes when that buffer does
-        self._mmap = None
+        if isinstance(self._mmap, mmap.mmap):
+            try:
+                self._mmap.close()
+            except BufferError:
+                return False  # a task kept a buffer: the mapping goes when that buffer does
+        self._mmap = None  # bytes: they go with the last buffer handed out
         return True
 
 
@@ -285,6 +288,24 @@ def attach(ref: ContextRef) -> ContextView:
     while len(_attached) > MAX_ATTACHED:
         _, old = _attached.popitem(last=False)
         old.close()
+    return view
+
+
+def install(ref: ContextRef, data: bytes) -> ContextView:
+    """The view of ``ref``'s generation over ``data``, a copy of its segment's bytes.
+
+    For processes on another host than the segment (Dask workers), which
+    received the bytes rather than a name to map. Later ``attach(ref)`` calls,
+    and ``ContextRef`` arguments, find it like a mapped generation.
+    """
+    view = _attached.get(ref.name)
+    if view is None:
+        view = ContextView(ref, data)
+        _attached[ref.name] = view
+        while len(_attached) > MAX_ATTACHED:
+            _, old = _attached.popitem(last=False)
+            old.close()
+    _attached.move_to_end(ref.name)
     return view
 
 

@@ -42,6 +42,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--agents", type=int, metavar="N", help="agents in the pool (default: usable CPUs)"
     )
     parser.add_argument(
+        "--backend", choices=("local", "dask-local", "dask"),
+        help="where the pool passes run (default: parallelization.backend, local agents)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--address", metavar="URL", help="--backend dask: the scheduler, e.g. tcp://host:8786"
+    )
+    parser.add_argument(
         "--sample", type=int, default=100, metavar="N",
         help="files timed sequentially, then extrapolated (0: every file; default: 100)",
     )  # fmt: skip
@@ -83,12 +90,17 @@ def run_command(args: argparse.Namespace) -> int:
     if args.agents is not None and args.agents < 1:
         print(f"guild: error: --agents must be at least 1, not {args.agents}", file=sys.stderr)
         return 2
+    if (args.backend == "dask") != (args.address is not None):
+        print("guild: error: --backend dask and --address go together", file=sys.stderr)
+        return 2
     opts = DemoOptions(
         root=root,
         old=old,
         new=new,
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else default_cache_dir(),
         agents=args.agents,
+        backend=args.backend,
+        address=args.address,
         sample=args.sample,  # progress bars go to stderr, and only to a terminal
         # A project's tests are part of it (a rename must reach them); the
         # stdlib sample leaves its test suites out.

@@ -49,6 +49,8 @@ class DemoOptions:
     new: str
     cache_dir: str
     agents: int | None = None  # None: the configured pool.max_agents (usable CPUs)
+    backend: str | None = None  # None: the configured parallelization.backend (local agents)
+    address: str | None = None  # backend dask: the scheduler
     sample: int = 100  # files in the sequential sample; 0 = every file
     per_agent: str = "1GB"  # parsing a big module takes tens of MB; leave room
     progress: bool = True
@@ -160,6 +162,10 @@ def _guild(opts: DemoOptions) -> Any:
     }
     if opts.agents is not None:
         overrides["max_agents"] = opts.agents
+    if opts.backend is not None:
+        overrides["backend"] = opts.backend
+    if opts.address is not None:
+        overrides["address"] = opts.address
     return Guild(**overrides)
 
 

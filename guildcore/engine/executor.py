@@ -27,6 +27,7 @@ from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
 from guildcore.engine import chunking
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
+from guildcore.engine.backend import Pool, open_backend
 from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.iterators import ImapRun, StreamIterator
@@ -233,7 +234,12 @@ class Guild:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        self._supervisor = Supervisor(self._settings, starter, self._recorder)
+        self._supervisor: Pool
+        if self.config.parallelization.backend == "local" or not self._settings.parallel:
+            self._supervisor = Supervisor(self._settings, starter, self._recorder)
+        else:  # a backend above the engine runs the tasks; it knows how many run at once
+            self._supervisor = open_backend(self.config, self._settings, starter, self._recorder)
+            self._settings = self._supervisor.settings
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         # The pool (template, owner loop, agents) starts on first need: a
@@ -250,7 +256,8 @@ class Guild:
         with self._start_lock:
             if self._started or self._is_shutdown:
                 return
-            self._starter.prepare()
+            if isinstance(self._supervisor, Supervisor):  # a backend's workers are not agents: no template
+                self._starter.prepare()
             self._supervisor.start()
             self._started = True
 
@@ -790,7 +797,7 @@ class Guild:
         sup = self._supervisor
         window = self._settings.stream_window
         ring = None
-        if self._settings.parallel:
+        if self._settings.parallel and self.config.parallelization.backend == "local":  # shared memory
             ring = Ring.create(os.getpid(), task.id, window, self.config.streaming.chunk_size)
         task.stream = StreamState(
             window,
@@ -841,6 +848,7 @@ class Guild:
             snap = self._supervisor.call(self._supervisor.snapshot).result(timeout=10)
             snap["closed"] = False
             snap["cache"] = self._results.stats() if self._results is not None else None
+        snap.setdefault("backend", "local")
         snap["routing"] = self._router.stats()
         snap["start_method"] = self._starter.method
         snap["metrics"] = self._metrics_summary()
