@@ -3,7 +3,7 @@
 Every test runs against both executors in the same parametrized function:
 the stdlib is the reference. Where ``GuildExecutor`` differs on purpose the
 test is marked ``documented_difference`` and asserts guildcore's behaviour,
-and ``docs/readme/hard.md`` says why the difference is better.
+and the README ("Deliberate differences") says why it is better.
 """
 
 from __future__ import annotations
