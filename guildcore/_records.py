@@ -81,8 +81,8 @@ class Frozen(Record):
 
     __slots__ = ()
 
-    def _set(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
+    # How __init__ sets a field: the object's own setter, called straight from C.
+    _set = object.__setattr__
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise _frozen_error(self, name)

@@ -463,17 +463,9 @@ class TaskMoved(Record):
     """Record: a task changed state (``old`` -> ``new``) for ``reason``."""
 
     _fields = (
-        "task_id",
-        "fn_name",
-        "old",
-        "new",
-        "reason",
-        "agent_id",
-        "queued",
-        "error",
-        "n_items",
+        "task_id", "fn_name", "old", "new", "reason", "agent_id", "queued", "error", "n_items",
         "part",
-    )
+    )  # fmt: skip
     __slots__ = _fields
     task_id: int
     fn_name: str
