@@ -1,21 +1,30 @@
-"""Small slotted records written by hand, for the modules a first result needs.
+"""Small slotted records without ``dataclasses``, for the modules a first result needs.
 
 A dataclass is built at import: its ``__init__``, ``__repr__`` and ``__eq__``
 are generated as source and compiled, about a millisecond per class, and
 ``dataclasses`` itself imports ``inspect``, ``ast`` and ``dis`` (~8 ms). A
 script that makes a ``Guild`` and submits once would pay ~40 ms of that
-before its first result. A record here lists its fields in ``_fields`` (and so in
-``__slots__``) and writes its ``__init__`` by hand (compiled once, into the ``.pyc``, and as
-fast as a generated one); this base supplies the rest of what a dataclass
-would: a ``repr`` and equality field by field, ``__match_args__``.
-``Frozen`` adds immutability, hashing, pickling and ``replace``.
+before its first result. This module covers two ways around it:
 
-It does not cover defaults or field types (the ``__init__`` of each record
-holds them), nor records that need none of this (plain classes do).
-It imports nothing.
+- ``Record`` (mutable) and ``Frozen``: the record lists its fields in
+  ``_fields`` (and so in ``__slots__``) and writes its ``__init__`` by hand,
+  compiled once into the ``.pyc`` and as fast as a generated one: for
+  records made on hot paths. The base supplies the rest of what a
+  dataclass would: a ``repr`` and equality field by field,
+  ``__match_args__``; ``Frozen`` adds immutability, hashing, pickling and
+  ``replace``.
+- ``Declared``: a frozen record declared as a frozen dataclass is (annotated
+  fields with defaults, ``field(default_factory=..., metadata=...)``,
+  ``fields(...)`` to list them), whose ``__init__`` is one generic loop: for
+  records made a few times per run, such as settings. No code is generated.
 
-Declare fields in order, then slots from them (a literal ``__slots__`` would be
-sorted by the linter, and the order is the ``repr``'s and the ``__init__``'s)::
+It does not cover inheritance of fields (the fields are those of the
+record's own class), ``ClassVar`` fields, ``dataclasses.replace``/``asdict``
+(use ``replace`` and the fields). It imports nothing.
+
+Hand-written records declare their fields in order, then slots from them (a
+literal ``__slots__`` would be sorted by the linter, and the order is the
+``repr``'s and the ``__init__``'s)::
 
     class Moved(Record):
         _fields = ("task_id", "old", "new")
@@ -23,9 +32,6 @@ sorted by the linter, and the order is the ``repr``'s and the ``__init__``'s)::
 
         def __init__(self, task_id: int, old: str, new: str) -> None:
             ...
-
-A record with fields in a base class is not supported: the fields are those
-of the record's own class.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ if TYPE_CHECKING:
 
     _F = TypeVar("_F", bound="Frozen")
 
-__all__ = ["Frozen", "Record"]
+__all__ = ["MISSING", "Declared", "Field", "Frozen", "Record", "field", "fields"]
 
 
 class Record:
@@ -111,3 +117,92 @@ def _frozen_error(record: Record, name: str) -> AttributeError:
     from dataclasses import FrozenInstanceError
 
     return FrozenInstanceError(f"cannot assign to field {name!r} of {type(record).__qualname__}")
+
+
+# -- declared records ------------------------------------------------------------------------
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()  # no default given
+
+
+class Field:
+    """One field of a ``Declared`` record, as ``dataclasses.Field``: name, default, metadata."""
+
+    __slots__ = ("default", "default_factory", "metadata", "name")
+
+    def __init__(self, default: Any = MISSING, default_factory: Any = MISSING, metadata: Any = None) -> None:
+        self.name = ""  # set when its class is made
+        self.default = default
+        self.default_factory = default_factory
+        self.metadata = {} if metadata is None else metadata
+
+    def __repr__(self) -> str:
+        return f"Field(name={self.name!r}, default={self.default!r}, default_factory={self.default_factory!r})"
+
+
+def field(*, default: Any = MISSING, default_factory: Any = MISSING, metadata: Any = None) -> Any:
+    """A field with a default, or a factory of defaults, and metadata (as ``dataclasses.field``)."""
+    if default is not MISSING and default_factory is not MISSING:
+        raise ValueError("cannot specify both default and default_factory")
+    return Field(default, default_factory, metadata)
+
+
+def fields(record: Any) -> tuple[Field, ...]:
+    """The fields of a ``Declared`` record or class, in order."""
+    specs: tuple[Field, ...] = record._specs
+    return specs
+
+
+class _DeclaredMeta(type):
+    """Turns annotated class attributes into slots, and their values into ``Field`` defaults."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], ns: dict[str, Any], **kwargs: Any) -> _DeclaredMeta:
+        if "_specs" not in ns:  # a record class, not the Declared base
+            specs = []
+            for fname, annotation in ns.get("__annotations__", {}).items():
+                if str(annotation).startswith(("ClassVar", "typing.ClassVar")):
+                    raise TypeError(f"{name}.{fname}: ClassVar fields are not supported by Declared records")
+                value = ns.pop(fname, MISSING)
+                spec = value if isinstance(value, Field) else Field(default=value)
+                spec.name = fname
+                specs.append(spec)
+            ns["_specs"] = tuple(specs)
+            ns["_fields"] = tuple(spec.name for spec in specs)
+            ns["__slots__"] = ns["_fields"]
+        return super().__new__(mcs, name, bases, ns, **kwargs)
+
+
+class Declared(Frozen, metaclass=_DeclaredMeta):
+    """A frozen record declared like a frozen dataclass; see the module docstring."""
+
+    __slots__ = ()
+    _specs: tuple[Field, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        specs = self._specs
+        cls = type(self).__qualname__
+        if len(args) > len(specs):
+            raise TypeError(f"{cls}() takes {len(specs)} positional arguments but {len(args)} were given")
+        for spec, value in zip(specs, args, strict=False):  # args may be fewer: defaults follow
+            if spec.name in kwargs:
+                raise TypeError(f"{cls}() got multiple values for argument {spec.name!r}")
+            self._set(spec.name, value)
+        for spec in specs[len(args) :]:
+            if spec.name in kwargs:
+                value = kwargs.pop(spec.name)
+            elif spec.default is not MISSING:
+                value = spec.default
+            elif spec.default_factory is not MISSING:
+                value = spec.default_factory()
+            else:
+                raise TypeError(f"{cls}() missing required argument: {spec.name!r}")
+            self._set(spec.name, value)
+        if kwargs:
+            raise TypeError(f"{cls}() got an unexpected keyword argument {next(iter(kwargs))!r}")

@@ -1,10 +1,11 @@
 """Settings of guildcore: typed sections, their sources, merge and checks.
 
-This module covers the frozen ``Config`` dataclasses (one per section, each
+This module covers the frozen ``Config`` records (one per section, each
 field carrying its kind and a one-line help in its metadata: the one table of
-settings), reading the sources and merging them, lowest to highest:
+settings; declared as frozen dataclasses are, without ``dataclasses``, which
+a script's first ``Guild`` would wait ~25 ms for: ``_records.Declared``), reading the sources and merging them, lowest to highest:
 
-    1. built-in defaults (the dataclass defaults below)
+    1. built-in defaults (the field defaults below)
     2. the fenced ```yaml block whose top key is ``performance:`` in
        ``.guild/instructions.md``
     3. ``.guild/config.yaml`` (sections at top level or under ``performance:``)
@@ -26,10 +27,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from guildcore._records import MISSING, Declared, field, fields
 from guildcore.config_values import (
     BOOL,
     FRACTION,
@@ -107,8 +108,7 @@ def _setting(default: T, kind: Kind, help: str, *, template: str | None = None) 
 # -- the table of settings ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ParallelizationConfig:
+class ParallelizationConfig(Declared):
     enabled: bool = _setting(True, BOOL, "false runs every task inline, in this process")
     max_parallel: int | None = _setting(
         None, integer(1, optional=True), "tasks at once; null = pool.max_agents"
@@ -129,8 +129,7 @@ class ParallelizationConfig:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PoolConfig:
+class PoolConfig(Declared):
     min_agents: int = _setting(1, integer(0), "agents kept alive when idle")
     max_agents: int = field(
         default_factory=usable_cpus,
@@ -163,8 +162,7 @@ class PoolConfig:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
+class LimitsConfig(Declared):
     per_agent: int = _setting(100 * MB, SIZE, "private memory (RssAnon) one agent may use")
     total_system: int = _setting(512 * MB, SIZE, "supervisor + agents + caches, for the monitor")
     cache_size: int = _setting(256 * MB, SIZE, "in-process cache bytes, for the monitor")
@@ -173,8 +171,7 @@ class LimitsConfig:
     timeout_grace: float = _setting(2.0, duration(allow_zero=True), "SIGTERM to SIGKILL on timeout")
 
 
-@dataclass(frozen=True, slots=True)
-class NamespacePolicy:
+class NamespacePolicy(Declared):
     """Policy of one cache namespace; ``ttl=None`` means no expiry within the store.
 
     ``scope`` is ``session`` (dropped when the supervisor stops) or
@@ -234,8 +231,7 @@ FOLLOWS_TTL = "result"
 _NAMESPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: keys are dotted paths
 
 
-@dataclass(frozen=True, slots=True)
-class CachingConfig:
+class CachingConfig(Declared):
     enabled: bool = _setting(True, BOOL, "false turns every cache tier off")
     memory_cache: int = _setting(64 * MB, SIZE, "byte budget of the in-process L1 + L2")
     memory_entries: int = _setting(10000, integer(1), "entry cap of the in-process L1 + L2")
@@ -245,16 +241,14 @@ class CachingConfig:
     namespaces: Mapping[str, NamespacePolicy] = field(default_factory=lambda: BUILTIN_NAMESPACES)
 
 
-@dataclass(frozen=True, slots=True)
-class StreamingConfig:
+class StreamingConfig(Declared):
     enabled: bool = _setting(True, BOOL, "generators stream chunk by chunk")
     stream_threshold: int = _setting(8 * MB, SIZE, "a result bigger than this moves in chunks")
     chunk_size: int = _setting(1 * MIB, SIZE, "bytes per chunk")
     window: int = _setting(4, integer(1), "credit window: chunks in flight")
 
 
-@dataclass(frozen=True, slots=True)
-class MonitoringConfig:
+class MonitoringConfig(Declared):
     enabled: bool = _setting(True, BOOL, "watch memory and load")
     check_interval: float = _setting(1.0, duration(), "how often the monitor samples")
     warning_threshold: float = _setting(
@@ -273,8 +267,7 @@ class MonitoringConfig:
 AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.engine.ring", "guildcore.context.view")
 
 
-@dataclass(frozen=True, slots=True)
-class OptimizationConfig:
+class OptimizationConfig(Declared):
     preload: bool | tuple[str, ...] = _setting(
         (), PRELOAD, "modules agents import at start; true = what is likely"
     )
@@ -294,8 +287,7 @@ class OptimizationConfig:
         return self.preload
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(Declared):
     """The merged settings; ``root`` is the folder holding ``.guild`` (None if none)."""
 
     parallelization: ParallelizationConfig = field(default_factory=ParallelizationConfig)
@@ -342,7 +334,7 @@ class Config:
         return out
 
 
-# Section name -> its dataclass, in the order of Config's fields.
+# Section name -> its record class, in the order of Config's fields.
 SECTIONS: Mapping[str, type[Any]] = MappingProxyType({
     "parallelization": ParallelizationConfig, "pool": PoolConfig, "limits": LimitsConfig,
     "caching": CachingConfig, "streaming": StreamingConfig, "monitoring": MonitoringConfig,
@@ -380,8 +372,7 @@ def render_value(key: str, value: object) -> str:
 # -- reading sources ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(Declared):
     key: str  # the setting: pool.max_agents (caching.namespaces.NAME declares a namespace)
     shown: str  # as written in its source: performance.pool.max_agents
     raw: object

@@ -541,6 +541,6 @@ def test_agent_cache_env_reproduces_the_caching_settings(project: Path) -> None:
     env = agent_cache_env(config)
     assert all(name.startswith("GUILD_") and "__" in name for name in env)
     again = load(project, **env)
-    assert dataclasses.replace(again.caching, path=config.caching.path) == config.caching
+    assert again.caching.replace(path=config.caching.path) == config.caching
     assert again.cache_path() == config.cache_path() == str(project / 'odd: "dir"')
     assert again.optimization.compression is False
