@@ -26,9 +26,9 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from guildcore._records import Declared, field
 from guildcore.metrics.recorder import (
     AGENT_EXITED,
     AGENT_READY,
@@ -63,8 +63,7 @@ TASK_FIELDS = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class RecorderSettings:
+class RecorderSettings(Declared):
     """What recording needs from the configuration, as plain values.
 
     ``config`` holds the settings the record keeps for ``guild doctor``
