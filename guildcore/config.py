@@ -24,6 +24,7 @@ acting on settings (each room reads its own section).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -661,20 +662,40 @@ def agent_cache_env(config: Config) -> dict[str, str]:
     exactly; namespaces go as one mapping, so that their names keep their case
     (the names of variables are read lowercased).
     """
-    import json
-
     env: dict[str, str] = {}
     for f in fields(CachingConfig):
         if f.name == "namespaces":
             continue
         value = config.cache_path() if f.name == "path" else getattr(config.caching, f.name)
-        env[f"GUILD_CACHING__{f.name.upper()}"] = json.dumps(value)
-    env["GUILD_CACHING__NAMESPACES"] = json.dumps({
+        env[f"GUILD_CACHING__{f.name.upper()}"] = _json_text(value)
+    env["GUILD_CACHING__NAMESPACES"] = _json_text({
         ns: {pf.name: getattr(policy, pf.name) for pf in fields(NamespacePolicy)}
         for ns, policy in config.caching.namespaces.items()
     })  # fmt: skip
-    env["GUILD_OPTIMIZATION__COMPRESSION"] = json.dumps(config.optimization.compression)
+    env["GUILD_OPTIMIZATION__COMPRESSION"] = _json_text(config.optimization.compression)
     return env
+
+
+def _json_text(value: object) -> str:
+    """``json.dumps(value)``, written here for the plain values of settings.
+
+    Every Guild encodes its caching settings for its agents, and ``json``
+    costs ~4 ms to import; anything but null, bools, ints, finite floats,
+    plain printable ASCII text and mappings of those still goes through it.
+    """
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and math.isfinite(value):
+        return repr(value)
+    if type(value) is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    if type(value) is dict and all(type(k) is str for k in value):
+        return "{" + ", ".join(f"{_json_text(k)}: {_json_text(v)}" for k, v in value.items()) + "}"
+    import json
+
+    return json.dumps(value)
 
 
 def performance_yaml() -> str:
