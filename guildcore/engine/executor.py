@@ -257,7 +257,8 @@ class Guild:
             if self._started or self._is_shutdown:
                 return
             if isinstance(self._supervisor, Supervisor):  # a backend's workers are not agents: no template
-                self._starter.prepare()
+                # The first agent is asked for now, to fork while the owner loop starts.
+                self._starter.prepare(first_agent=self._settings.parallel and self._settings.max_agents > 0)
             self._supervisor.start()
             self._started = True
 

@@ -135,6 +135,33 @@ class TemplateChild:
         return f"<TemplateChild pid={self.pid} exitcode={self._exitcode}>"
 
 
+class Requested:
+    """An agent asked of the template and not yet received: its pipe and status pipe."""
+
+    def __init__(self, agent_id: int, conn: Any, status_fd: int) -> None:
+        self.agent_id = agent_id
+        self._conn: Any = conn
+        self._status_fd = status_fd
+
+    def take(self) -> tuple[Any, int]:
+        """Its supervisor end of the pipe and its status fd, once: the taker owns them."""
+        conn, fd = self._conn, self._status_fd
+        if conn is None:
+            raise TemplateError(f"agent {self.agent_id} was already received or let go")
+        self._conn, self._status_fd = None, -1
+        return conn, fd
+
+    def close(self) -> None:
+        """Let go of an agent never received: it sees its pipe end and exits. Idempotent."""
+        if self._conn is not None:
+            conn, fd = self.take()
+            conn.close()
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"<Requested agent {self.agent_id} {'pending' if self._conn is not None else 'taken'}>"
+
+
 class Template:
     """A forked copy of the caller that forks agents on request.
 
@@ -169,8 +196,17 @@ class Template:
         _live.add(template)
         return template
 
-    def start(self, agent_id: int, make_process: Callable[[Any], Any] | None = None) -> tuple[TemplateChild, Any]:
+    def start(self, agent_id: int) -> tuple[TemplateChild, Any]:
         """Fork one agent; returns its handle and the supervisor's end of its pipe."""
+        return self.receive(self.request(agent_id))
+
+    def request(self, agent_id: int) -> Requested:
+        """Ask for agent ``agent_id`` without waiting for it: ``receive`` collects it.
+
+        The template forks it as soon as it reads the request; a request
+        never received is let go with ``Requested.close`` (the agent sees
+        its pipe end and exits).
+        """
         from multiprocessing.connection import Pipe
 
         parent_conn, child_conn = Pipe(duplex=True)
@@ -187,6 +223,11 @@ class Template:
         finally:
             os.close(status_w)
             child_conn.close()
+        return Requested(agent_id, parent_conn, status_r)
+
+    def receive(self, requested: Requested) -> tuple[TemplateChild, Any]:
+        """Wait for the agent ``request`` asked for (its pid); its handle and pipe."""
+        parent_conn, status_r = requested.take()
         with selectors.DefaultSelector() as sel:
             sel.register(status_r, selectors.EVENT_READ)
             ready = sel.select(_START_TIMEOUT_S)
@@ -302,12 +343,12 @@ def _become_template() -> None:
             signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    from guildcore.engine.agent import drop_forkserver_alive_fd
+    from guildcore.engine.agent import drop_forkserver_alive_fd, libc_prctl
 
     drop_forkserver_alive_fd()
     _late_main_lookup()
-    # What every agent needs at start, imported once here rather than in each.
-    import ctypes  # noqa: F401 - agent._set_parent_death_signal
+    # What every agent needs at start, found once here rather than in each.
+    libc_prctl()  # agent._set_parent_death_signal
     from multiprocessing import connection, context  # noqa: F401 - _run_child
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
