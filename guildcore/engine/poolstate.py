@@ -18,7 +18,7 @@ import itertools
 import logging
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guildcore import codec
 from guildcore._records import Frozen, Record
@@ -42,7 +42,10 @@ from guildcore.engine.lifecycle import AgentRecord
 from guildcore.engine.states import AgentState, TaskState
 from guildcore.engine.task import ENDED, Task
 from guildcore.engine.taskqueue import TaskQueue
-from guildcore.errors import PoolBroken, TaskCancelled
+from guildcore.errors import TaskCancelled
+
+if TYPE_CHECKING:
+    from guildcore.errors import PoolBroken
 
 # Per-agent peaks kept in ``counters.peak_private_bytes``: the highest ones,
 # so the pool's high-water mark stays while a long run recycling agents
