@@ -32,6 +32,8 @@ ALLOWED = {
     ("engine/lazymain.py", "AttributeError"): "module __getattr__ answers a missing name",
     ("engine/template.py", "AttributeError"): "module __getattr__ answers a missing name",
     ("errors.py", "AttributeError"): "module __getattr__ answers a missing name",
+    ("_records.py", "TypeError"): "a record's constructor answers wrong arguments as any call (and a dataclass) does",
+    ("_records.py", "ValueError"): "field() refuses a default and a default_factory together, as dataclasses.field",
     ("process/call.py", "AttributeError"): "module __getattr__ answers a missing name",
     ("context/ref.py", "AttributeError"): "__setattr__/__delattr__ of a read-only object",
     ("context/view.py", "KeyError"): "Mapping.__getitem__ answers a missing key",
