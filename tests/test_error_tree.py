@@ -32,6 +32,8 @@ ALLOWED = {
     ("engine/lazymain.py", "AttributeError"): "module __getattr__ answers a missing name",
     ("engine/template.py", "AttributeError"): "module __getattr__ answers a missing name",
     ("errors.py", "AttributeError"): "module __getattr__ answers a missing name",
+    ("engine/channel.py", "EOFError"): "Connection.recv_bytes: the end of the stream between frames",
+    ("engine/channel.py", "OSError"): "Connection: a closed handle, or the end of the stream inside a frame",
     ("_records.py", "TypeError"): "a record's constructor answers wrong arguments as any call (and a dataclass) does",
     ("_records.py", "ValueError"): "field() refuses a default and a default_factory together, as dataclasses.field",
     ("process/call.py", "AttributeError"): "module __getattr__ answers a missing name",

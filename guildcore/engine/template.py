@@ -207,9 +207,9 @@ class Template:
         never received is let go with ``Requested.close`` (the agent sees
         its pipe end and exits).
         """
-        from multiprocessing.connection import Pipe
-
-        parent_conn, child_conn = Pipe(duplex=True)
+        # The pipe ``multiprocessing.Pipe(duplex=True)`` makes, without its
+        # import (see ``channel``): the supervisor only needs its descriptor.
+        parent_conn, child_conn = socket.socketpair()
         status_r, status_w = os.pipe()
         try:
             with self._lock:
@@ -349,7 +349,9 @@ def _become_template() -> None:
     _late_main_lookup()
     # What every agent needs at start, found once here rather than in each.
     libc_prctl()  # agent._set_parent_death_signal
-    from multiprocessing import connection, context  # noqa: F401 - _run_child
+    from multiprocessing import context, util  # noqa: F401 - _run_child: ForkProcess and its bootstrap
+
+    from guildcore.engine import channel  # noqa: F401 - _run_child
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
     gc.freeze()
@@ -381,10 +383,11 @@ def _late_main_lookup() -> None:
 
 def _run_child(agent_id: int, conn_fd: int, run_agent: Callable[[int, Any], None]) -> int:
     """Become agent ``agent_id``: the stdlib's fork bootstrap, then ``run_agent``."""
-    from multiprocessing.connection import Connection
     from multiprocessing.context import ForkProcess
 
-    conn = Connection(conn_fd)
+    from guildcore.engine.channel import Channel
+
+    conn = Channel(conn_fd)
     proc = ForkProcess(target=run_agent, args=(agent_id, conn), name=_agent_name(agent_id), daemon=True)
     bootstrap = getattr(proc, "_bootstrap", None)
     if bootstrap is None:  # pragma: no cover - another Python
