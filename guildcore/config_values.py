@@ -24,13 +24,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 from guildcore._records import Frozen
 from guildcore.errors import ConfigError
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
     from fractions import Fraction
+    from typing import Any
 
     import yaml  # imported where used: ~20 ms that only reading a file needs
 

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
 
 from guildcore._records import Frozen, Record
 from guildcore.engine.task import Task
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 # ---------------------------------------------------------------- events
 

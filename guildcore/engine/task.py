@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
 
 from guildcore.engine.states import TASK_TRANSITIONS, TaskState, check_transition
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     from guildcore.engine.stream import StreamState
 
 

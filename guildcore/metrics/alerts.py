@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from guildcore._records import Declared, fields
 from guildcore.metrics.recorder import DONE, FAILED
 from guildcore.metrics.series import Reservoir
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     from guildcore.metrics.fold import Fold, RecorderSettings
 
 SLOW_FACTOR = 3.0  # k in "slower than k x the p95 of its function"
