@@ -48,11 +48,12 @@ guildcore's own; nothing here is public API.
 
 from __future__ import annotations
 
+import _socket
+import array
 import gc
 import os
 import selectors
 import signal
-import socket
 import struct
 import sys
 import threading
@@ -173,9 +174,9 @@ class Template:
     with ``os._exit``).
     """
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: _socket.socket) -> None:
         self.pid = pid
-        self._sock: socket.socket | None = sock
+        self._sock: _socket.socket | None = sock
         self._lock = threading.Lock()
 
     @classmethod
@@ -185,7 +186,7 @@ class Template:
         ``preload``: modules the template imports once, so that its agents
         start with them (``optimization.preload``).
         """
-        mine, theirs = socket.socketpair()
+        mine, theirs = _socket.socketpair()
         _flush_std_streams()
         pid = os.fork()
         if pid == 0:  # the template
@@ -212,13 +213,14 @@ class Template:
         """
         # The pipe ``multiprocessing.Pipe(duplex=True)`` makes, without its
         # import (see ``channel``): the supervisor only needs its descriptor.
-        parent_conn, child_conn = socket.socketpair()
+        # A bare ``_socket.socket``: it closes its descriptor when collected.
+        parent_conn, child_conn = _socket.socketpair()
         status_r, status_w = os.pipe()
         try:
             with self._lock:
                 if self._sock is None:
                     raise TemplateError("the template is closed")
-                socket.send_fds(self._sock, [_SIGNED.pack(agent_id)], [child_conn.fileno(), status_w])
+                _send_fds(self._sock, _SIGNED.pack(agent_id), [child_conn.fileno(), status_w])
         except OSError as exc:
             parent_conn.close()
             os.close(status_r)
@@ -280,7 +282,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # ------------------------------------------------------------------ the template
 
 
-def _serve(sock: socket.socket, run_agent: Callable[[int, Any], None], preload: tuple[str, ...]) -> None:
+def _serve(sock: _socket.socket, run_agent: Callable[[int, Any], None], preload: tuple[str, ...]) -> None:
     """The template's loop: fork an agent per request, report exits, end at EOF."""
     _become_template()
     for module in preload:
@@ -304,7 +306,7 @@ def _serve(sock: socket.socket, run_agent: Callable[[int, Any], None], preload: 
             if sock not in ready:
                 continue
             try:
-                msg, fds, _flags, _addr = socket.recv_fds(sock, _SIGNED.size, 2)
+                msg, fds = _recv_fds(sock, _SIGNED.size, 2)
             except OSError:
                 return
             if not msg:
@@ -431,6 +433,24 @@ def _ignore(*_args: object) -> None:
 
 
 # ------------------------------------------------------------------ helpers
+#
+# The control socket and the agents' pipes are ``_socket`` objects, and file
+# descriptors travel with the two functions below (what ``socket.send_fds``
+# and ``recv_fds`` do): importing ``socket`` itself converts its constants
+# to enums, ~1.7 ms of a script's first result for nothing used here.
+
+
+def _send_fds(sock: _socket.socket, data: bytes, fds: list[int]) -> None:
+    sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))])
+
+
+def _recv_fds(sock: _socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]]:
+    fds = array.array("i")
+    msg, ancdata, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(max_fds * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return msg, list(fds)
 
 
 def _write_signed(fd: int, value: int) -> None:
