@@ -49,7 +49,6 @@ guildcore's own; nothing here is public API.
 from __future__ import annotations
 
 import _socket
-import array
 import gc
 import os
 import selectors
@@ -65,6 +64,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _SIGNED = struct.Struct("i")
+_FD = _SIGNED  # a file descriptor in SCM_RIGHTS data: a C int
 # How long the supervisor waits for the template to report a new agent's pid.
 _START_TIMEOUT_S = 10.0
 # Signals whose Python handlers the caller may have set; the template and its
@@ -436,21 +436,22 @@ def _ignore(*_args: object) -> None:
 #
 # The control socket and the agents' pipes are ``_socket`` objects, and file
 # descriptors travel with the two functions below (what ``socket.send_fds``
-# and ``recv_fds`` do): importing ``socket`` itself converts its constants
-# to enums, ~1.7 ms of a script's first result for nothing used here.
+# and ``recv_fds`` do, packing them with ``struct`` rather than ``array``):
+# importing ``socket`` converts its constants to enums and loads ``array``,
+# ~2.5 ms of a script's first result for nothing used here.
 
 
 def _send_fds(sock: _socket.socket, data: bytes, fds: list[int]) -> None:
-    sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))])
+    sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
 
 
 def _recv_fds(sock: _socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]]:
-    fds = array.array("i")
-    msg, ancdata, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(max_fds * fds.itemsize))
+    msg, ancdata, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(max_fds * _FD.size))
+    fds: list[int] = []
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    return msg, list(fds)
+            fds += [fd for (fd,) in _FD.iter_unpack(data[: len(data) - len(data) % _FD.size])]
+    return msg, fds
 
 
 def _write_signed(fd: int, value: int) -> None:
