@@ -29,11 +29,9 @@ from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREA
 from guildcore.engine.backend import Pool, open_backend
 from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
 from guildcore.engine.functions import describe, spec_for
-from guildcore.engine.iterators import ImapRun, StreamIterator
 from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
-from guildcore.engine.ring import Ring
 from guildcore.engine.routing import (
     MAX_INLINE_BATCH_S,
     MAX_INLINE_ITEM_S,
@@ -43,7 +41,6 @@ from guildcore.engine.routing import (
     RoutingStore,
     decide,
 )
-from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
 from guildcore.engine.task import Task
 from guildcore.engine.taskgroup import current_group
@@ -54,6 +51,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from guildcore.cache import TieredCache
+    from guildcore.engine.iterators import StreamIterator
     from guildcore.engine.resultcache import ResultCache
     from guildcore.metrics import Alert, Run, RunRecorder
     from guildcore.process import Process, ProcessRun
@@ -765,6 +763,9 @@ class Guild:
         sized = len(iterable) if hasattr(iterable, "__len__") and fixed is None else None  # type: ignore[arg-type]
         if sized is not None:
             fixed = self._auto_chunksize(sized)
+        # Imported here: imap and stream only, never on a first result's way.
+        from guildcore.engine.iterators import ImapRun
+
         opts = {"priority": priority, "timeout": timeout, "retries": retries}
         return ImapRun(
             iter(iterable),
@@ -796,6 +797,10 @@ class Guild:
             task.fn_name = describe(fn)
             self._submit([task])
             return CollectedStream(task.future)
+        from guildcore.engine.iterators import StreamIterator
+        from guildcore.engine.ring import Ring
+        from guildcore.engine.stream import StreamState
+
         task = self._make_task(fn, MODE_STREAM, [args, kwargs], timeout=timeout, retries=0)
         sup = self._supervisor
         window = self._settings.stream_window
