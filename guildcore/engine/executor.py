@@ -26,7 +26,6 @@ from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
 from guildcore.engine import chunking
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
-from guildcore.engine.backend import Pool, open_backend
 from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.lazymain import check_not_importing_main
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from guildcore.cache import TieredCache
+    from guildcore.engine.backend import Pool
     from guildcore.engine.iterators import StreamIterator
     from guildcore.engine.resultcache import ResultCache
     from guildcore.metrics import Alert, Run, RunRecorder
@@ -238,6 +238,8 @@ class Guild:
         if self.config.parallelization.backend == "local" or not self._settings.parallel:
             self._supervisor = Supervisor(self._settings, starter, self._recorder)
         else:  # a backend above the engine runs the tasks; it knows how many run at once
+            from guildcore.engine.backend import open_backend  # not on the local path
+
             self._supervisor = open_backend(self.config, self._settings, starter, self._recorder)
             self._settings = self._supervisor.settings
         self._shutdown_lock = threading.Lock()
