@@ -88,3 +88,14 @@ def test_a_first_map_keeps_off_the_heavy_modules_but_xxhash(tmp_path: Path) -> N
     )
     found = _imported(tmp_path, program, "g.shutdown()")
     assert {m: FORBIDDEN[m] for m in found if m != "xxhash"} == {}
+
+
+def test_a_guild_executors_first_result_keeps_off_the_heavy_modules(tmp_path: Path) -> None:
+    # BrokenProcessPool (concurrent.futures.process) loads only when a failure needs it.
+    program = (
+        "from guildcore import GuildExecutor\n"
+        "ex = GuildExecutor(max_workers=2)\n"
+        "assert ex.submit(abs, -3).result() == 3"
+    )
+    found = _imported(tmp_path, program, "ex.shutdown()")
+    assert {m: FORBIDDEN[m] for m in found} == {}
