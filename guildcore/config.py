@@ -1,10 +1,11 @@
 """Settings of guildcore: typed sections, their sources, merge and checks.
 
-This module covers the frozen ``Config`` dataclasses (one per section, each
+This module covers the frozen ``Config`` records (one per section, each
 field carrying its kind and a one-line help in its metadata: the one table of
-settings), reading the sources and merging them, lowest to highest:
+settings; declared as frozen dataclasses are, without ``dataclasses``, which
+a script's first ``Guild`` would wait ~25 ms for: ``_records.Declared``), reading the sources and merging them, lowest to highest:
 
-    1. built-in defaults (the dataclass defaults below)
+    1. built-in defaults (the field defaults below)
     2. the fenced ```yaml block whose top key is ``performance:`` in
        ``.guild/instructions.md``
     3. ``.guild/config.yaml`` (sections at top level or under ``performance:``)
@@ -23,13 +24,13 @@ acting on settings (each room reads its own section).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, TypeVar
 
+from guildcore._records import MISSING, Declared, field, fields
 from guildcore.config_values import (
     BOOL,
     FRACTION,
@@ -83,7 +84,11 @@ __all__ = [
     "usable_cpus",
 ]
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 FALLBACK_CPUS = 5  # when neither sched_getaffinity nor cpu_count can tell
 GUILD_DIR = ".guild"
 DEFAULT = Origin("default")
@@ -107,8 +112,7 @@ def _setting(default: T, kind: Kind, help: str, *, template: str | None = None) 
 # -- the table of settings ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ParallelizationConfig:
+class ParallelizationConfig(Declared):
     enabled: bool = _setting(True, BOOL, "false runs every task inline, in this process")
     max_parallel: int | None = _setting(
         None, integer(1, optional=True), "tasks at once; null = pool.max_agents"
@@ -129,8 +133,7 @@ class ParallelizationConfig:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PoolConfig:
+class PoolConfig(Declared):
     min_agents: int = _setting(1, integer(0), "agents kept alive when idle")
     max_agents: int = field(
         default_factory=usable_cpus,
@@ -163,8 +166,7 @@ class PoolConfig:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
+class LimitsConfig(Declared):
     per_agent: int = _setting(100 * MB, SIZE, "private memory (RssAnon) one agent may use")
     total_system: int = _setting(512 * MB, SIZE, "supervisor + agents + caches, for the monitor")
     cache_size: int = _setting(256 * MB, SIZE, "in-process cache bytes, for the monitor")
@@ -173,8 +175,7 @@ class LimitsConfig:
     timeout_grace: float = _setting(2.0, duration(allow_zero=True), "SIGTERM to SIGKILL on timeout")
 
 
-@dataclass(frozen=True, slots=True)
-class NamespacePolicy:
+class NamespacePolicy(Declared):
     """Policy of one cache namespace; ``ttl=None`` means no expiry within the store.
 
     ``scope`` is ``session`` (dropped when the supervisor stops) or
@@ -234,8 +235,7 @@ FOLLOWS_TTL = "result"
 _NAMESPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: keys are dotted paths
 
 
-@dataclass(frozen=True, slots=True)
-class CachingConfig:
+class CachingConfig(Declared):
     enabled: bool = _setting(True, BOOL, "false turns every cache tier off")
     memory_cache: int = _setting(64 * MB, SIZE, "byte budget of the in-process L1 + L2")
     memory_entries: int = _setting(10000, integer(1), "entry cap of the in-process L1 + L2")
@@ -245,16 +245,14 @@ class CachingConfig:
     namespaces: Mapping[str, NamespacePolicy] = field(default_factory=lambda: BUILTIN_NAMESPACES)
 
 
-@dataclass(frozen=True, slots=True)
-class StreamingConfig:
+class StreamingConfig(Declared):
     enabled: bool = _setting(True, BOOL, "generators stream chunk by chunk")
     stream_threshold: int = _setting(8 * MB, SIZE, "a result bigger than this moves in chunks")
     chunk_size: int = _setting(1 * MIB, SIZE, "bytes per chunk")
     window: int = _setting(4, integer(1), "credit window: chunks in flight")
 
 
-@dataclass(frozen=True, slots=True)
-class MonitoringConfig:
+class MonitoringConfig(Declared):
     enabled: bool = _setting(True, BOOL, "watch memory and load")
     check_interval: float = _setting(1.0, duration(), "how often the monitor samples")
     warning_threshold: float = _setting(
@@ -273,8 +271,7 @@ class MonitoringConfig:
 AGENT_MODULES = ("guildcore.engine.shmbuf", "guildcore.engine.ring", "guildcore.context.view")
 
 
-@dataclass(frozen=True, slots=True)
-class OptimizationConfig:
+class OptimizationConfig(Declared):
     preload: bool | tuple[str, ...] = _setting(
         (), PRELOAD, "modules agents import at start; true = what is likely"
     )
@@ -294,8 +291,7 @@ class OptimizationConfig:
         return self.preload
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(Declared):
     """The merged settings; ``root`` is the folder holding ``.guild`` (None if none)."""
 
     parallelization: ParallelizationConfig = field(default_factory=ParallelizationConfig)
@@ -342,7 +338,7 @@ class Config:
         return out
 
 
-# Section name -> its dataclass, in the order of Config's fields.
+# Section name -> its record class, in the order of Config's fields.
 SECTIONS: Mapping[str, type[Any]] = MappingProxyType({
     "parallelization": ParallelizationConfig, "pool": PoolConfig, "limits": LimitsConfig,
     "caching": CachingConfig, "streaming": StreamingConfig, "monitoring": MonitoringConfig,
@@ -380,8 +376,7 @@ def render_value(key: str, value: object) -> str:
 # -- reading sources ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(Declared):
     key: str  # the setting: pool.max_agents (caching.namespaces.NAME declares a namespace)
     shown: str  # as written in its source: performance.pool.max_agents
     raw: object
@@ -515,7 +510,8 @@ def _override_entries(overrides: Mapping[str, Any]) -> Iterator[_Entry]:
 
 # -- merge and check ---------------------------------------------------------------------
 
-_Values = dict[str, tuple[Any, Origin]]
+if TYPE_CHECKING:
+    _Values = dict[str, tuple[Any, Origin]]
 
 
 def _merge(entries: Iterable[_Entry], values: _Values, declared: dict[str, Origin]) -> None:
@@ -670,20 +666,40 @@ def agent_cache_env(config: Config) -> dict[str, str]:
     exactly; namespaces go as one mapping, so that their names keep their case
     (the names of variables are read lowercased).
     """
-    import json
-
     env: dict[str, str] = {}
     for f in fields(CachingConfig):
         if f.name == "namespaces":
             continue
         value = config.cache_path() if f.name == "path" else getattr(config.caching, f.name)
-        env[f"GUILD_CACHING__{f.name.upper()}"] = json.dumps(value)
-    env["GUILD_CACHING__NAMESPACES"] = json.dumps({
+        env[f"GUILD_CACHING__{f.name.upper()}"] = _json_text(value)
+    env["GUILD_CACHING__NAMESPACES"] = _json_text({
         ns: {pf.name: getattr(policy, pf.name) for pf in fields(NamespacePolicy)}
         for ns, policy in config.caching.namespaces.items()
     })  # fmt: skip
-    env["GUILD_OPTIMIZATION__COMPRESSION"] = json.dumps(config.optimization.compression)
+    env["GUILD_OPTIMIZATION__COMPRESSION"] = _json_text(config.optimization.compression)
     return env
+
+
+def _json_text(value: object) -> str:
+    """``json.dumps(value)``, written here for the plain values of settings.
+
+    Every Guild encodes its caching settings for its agents, and ``json``
+    costs ~4 ms to import; anything but null, bools, ints, finite floats,
+    plain printable ASCII text and mappings of those still goes through it.
+    """
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and math.isfinite(value):
+        return repr(value)
+    if type(value) is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    if type(value) is dict and all(type(k) is str for k in value):
+        return "{" + ", ".join(f"{_json_text(k)}: {_json_text(v)}" for k, v in value.items()) + "}"
+    import json
+
+    return json.dumps(value)
 
 
 def performance_yaml() -> str:

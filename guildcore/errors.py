@@ -35,13 +35,15 @@ code written for the stdlib keeps catching them.
 
 Most classes live in ``guildcore._errors``, which agents import without
 pulling in ``concurrent.futures``; this module adds the three with stdlib
-executor parents. Import errors from here.
+executor parents. ``AgentDied`` and ``PoolBroken`` are defined in
+``guildcore._broken`` and loaded when first named here (PEP 562): their
+parent's module imports ``multiprocessing`` (~15 ms), which a script's
+first result does not otherwise need. Import errors from here.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import CancelledError
-from concurrent.futures.process import BrokenProcessPool
 
 from guildcore._errors import (
     AgentError,
@@ -88,22 +90,6 @@ class TaskCancelled(TaskError, CancelledError):
     """A task was cancelled before it finished (shutdown, Ctrl-C, a closed stream)."""
 
 
-class AgentDied(AgentError, BrokenProcessPool):
-    """The agent holding a task died (signal, segfault, ``os._exit``).
-
-    Only the task(s) that agent held fail; the pool replaces the agent and goes
-    on, unlike the stdlib whose pool breaks for good.
-    """
-
-
-class PoolBroken(GuildError, BrokenProcessPool):
-    """Agents cannot be started at all (for example, the initializer raises).
-
-    A ``BrokenProcessPool`` (so a ``BrokenExecutor``), as the stdlib's pool
-    reports a failed initializer.
-    """
-
-
 class ProcessFailed(GuildError):
     """One or more steps of a process failed; the steps that could finish did.
 
@@ -119,3 +105,21 @@ class ProcessFailed(GuildError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+TYPE_CHECKING = False  # mypy reads this name as typing's
+if TYPE_CHECKING:
+    from guildcore._broken import AgentDied, PoolBroken
+else:
+
+    def __getattr__(name: str) -> object:
+        if name in ("AgentDied", "PoolBroken"):
+            from guildcore import _broken
+
+            value = getattr(_broken, name)
+            globals()[name] = value  # later lookups skip __getattr__
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))

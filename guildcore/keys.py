@@ -31,21 +31,25 @@ PYTHONHASHSEED). That costs a cache miss, never a wrong hit.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import math
-import pickle
 import struct
 import types
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 import xxhash
 
 from guildcore import _refs
 from guildcore.errors import SerializationError
+
+# A Guild's first map names its function through ``fingerprint``: typing,
+# dataclasses (with inspect and ast) and pickle cost that map ~10 ms of
+# import, so they load here only for values that need them.
+TYPE_CHECKING = False  # mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["fingerprint", "fn_ref", "hex_key", "key_of", "resolve_ref"]
 
@@ -104,7 +108,9 @@ def _encoded(obj: Any) -> bytes:
 def _canon_other(obj: Any, out: list[bytes]) -> None:
     if isinstance(obj, enum.Enum):
         _tagged(b"E", out, _type_ref(type(obj)), obj.name)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    elif hasattr(type(obj), "__dataclass_fields__"):  # dataclasses.is_dataclass, for an instance
+        import dataclasses  # loaded already: obj's class is a dataclass
+
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
         _tagged(b"D", out, _type_ref(type(obj)), fields)
     elif isinstance(obj, types.CodeType):
@@ -112,6 +118,8 @@ def _canon_other(obj: Any, out: list[bytes]) -> None:
     elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, functools.partial)):
         _tagged(b"F", out, fingerprint(obj))
     else:
+        import pickle
+
         try:
             data = pickle.dumps(obj, protocol=5)
         except Exception as exc:

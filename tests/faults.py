@@ -60,6 +60,14 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+def parent_death_signal(_: object = None) -> int:
+    """The signal this process gets when its parent dies (``prctl(PR_GET_PDEATHSIG)``; 0: none)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    sig = ctypes.c_int(0)
+    libc.prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return sig.value
+
+
 def pid(_: object = None) -> int:
     return os.getpid()
 

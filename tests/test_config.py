@@ -541,6 +541,19 @@ def test_agent_cache_env_reproduces_the_caching_settings(project: Path) -> None:
     env = agent_cache_env(config)
     assert all(name.startswith("GUILD_") and "__" in name for name in env)
     again = load(project, **env)
-    assert dataclasses.replace(again.caching, path=config.caching.path) == config.caching
+    assert again.caching.replace(path=config.caching.path) == config.caching
     assert again.cache_path() == config.cache_path() == str(project / 'odd: "dir"')
     assert again.optimization.compression is False
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, False, 0, -5, 10**20, 1.5, 3600.0, 1e-7, float("inf"), float("nan"), "", "a b/c.d", 'o"q', "a\\b",
+     "é", "tab\there", "line\nbreak", {"a": 1, "b": {"ttl": None, "max_entries": 3, "scope": "x"}}, {1: 2}, [1, "x"]],
+)  # fmt: skip
+def test_settings_for_agents_are_written_as_json_writes_them(value: object) -> None:
+    import json
+
+    from guildcore.config import _json_text
+
+    assert _json_text(value) == json.dumps(value)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import signal
 from concurrent.futures import Future
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -77,7 +76,7 @@ class Pool:
 
     def __init__(self, *, initializer: bool = False, **changes: Any) -> None:
         self.ids = itertools.count(1000)
-        self.m = Machine(replace(SETTINGS, **changes), new_task_id=lambda: next(self.ids), has_initializer=initializer)
+        self.m = Machine(SETTINGS.replace(**changes), new_task_id=lambda: next(self.ids), has_initializer=initializer)
         self.now = 0.0
         self.log: list[Action] = []
 
@@ -105,7 +104,7 @@ class Pool:
         """Start ``n`` ready agents (default: min_agents), as the machine asks for them."""
         settings = self.m.settings
         if n is not None:
-            self.m.settings = replace(settings, min_agents=n, max_agents=max(n, settings.max_agents))
+            self.m.settings = settings.replace(min_agents=n, max_agents=max(n, settings.max_agents))
         self.start(self.feed())
         self.m.settings = settings
 

@@ -2,7 +2,7 @@
 
 ``EFFECTS`` maps each key of every section (namespace keys as
 ``caching.namespaces.*.NAME``) to the tests that show its effect;
-``test_every_setting_has_a_test_of_its_effect`` walks the config dataclasses
+``test_every_setting_has_a_test_of_its_effect`` walks the config records
 and fails for a key that is in neither ``EFFECTS`` nor ``PENDING``, and for a
 named test that does not exist. ``PENDING`` lists the keys that are accepted
 and stored but act in a part of the engine not built yet, with what will make
@@ -12,7 +12,6 @@ them act: it is meant to be empty.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import settingswork
 import streamwork
 
 from guildcore import AgentDied, Guild, MemoryLimitExceeded, TaskTimeout
+from guildcore._records import fields
 from guildcore.cache import TieredCache
 from guildcore.config import AGENT_MODULES, SECTIONS, NamespacePolicy, load_config
 from guildcore.engine import ring
@@ -111,9 +111,9 @@ PENDING: dict[str, str] = {
 def _all_keys() -> set[str]:
     keys = set()
     for name, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
+        for f in fields(cls):
             if f.name == "namespaces":
-                keys |= {f"{name}.namespaces.*.{pf.name}" for pf in dataclasses.fields(NamespacePolicy)}
+                keys |= {f"{name}.namespaces.*.{pf.name}" for pf in fields(NamespacePolicy)}
             else:
                 keys.add(f"{name}.{f.name}")
     return keys

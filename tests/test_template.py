@@ -200,6 +200,41 @@ def test_a_lost_template_hands_over_to_the_forkserver() -> None:
         assert g.stats()["start_method"] == "forkserver"
 
 
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_agents_die_with_their_parent(start_method: str) -> None:
+    # The parent-death signal is set through _ctypes (ctypes would cost the
+    # first agent 3-5 ms): check that it took, for both kinds of parent.
+    with Guild(max_agents=1, start_method=start_method) as g:
+        assert g.submit(faults.parent_death_signal).result(timeout=60) == signal.SIGKILL
+
+
+def test_the_first_agent_asked_for_early_is_the_machines_first() -> None:
+    # A template is asked for agent FIRST_AGENT_ID before the owner loop runs;
+    # the machine must start that very id first, or the early agent is wasted.
+    from guildcore.config import load_config
+    from guildcore.engine.events import StartAgent
+    from guildcore.engine.executor import _settings_from
+    from guildcore.engine.machine import Machine
+    from guildcore.engine.pool import FIRST_AGENT_ID
+
+    for overrides in ({}, {"min_agents": 0}):
+        machine = Machine(_settings_from(load_config(overrides, environ={})), new_task_id=lambda: 1)
+        actions = machine.handle_batch([], 0.0)
+        if not overrides:  # min_agents 1: it starts at once; else with the first task
+            starts = [a.agent_id for a in actions if isinstance(a, StartAgent)]
+        else:
+            from test_machine import make_task
+
+            from guildcore.engine.events import Submitted
+
+            starts = [a.agent_id for a in machine.handle_batch([Submitted([make_task()])], 0.0) if isinstance(a, StartAgent)]
+        assert starts == [FIRST_AGENT_ID]
+    with Guild(max_agents=2) as g:
+        g.submit(faults.inc, 1).result(timeout=60)
+        assert g._starter._early is None  # received, not let go
+        assert [a["id"] for a in g.stats()["agents"]] == [FIRST_AGENT_ID]
+
+
 def test_a_cache_store_open_when_the_template_forks_keeps_storing(tmp_path: Path) -> None:
     # The fork closes the caller's LMDB environment (never used across a
     # fork) and it reopens with new handles: writes after it must use those.

@@ -110,8 +110,8 @@ class DaskPool(TaskBook):
         # Chunk sizes and imap windows follow the threads Dask offers; nothing
         # is sent ahead of a free thread (see the invariant above), which the
         # Guild's guided chunks take into account: fewer, larger chunks.
-        self.settings = dataclasses.replace(
-            settings, max_agents=self._capacity, min_agents=min(settings.min_agents, self._capacity), prefetch=0
+        self.settings = settings.replace(
+            max_agents=self._capacity, min_agents=min(settings.min_agents, self._capacity), prefetch=0
         )
         if link is not None:
             self.counters.agents_started = len(link.workers())

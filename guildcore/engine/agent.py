@@ -24,6 +24,7 @@ The agent never unlinks shared memory and never opens LMDB before it starts
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import queue
@@ -167,16 +168,46 @@ def _set_parent_death_signal() -> None:
     With forkserver the parent is the forkserver, which itself exits when the
     supervisor dies: either way no agent outlives a SIGKILLed supervisor.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes  # ~1 ms the caller need not pay; the template imports it for its agents
+    prctl = libc_prctl()
+    if prctl is not None:
+        try:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:
+            pass
 
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@functools.cache
+def libc_prctl() -> Callable[..., object] | None:
+    """The C library's ``prctl``, found once per process (None off Linux, or if it cannot be had).
+
+    A template finds it before forking agents, and they inherit it. Through
+    ``_ctypes``, the layer ``ctypes`` is built on, with the same calls
+    ``ctypes.CDLL(None).prctl`` makes: ``ctypes`` itself costs 3-5 ms to
+    import in a process just forked, and the first agent of every script
+    would wait for it. Any surprise there falls back to ``ctypes``.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
+        import _ctypes
+
+        class _CFunction(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = None  # void: the result is not read
+
+        return _CFunction(_ctypes.dlsym(_ctypes.dlopen(None, os.RTLD_LOCAL), "prctl"))  # type: ignore[arg-type]
+    except (ImportError, AttributeError, OSError, TypeError):
         pass
+    try:
+        import ctypes
+
+        prctl: Callable[..., object] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (ImportError, AttributeError, OSError):
+        return None
 
 
 def _reader(

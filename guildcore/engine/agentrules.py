@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
 
 from guildcore.engine import lifecycle, postmortem, scaling, timers
 from guildcore.engine.events import (
@@ -35,6 +34,10 @@ from guildcore.engine.poolstate import PEAKS_KEPT, PoolState
 from guildcore.engine.states import AgentState
 from guildcore.engine.task import ENDED, Task
 from guildcore.errors import MemoryLimitExceeded, TaskTimeout, describe_exitcode
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class AgentRules(PoolState):

@@ -8,19 +8,26 @@ directly without starting a process.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from guildcore._records import Frozen
 
 LEAST_LOADED = "least_loaded"
 ROUND_ROBIN = "round_robin"
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(Frozen):
     """One agent as dispatch sees it."""
 
+    _fields = ("agent_id", "held", "streaming")
+    __slots__ = _fields
     agent_id: int
     held: int  # tasks sent and not finished (running + prefetched)
-    streaming: bool = False  # runs a stream: takes nothing else until it ends
+    streaming: bool  # runs a stream: takes nothing else until it ends
+
+    def __init__(self, agent_id: int, held: int, streaming: bool = False) -> None:
+        self._set("agent_id", agent_id)
+        self._set("held", held)
+        self._set("streaming", streaming)
 
 
 def choose(

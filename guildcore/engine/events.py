@@ -15,41 +15,55 @@ This module covers two families of small records:
   someone observes (``Machine.trace``).
 
 It does not cover what an event causes (``machine``) nor how an action is
-carried out (``supervisor``). Records are plain slotted dataclasses: tens of
-thousands are made per second on a busy pool.
+carried out (``supervisor``). Records are slotted, with ``__init__`` written
+out (``_records``): tens of thousands are made per second on a busy pool,
+and the dozens of classes here would cost ~12 ms at import as dataclasses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
 
+from guildcore._records import Frozen, Record
 from guildcore.engine.task import Task
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 # ---------------------------------------------------------------- events
 
 
-@dataclass(slots=True)
-class Submitted:
+class Submitted(Record):
     """Tasks from a caller thread (``Guild.submit``, a map's chunks)."""
 
+    _fields = ("tasks",)
+    __slots__ = _fields
     tasks: list[Task]
 
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = tasks
 
-@dataclass(slots=True)
-class FrameIn:
+
+class FrameIn(Record):
     """A frame an agent sent, decoded: ``[kind, task_id, *fields]``."""
 
+    _fields = ("agent_id", "kind", "task_id", "fields")
+    __slots__ = _fields
     agent_id: int
     kind: int
     task_id: int
     fields: list[Any]
 
+    def __init__(self, agent_id: int, kind: int, task_id: int, fields: list[Any]) -> None:
+        self.agent_id = agent_id
+        self.kind = kind
+        self.task_id = task_id
+        self.fields = fields
 
-@dataclass(slots=True)
-class FrameBad:
+
+class FrameBad(Record):
     """Bytes from an agent that are no usable frame.
 
     ``kind`` and ``task_id`` are set when the frame's head could be read:
@@ -58,78 +72,135 @@ class FrameBad:
     and keeps the agent; anything else is a malformed frame and kills it.
     """
 
+    _fields = ("agent_id", "why", "kind", "task_id", "error")
+    __slots__ = _fields
     agent_id: int
     why: str
-    kind: int | None = None
-    task_id: int | None = None
-    error: BaseException | None = None
+    kind: int | None
+    task_id: int | None
+    error: BaseException | None
+
+    def __init__(
+        self,
+        agent_id: int,
+        why: str,
+        kind: int | None = None,
+        task_id: int | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.why = why
+        self.kind = kind
+        self.task_id = task_id
+        self.error = error
 
 
-@dataclass(slots=True)
-class AgentStarted:
+class AgentStarted(Record):
+    _fields = ("agent_id", "pid")
+    __slots__ = _fields
     agent_id: int
     pid: int
 
+    def __init__(self, agent_id: int, pid: int) -> None:
+        self.agent_id = agent_id
+        self.pid = pid
 
-@dataclass(slots=True)
-class AgentStartFailed:
+
+class AgentStartFailed(Record):
+    _fields = ("agent_id", "why")
+    __slots__ = _fields
     agent_id: int
     why: str
 
+    def __init__(self, agent_id: int, why: str) -> None:
+        self.agent_id = agent_id
+        self.why = why
 
-@dataclass(slots=True)
-class AgentExited:
+
+class AgentExited(Record):
     """The agent's process ended (its sentinel fired); every frame it sent came before."""
 
+    _fields = ("agent_id", "exitcode")
+    __slots__ = _fields
     agent_id: int
     exitcode: int | None
 
+    def __init__(self, agent_id: int, exitcode: int | None) -> None:
+        self.agent_id = agent_id
+        self.exitcode = exitcode
 
-@dataclass(slots=True)
-class AgentPipeClosed:
+
+class AgentPipeClosed(Record):
     """The agent's pipe reached its end while its process still runs."""
 
+    _fields = ("agent_id",)
+    __slots__ = _fields
     agent_id: int
 
+    def __init__(self, agent_id: int) -> None:
+        self.agent_id = agent_id
 
-@dataclass(slots=True)
-class MemorySampled:
+
+class MemorySampled(Record):
     """Private memory read for agents (``SampleMemory``); None where unreadable."""
 
+    _fields = ("readings",)
+    __slots__ = _fields
     readings: list[tuple[int, int | None]]
 
+    def __init__(self, readings: list[tuple[int, int | None]]) -> None:
+        self.readings = readings
 
-@dataclass(slots=True)
-class CreditGranted:
+
+class CreditGranted(Record):
     """A stream's consumer took chunks: ``n`` more may come."""
 
+    _fields = ("task", "n")
+    __slots__ = _fields
     task: Task
     n: int
 
+    def __init__(self, task: Task, n: int) -> None:
+        self.task = task
+        self.n = n
 
-@dataclass(slots=True)
-class StreamCancelled:
+
+class StreamCancelled(Record):
     """A stream's consumer closed it."""
 
+    _fields = ("task",)
+    __slots__ = _fields
     task: Task
 
+    def __init__(self, task: Task) -> None:
+        self.task = task
 
-@dataclass(slots=True)
-class ShutdownRequested:
+
+class ShutdownRequested(Record):
+    _fields = ("cancel_futures", "kill")
+    __slots__ = _fields
     cancel_futures: bool
     kill: bool
 
+    def __init__(self, cancel_futures: bool, kill: bool) -> None:
+        self.cancel_futures = cancel_futures
+        self.kill = kill
 
-@dataclass(slots=True)
-class CallRequested:
+
+class CallRequested(Record):
     """Run ``fn`` on the owner thread (to read pool state safely) and set ``future``."""
 
+    _fields = ("fn", "future")
+    __slots__ = _fields
     fn: Callable[[], Any]
     future: Future[Any]
 
+    def __init__(self, fn: Callable[[], Any], future: Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
 
-@dataclass(slots=True)
-class InlineFinished:
+
+class InlineFinished(Record):
     """The inline runner ended a task: ``ok`` and the value, or the exception.
 
     For a stream the runner only hands the generator to the consumer; this
@@ -137,23 +208,36 @@ class InlineFinished:
     closed it early.
     """
 
+    _fields = ("task", "ok", "value", "cancelled")
+    __slots__ = _fields
     task: Task
     ok: bool
     value: Any
-    cancelled: bool = False
+    cancelled: bool
+
+    def __init__(self, task: Task, ok: bool, value: Any, cancelled: bool = False) -> None:
+        self.task = task
+        self.ok = ok
+        self.value = value
+        self.cancelled = cancelled
 
 
-@dataclass(slots=True)
-class ResultFetched:
+class ResultFetched(Record):
     """A result that came through shared memory (or as a stream) was read out."""
 
+    _fields = ("task", "ok", "value")
+    __slots__ = _fields
     task: Task
     ok: bool
     value: Any
 
+    def __init__(self, task: Task, ok: bool, value: Any) -> None:
+        self.task = task
+        self.ok = ok
+        self.value = value
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+
+class Admission(Frozen):
     """How much of the pool may take new work, set by whoever watches memory.
 
     ``working_agents``: at most this many agents take new tasks (1 is the
@@ -163,23 +247,38 @@ class Admission:
     The default admits everything.
     """
 
-    working_agents: int | None = None
-    may_start: bool = True
+    _fields = ("working_agents", "may_start")
+    __slots__ = _fields
+    working_agents: int | None
+    may_start: bool
+
+    def __init__(self, working_agents: int | None = None, may_start: bool = True) -> None:
+        self._set("working_agents", working_agents)
+        self._set("may_start", may_start)
 
 
-@dataclass(slots=True)
-class AdmissionChanged:
+class AdmissionChanged(Record):
     """Limits on taking work, from a memory monitor: see ``Admission``."""
 
+    _fields = ("admission", "reason")
+    __slots__ = _fields
     admission: Admission
     reason: str
 
+    def __init__(self, admission: Admission, reason: str) -> None:
+        self.admission = admission
+        self.reason = reason
 
-@dataclass(slots=True)
-class StopIdleAgents:
+
+class StopIdleAgents(Record):
     """Stop the agents idle now, down to ``min_agents`` (a memory monitor's cleanup)."""
 
+    _fields = ("reason",)
+    __slots__ = _fields
     reason: str
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 Event = (
@@ -204,106 +303,173 @@ Event = (
 # ---------------------------------------------------------------- actions
 
 
-@dataclass(slots=True)
-class Send:
+class Send(Record):
     """Write an encoded frame to the agent's pipe."""
 
+    _fields = ("agent_id", "frame", "reason")
+    __slots__ = _fields
     agent_id: int
     frame: bytes
     reason: str
 
+    def __init__(self, agent_id: int, frame: bytes, reason: str) -> None:
+        self.agent_id = agent_id
+        self.frame = frame
+        self.reason = reason
 
-@dataclass(slots=True)
-class SignalAgent:
+
+class SignalAgent(Record):
+    _fields = ("agent_id", "signum", "reason")
+    __slots__ = _fields
     agent_id: int
     signum: int
     reason: str
 
+    def __init__(self, agent_id: int, signum: int, reason: str) -> None:
+        self.agent_id = agent_id
+        self.signum = signum
+        self.reason = reason
 
-@dataclass(slots=True)
-class StartAgent:
+
+class StartAgent(Record):
     """Start agent ``agent_id``; answer with ``AgentStarted`` or ``AgentStartFailed``."""
 
+    _fields = ("agent_id", "reason")
+    __slots__ = _fields
     agent_id: int
     reason: str
 
+    def __init__(self, agent_id: int, reason: str) -> None:
+        self.agent_id = agent_id
+        self.reason = reason
 
-@dataclass(slots=True)
-class SampleMemory:
+
+class SampleMemory(Record):
     """Read these agents' private memory; answer with ``MemorySampled``."""
 
+    _fields = ("agent_ids",)
+    __slots__ = _fields
     agent_ids: list[int]
 
+    def __init__(self, agent_ids: list[int]) -> None:
+        self.agent_ids = agent_ids
 
-@dataclass(slots=True)
-class FetchResult:
+
+class FetchResult(Record):
     """Read a result out of shared memory (or wrap it as a stream); answer with ``ResultFetched``."""
 
+    _fields = ("task", "fields")
+    __slots__ = _fields
     task: Task
     fields: list[Any]
 
+    def __init__(self, task: Task, fields: list[Any]) -> None:
+        self.task = task
+        self.fields = fields
 
-@dataclass(slots=True)
-class DiscardResult:
+
+class DiscardResult(Record):
     """Unlink the result segment of a task nobody will read (it failed, or was cancelled)."""
 
+    _fields = ("task_id",)
+    __slots__ = _fields
     task_id: int
 
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
 
-@dataclass(slots=True)
-class Resolve:
+
+class Resolve(Record):
     """The task is DONE: set its future's result, then run its ``on_done``."""
 
+    _fields = ("task", "value")
+    __slots__ = _fields
     task: Task
     value: Any
 
+    def __init__(self, task: Task, value: Any) -> None:
+        self.task = task
+        self.value = value
 
-@dataclass(slots=True)
-class Fail:
+
+class Fail(Record):
     """The task FAILED: set its future's exception, then run its ``on_done``."""
 
+    _fields = ("task", "error")
+    __slots__ = _fields
     task: Task
     error: BaseException
 
+    def __init__(self, task: Task, error: BaseException) -> None:
+        self.task = task
+        self.error = error
 
-@dataclass(slots=True)
-class Cancel:
+
+class Cancel(Record):
     """The task is CANCELLED: cancel its future (or fail it with ``error`` if it ran)."""
 
+    _fields = ("task", "error")
+    __slots__ = _fields
     task: Task
     error: BaseException
 
+    def __init__(self, task: Task, error: BaseException) -> None:
+        self.task = task
+        self.error = error
 
-@dataclass(slots=True)
-class RunInline:
+
+class RunInline(Record):
     """Run the task in the supervisor's process (the inline runner); answer with ``InlineFinished``."""
 
+    _fields = ("task",)
+    __slots__ = _fields
     task: Task
 
+    def __init__(self, task: Task) -> None:
+        self.task = task
 
-@dataclass(slots=True)
-class RunCall:
+
+class RunCall(Record):
+    _fields = ("fn", "future")
+    __slots__ = _fields
     fn: Callable[[], Any]
     future: Future[Any]
 
+    def __init__(self, fn: Callable[[], Any], future: Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
 
-@dataclass(slots=True)
-class Warn:
+
+class Warn(Record):
     """A ``RuntimeWarning`` for the caller (once per cause)."""
 
+    _fields = ("message",)
+    __slots__ = _fields
     message: str
 
+    def __init__(self, message: str) -> None:
+        self.message = message
 
-@dataclass(slots=True)
-class Log:
+
+class Log(Record):
+    _fields = ("level", "message")
+    __slots__ = _fields
     level: int
     message: str
 
+    def __init__(self, level: int, message: str) -> None:
+        self.level = level
+        self.message = message
 
-@dataclass(slots=True)
-class TaskMoved:
+
+class TaskMoved(Record):
     """Record: a task changed state (``old`` -> ``new``) for ``reason``."""
 
+    _fields = (
+        "task_id", "fn_name", "old", "new", "reason", "agent_id", "queued", "error", "n_items",
+        "part",
+    )  # fmt: skip
+    __slots__ = _fields
     task_id: int
     fn_name: str
     old: str
@@ -311,41 +477,98 @@ class TaskMoved:
     reason: str
     agent_id: int | None
     queued: int  # tasks in the queue after the move
-    error: str | None = None  # the error type's name, for FAILED and RETRYING
-    n_items: int = 1
-    part: bool = False  # a part of a split chunk (its chunk is the task callers see)
+    error: str | None  # the error type's name, for FAILED and RETRYING
+    n_items: int
+    part: bool  # a part of a split chunk (its chunk is the task callers see)
+
+    def __init__(
+        self,
+        task_id: int,
+        fn_name: str,
+        old: str,
+        new: str,
+        reason: str,
+        agent_id: int | None,
+        queued: int,
+        error: str | None = None,
+        n_items: int = 1,
+        part: bool = False,
+    ) -> None:
+        self.task_id = task_id
+        self.fn_name = fn_name
+        self.old = old
+        self.new = new
+        self.reason = reason
+        self.agent_id = agent_id
+        self.queued = queued
+        self.error = error
+        self.n_items = n_items
+        self.part = part
 
 
-@dataclass(slots=True)
-class AgentMoved:
+class AgentMoved(Record):
     """Record: an agent changed state (``old`` -> ``new``) for ``reason``."""
 
+    _fields = ("agent_id", "pid", "old", "new", "reason", "began", "cause", "exitcode")
+    __slots__ = _fields
     agent_id: int
     pid: int | None
     old: str
     new: str
     reason: str
-    began: bool = True  # it had sent READY (False: died or stopped while starting)
-    cause: tuple[str, object] | None = None  # why the supervisor ended it (lifecycle.MEMORY, ...)
-    exitcode: int | None = None  # for STOPPED and DEAD
+    began: bool  # it had sent READY (False: died or stopped while starting)
+    cause: tuple[str, object] | None  # why the supervisor ended it (lifecycle.MEMORY, ...)
+    exitcode: int | None  # for STOPPED and DEAD
+
+    def __init__(
+        self,
+        agent_id: int,
+        pid: int | None,
+        old: str,
+        new: str,
+        reason: str,
+        began: bool = True,
+        cause: tuple[str, object] | None = None,
+        exitcode: int | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.pid = pid
+        self.old = old
+        self.new = new
+        self.reason = reason
+        self.began = began
+        self.cause = cause
+        self.exitcode = exitcode
 
 
-@dataclass(slots=True)
-class TaskRan:
+class TaskRan(Record):
     """Record: an agent's own timing of a task (its STATS frame: run s, CPU s, start)."""
 
+    _fields = ("task_id", "agent_id", "fields")
+    __slots__ = _fields
     task_id: int
     agent_id: int
     fields: list[Any]
 
+    def __init__(self, task_id: int, agent_id: int, fields: list[Any]) -> None:
+        self.task_id = task_id
+        self.agent_id = agent_id
+        self.fields = fields
 
-@dataclass(slots=True)
-class MemoryNoted:
+
+class MemoryNoted(Record):
     """Record: an agent's private memory (above its baseline) and its peak so far."""
 
+    _fields = ("agent_id", "private_bytes", "peak_bytes")
+    __slots__ = _fields
     agent_id: int
     private_bytes: int
     peak_bytes: int
+
+    def __init__(self, agent_id: int, private_bytes: int, peak_bytes: int) -> None:
+        self.agent_id = agent_id
+        self.private_bytes = private_bytes
+        self.peak_bytes = peak_bytes
 
 
 Action = (

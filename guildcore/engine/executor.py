@@ -21,20 +21,16 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
 from guildcore.engine import chunking
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
-from guildcore.engine.backend import Pool, open_backend
 from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
 from guildcore.engine.functions import describe, spec_for
-from guildcore.engine.iterators import ImapRun, StreamIterator
 from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
-from guildcore.engine.ring import Ring
 from guildcore.engine.routing import (
     MAX_INLINE_BATCH_S,
     MAX_INLINE_ITEM_S,
@@ -44,20 +40,24 @@ from guildcore.engine.routing import (
     RoutingStore,
     decide,
 )
-from guildcore.engine.stream import StreamState
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
 from guildcore.engine.task import Task
 from guildcore.engine.taskgroup import current_group
 from guildcore.errors import ConfigError, ShutdownError
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
     from guildcore.cache import TieredCache
+    from guildcore.engine.backend import Pool
+    from guildcore.engine.iterators import StreamIterator
     from guildcore.engine.resultcache import ResultCache
     from guildcore.metrics import Alert, Run, RunRecorder
     from guildcore.process import Process, ProcessRun
 
-T = TypeVar("T")
-R = TypeVar("R")
+    T = TypeVar("T")
+    R = TypeVar("R")
 
 _DEFAULT: Any = object()  # "use the configured value" (None means "none")
 
@@ -238,6 +238,8 @@ class Guild:
         if self.config.parallelization.backend == "local" or not self._settings.parallel:
             self._supervisor = Supervisor(self._settings, starter, self._recorder)
         else:  # a backend above the engine runs the tasks; it knows how many run at once
+            from guildcore.engine.backend import open_backend  # not on the local path
+
             self._supervisor = open_backend(self.config, self._settings, starter, self._recorder)
             self._settings = self._supervisor.settings
         self._shutdown_lock = threading.Lock()
@@ -257,7 +259,8 @@ class Guild:
             if self._started or self._is_shutdown:
                 return
             if isinstance(self._supervisor, Supervisor):  # a backend's workers are not agents: no template
-                self._starter.prepare()
+                # The first agent is asked for now, to fork while the owner loop starts.
+                self._starter.prepare(first_agent=self._settings.parallel and self._settings.max_agents > 0)
             self._supervisor.start()
             self._started = True
 
@@ -762,6 +765,9 @@ class Guild:
         sized = len(iterable) if hasattr(iterable, "__len__") and fixed is None else None  # type: ignore[arg-type]
         if sized is not None:
             fixed = self._auto_chunksize(sized)
+        # Imported here: imap and stream only, never on a first result's way.
+        from guildcore.engine.iterators import ImapRun
+
         opts = {"priority": priority, "timeout": timeout, "retries": retries}
         return ImapRun(
             iter(iterable),
@@ -793,6 +799,10 @@ class Guild:
             task.fn_name = describe(fn)
             self._submit([task])
             return CollectedStream(task.future)
+        from guildcore.engine.iterators import StreamIterator
+        from guildcore.engine.ring import Ring
+        from guildcore.engine.stream import StreamState
+
         task = self._make_task(fn, MODE_STREAM, [args, kwargs], timeout=timeout, retries=0)
         sup = self._supervisor
         window = self._settings.stream_window

@@ -16,7 +16,6 @@ import functools
 import io
 import marshal
 import os
-import pickle
 import sys
 import types
 import weakref
@@ -28,6 +27,7 @@ from guildcore._errors import SerializationError
 
 TYPE_CHECKING = False  # typing costs every agent ~0.45 MB and ~3 ms; mypy reads this name as typing's
 if TYPE_CHECKING:
+    import pickle
     from typing import Any
 
 FnSpec = str | bytes
@@ -93,6 +93,8 @@ def spec_for(fn: Callable[..., Any]) -> FnSpec:
 
 
 def _by_value(fn: Callable[..., Any]) -> bytes:
+    import pickle  # here: functions sent by reference (the usual case) never need it
+
     try:
         import cloudpickle  # noqa: F401  # only whether it is installed: _pickler_keeping_filenames uses it
     except ImportError:
@@ -160,6 +162,8 @@ class FunctionCache:
 
 
 def _load_by_value(blob: bytes) -> Callable[..., Any]:
+    import pickle
+
     try:
         fn = pickle.loads(blob)
     except Exception as exc:

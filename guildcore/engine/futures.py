@@ -19,15 +19,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
 
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP
 from guildcore.engine.executor import Guild
 from guildcore.engine.task import Task
 from guildcore.errors import ConfigError, ConfigTypeError, SerializationError
 
-R = TypeVar("R")
+# Neither typing nor concurrent.futures.process (multiprocessing with its
+# connections and queues, ~15 ms) is needed before a failure is reported:
+# a GuildExecutor's first result imports what a Guild's does.
+TYPE_CHECKING = False  # mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    R = TypeVar("R")
 
 class GuildExecutor(Executor):
     """A ``ProcessPoolExecutor`` that survives its workers' deaths.
@@ -106,7 +111,7 @@ class GuildExecutor(Executor):
         return self._guild.stats()
 
 
-class StdlibFuture(Future[Any]):
+class StdlibFuture(Future["Any"]):  # a string: Any exists for the type checker only
     """A future whose failures have the types ``ProcessPoolExecutor`` gives them.
 
     guildcore's errors already subclass the stdlib's where the meaning is
@@ -126,6 +131,8 @@ def _as_stdlib(err: BaseException | None) -> BaseException | None:
     if not isinstance(err, SerializationError):
         return err
     if err.decoding:
+        from concurrent.futures.process import BrokenProcessPool
+
         return err.also(BrokenProcessPool)
     original = err.original
     if original is not None and not isinstance(original, Exception):

@@ -19,7 +19,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Inbox:

@@ -29,14 +29,16 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from guildcore.context import task_scope
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.functions import FunctionCache
 from guildcore.errors import RemoteTraceback, SerializationError
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     from guildcore.context import ContextRef
     from guildcore.engine.task import Task
 

@@ -16,11 +16,14 @@ finishes that head, and the head has begun once the agent is ``ready``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 from guildcore.engine.states import AGENT_TRANSITIONS, AgentState, check_transition
 from guildcore.engine.task import Task
 from guildcore.errors import format_bytes
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 # Consecutive agents that die before READY before the pool gives up on
 # agents: it runs tasks inline (sequential fallback), or breaks when an

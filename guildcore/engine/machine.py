@@ -49,7 +49,6 @@ shutdown cancels what it does not run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from guildcore.engine import timers
 from guildcore.engine.events import (
@@ -75,6 +74,10 @@ from guildcore.engine.events import (
 from guildcore.engine.poolstate import Counters, SupervisorSettings
 from guildcore.engine.task import Task
 from guildcore.engine.taskrules import TaskRules
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Machine(TaskRules):

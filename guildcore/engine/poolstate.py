@@ -18,10 +18,9 @@ import itertools
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from guildcore import codec
+from guildcore._records import Frozen, Record
 from guildcore.codec import Kind
 from guildcore.engine import lifecycle, retry, timers
 from guildcore.engine.events import (
@@ -42,7 +41,13 @@ from guildcore.engine.lifecycle import AgentRecord
 from guildcore.engine.states import AgentState, TaskState
 from guildcore.engine.task import ENDED, Task
 from guildcore.engine.taskqueue import TaskQueue
-from guildcore.errors import PoolBroken, TaskCancelled
+from guildcore.errors import TaskCancelled
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
+
+    from guildcore.errors import PoolBroken
 
 # Per-agent peaks kept in ``counters.peak_private_bytes``: the highest ones,
 # so the pool's high-water mark stays while a long run recycling agents
@@ -50,10 +55,15 @@ from guildcore.errors import PoolBroken, TaskCancelled
 PEAKS_KEPT = 32
 
 
-@dataclass(frozen=True)
-class SupervisorSettings:
+class SupervisorSettings(Frozen):
     """The parts of Config the supervisor reads, resolved to plain values."""
 
+    _fields = (
+        "min_agents", "max_agents", "idle_timeout_s", "scale_up_queue_length", "balancing", "prefetch",
+        "max_tasks_per_agent", "quarantine_after", "limit_bytes", "sample_interval_s", "timeout_grace_s",
+        "stream_window", "parallel", "queue_strategy",
+    )  # fmt: skip
+    __slots__ = _fields
     min_agents: int
     max_agents: int
     idle_timeout_s: float
@@ -67,24 +77,92 @@ class SupervisorSettings:
     timeout_grace_s: float
     stream_window: int
     parallel: bool
-    queue_strategy: str = "priority"
+    queue_strategy: str
+
+    def __init__(
+        self,
+        min_agents: int,
+        max_agents: int,
+        idle_timeout_s: float,
+        scale_up_queue_length: int,
+        balancing: str,
+        prefetch: int,
+        max_tasks_per_agent: int | None,
+        quarantine_after: int,
+        limit_bytes: int | None,
+        sample_interval_s: float,
+        timeout_grace_s: float,
+        stream_window: int,
+        parallel: bool,
+        queue_strategy: str = "priority",
+    ) -> None:
+        self._set("min_agents", min_agents)
+        self._set("max_agents", max_agents)
+        self._set("idle_timeout_s", idle_timeout_s)
+        self._set("scale_up_queue_length", scale_up_queue_length)
+        self._set("balancing", balancing)
+        self._set("prefetch", prefetch)
+        self._set("max_tasks_per_agent", max_tasks_per_agent)
+        self._set("quarantine_after", quarantine_after)
+        self._set("limit_bytes", limit_bytes)
+        self._set("sample_interval_s", sample_interval_s)
+        self._set("timeout_grace_s", timeout_grace_s)
+        self._set("stream_window", stream_window)
+        self._set("parallel", parallel)
+        self._set("queue_strategy", queue_strategy)
 
 
-@dataclass
-class Counters:
-    submitted: int = 0
-    done: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    retried: int = 0  # retries and splits
-    split: int = 0  # map chunks split in two after a failure
-    stolen: int = 0  # tasks an agent gave back, not begun, for an idle one
-    agents_started: int = 0
-    agents_died: int = 0
-    agents_replaced_memory: int = 0
-    agents_replaced_timeout: int = 0
-    agents_killed_malformed: int = 0
-    peak_private_bytes: dict[int, int] = field(default_factory=dict)  # agent id -> peak, the PEAKS_KEPT highest
+class Counters(Record):
+    """The pool's counters; no ``__slots__``: ``vars()`` reads them all (``stats()``)."""
+
+    _fields = (
+        "submitted", "done", "failed", "cancelled", "retried", "split", "stolen", "agents_started",
+        "agents_died", "agents_replaced_memory", "agents_replaced_timeout", "agents_killed_malformed",
+        "peak_private_bytes",
+    )  # fmt: skip
+    submitted: int
+    done: int
+    failed: int
+    cancelled: int
+    retried: int  # retries and splits
+    split: int  # map chunks split in two after a failure
+    stolen: int  # tasks an agent gave back, not begun, for an idle one
+    agents_started: int
+    agents_died: int
+    agents_replaced_memory: int
+    agents_replaced_timeout: int
+    agents_killed_malformed: int
+    peak_private_bytes: dict[int, int]  # agent id -> peak, the PEAKS_KEPT highest
+
+    def __init__(
+        self,
+        submitted: int = 0,
+        done: int = 0,
+        failed: int = 0,
+        cancelled: int = 0,
+        retried: int = 0,
+        split: int = 0,
+        stolen: int = 0,
+        agents_started: int = 0,
+        agents_died: int = 0,
+        agents_replaced_memory: int = 0,
+        agents_replaced_timeout: int = 0,
+        agents_killed_malformed: int = 0,
+        peak_private_bytes: dict[int, int] | None = None,
+    ) -> None:
+        self.submitted = submitted
+        self.done = done
+        self.failed = failed
+        self.cancelled = cancelled
+        self.retried = retried
+        self.split = split
+        self.stolen = stolen
+        self.agents_started = agents_started
+        self.agents_died = agents_died
+        self.agents_replaced_memory = agents_replaced_memory
+        self.agents_replaced_timeout = agents_replaced_timeout
+        self.agents_killed_malformed = agents_killed_malformed
+        self.peak_private_bytes = {} if peak_private_bytes is None else peak_private_bytes
 
 
 class _PartFailed:
@@ -130,22 +208,43 @@ class PoolState:
         self.now = 0.0
         self._out: list[Action] = []
 
-    def _move(self, task: Task, new: TaskState, reason: str, error: BaseException | None = None) -> None:
+    def _move(
+        self, task: Task, new: TaskState, reason: str, error: BaseException | None = None
+    ) -> None:
         old = task.state
         task.set_state(new)
         if self.trace:
             self._out.append(
                 TaskMoved(
-                    task.id, task.fn_name, old.name, new.name, reason, task.agent_id, len(self.queue),
-                    None if error is None else type(error).__name__, task.n_items, task.parent is not None,
+                    task.id,
+                    task.fn_name,
+                    old.name,
+                    new.name,
+                    reason,
+                    task.agent_id,
+                    len(self.queue),
+                    None if error is None else type(error).__name__,
+                    task.n_items,
+                    task.parent is not None,
                 )
             )
 
-    def _agent_to(self, agent: AgentRecord, new: AgentState, reason: str, exitcode: int | None = None) -> None:
+    def _agent_to(
+        self, agent: AgentRecord, new: AgentState, reason: str, exitcode: int | None = None
+    ) -> None:
         old = agent.set_state(new)
         if self.trace and old is not new:
             self._out.append(
-                AgentMoved(agent.id, agent.pid, old.name, new.name, reason, agent.ready, agent.exit_reason, exitcode)
+                AgentMoved(
+                    agent.id,
+                    agent.pid,
+                    old.name,
+                    new.name,
+                    reason,
+                    agent.ready,
+                    agent.exit_reason,
+                    exitcode,
+                )
             )
 
     def _requeue(self, task: Task) -> None:
@@ -199,7 +298,12 @@ class PoolState:
             return
         agent.exit_reason = (lifecycle.MALFORMED, why)
         self.counters.agents_killed_malformed += 1
-        self._out.append(Log(logging.ERROR, f"agent {agent.id} (pid {agent.pid}) sent a malformed frame ({why}); replacing it"))
+        self._out.append(
+            Log(
+                logging.ERROR,
+                f"agent {agent.id} (pid {agent.pid}) sent a malformed frame ({why}); replacing it",
+            )
+        )
         self._out.append(SignalAgent(agent.id, signal.SIGKILL, "malformed frame"))
 
     def _start_agent(self, reason: str) -> None:
@@ -233,7 +337,9 @@ class PoolState:
     def _retry_or_fail(self, task: Task, err: BaseException, *, agent_killed: bool) -> None:
         if agent_killed:
             task.agent_kills += 1
-        verdict = retry.decide(task, quarantine_after=self.settings.quarantine_after, stopping=self.stopping)
+        verdict = retry.decide(
+            task, quarantine_after=self.settings.quarantine_after, stopping=self.stopping
+        )
         if verdict == retry.SPLIT:
             self.counters.retried += 1
             self.counters.split += 1
@@ -247,7 +353,9 @@ class PoolState:
             self._move(task, TaskState.RETRYING, f"retry after {type(err).__name__}", err)
             self._requeue(task)
             return
-        if task.attempts <= task.retries and retry.quarantined(task, self.settings.quarantine_after):
+        if task.attempts <= task.retries and retry.quarantined(
+            task, self.settings.quarantine_after
+        ):
             retry.note_quarantine(err, task)
         self._finish_error(task, err)
 
@@ -317,4 +425,6 @@ class PoolState:
 
 
 def cancelled(task: Task) -> TaskCancelled:
-    return TaskCancelled(f"task {task.id} ({task.fn_name}) was cancelled", task_id=task.id, fn=task.fn_name)
+    return TaskCancelled(
+        f"task {task.id} ({task.fn_name}) was cancelled", task_id=task.id, fn=task.fn_name
+    )

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
 
 __all__ = ["Progress"]
 
 _REFRESH_PER_S = 10
 
-Status = Callable[[], Mapping[str, Any] | None]
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+    Status = Callable[[], Mapping[str, Any] | None]
 
 
 class Progress:

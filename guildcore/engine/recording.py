@@ -13,11 +13,12 @@ submitted the chunk, whose split is reported as a retry.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from guildcore.engine.events import AgentMoved, MemoryNoted, TaskMoved, TaskRan
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     from guildcore.metrics.recorder import RunRecorder
 
 _ENDED = {"DONE": "done", "FAILED": "failed", "CANCELLED": "cancelled"}

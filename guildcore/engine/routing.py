@@ -46,7 +46,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("guildcore.routing")
 
@@ -69,24 +72,89 @@ _KEY_PREFIX = "r1|"
 INLINE, POOL, STREAM = "inline", "pool", "stream"
 
 
-# NamedTuples, not dataclasses: a Guild imports this module on its way to
-# the first result, and each dataclass costs ~1 ms to build at import.
-class Pattern(NamedTuple):
-    fn: str  # the function's fingerprint: "module:qualname@hash of its code"
-    args: str  # type signature of the first item: "int", "tuple[str,int]"
-    bucket: int  # size bucket: the item count's bit length
+# Tuples written out, not dataclasses nor typing.NamedTuple: a Guild imports
+# this module on its way to the first result, and building a NamedTuple (or
+# importing typing for one) cost ~3 ms at import. They are tuples all the
+# same: compared, hashed and unpacked as (fn, args, bucket) and (route,
+# item_s, result_bytes, chunksize, reason).
+class Pattern(tuple):  # type: ignore[type-arg]
+    """What a decision is about."""
+
+    __slots__ = ()
+    _fields = ("fn", "args", "bucket")
+
+    def __new__(cls, fn: str, args: str, bucket: int) -> Pattern:
+        return tuple.__new__(cls, (fn, args, bucket))
+
+    @property
+    def fn(self) -> str:
+        """The function's fingerprint: "module:qualname@hash of its code"."""
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def args(self) -> str:
+        """Type signature of the first item: "int", "tuple[str,int]"."""
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def bucket(self) -> int:
+        """Size bucket: the item count's bit length."""
+        return self[2]  # type: ignore[no-any-return]
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return f"Pattern(fn={self[0]!r}, args={self[1]!r}, bucket={self[2]!r})"
 
 
-class Decision(NamedTuple):
-    route: str  # INLINE, POOL or STREAM
-    item_s: float  # compute time per item, as measured
-    result_bytes: int = 0  # encoded result bytes per item, as measured (0: not measured)
-    chunksize: int | None = None  # items per chunk in the pool (None: the automatic size)
-    reason: str = ""
+class Decision(tuple):  # type: ignore[type-arg]
+    """How a pattern runs, and the measures that chose it."""
+
+    __slots__ = ()
+    _fields = ("route", "item_s", "result_bytes", "chunksize", "reason")
+
+    def __new__(
+        cls, route: str, item_s: float, result_bytes: int = 0, chunksize: int | None = None, reason: str = ""
+    ) -> Decision:
+        return tuple.__new__(cls, (route, item_s, result_bytes, chunksize, reason))
+
+    @property
+    def route(self) -> str:
+        """INLINE, POOL or STREAM."""
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def item_s(self) -> float:
+        """Compute time per item, as measured."""
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def result_bytes(self) -> int:
+        """Encoded result bytes per item, as measured (0: not measured)."""
+        return self[2]  # type: ignore[no-any-return]
+
+    @property
+    def chunksize(self) -> int | None:
+        """Items per chunk in the pool (None: the automatic size)."""
+        return self[3]  # type: ignore[no-any-return]
+
+    @property
+    def reason(self) -> str:
+        return self[4]  # type: ignore[no-any-return]
 
     @property
     def inline(self) -> bool:
         return self.route == INLINE
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(route={self[0]!r}, item_s={self[1]!r}, result_bytes={self[2]!r}, "
+            f"chunksize={self[3]!r}, reason={self[4]!r})"
+        )
 
 
 def decide(

@@ -16,18 +16,28 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+
+from guildcore._records import Frozen
 
 
-@dataclass(frozen=True)
-class AgentView:
+class AgentView(Frozen):
+    _fields = ("agent_id", "starting", "idle_since")
+    __slots__ = _fields
     agent_id: int
     starting: bool
     idle_since: float | None  # None while it holds a task or is starting
 
+    def __init__(self, agent_id: int, starting: bool, idle_since: float | None) -> None:
+        self._set("agent_id", agent_id)
+        self._set("starting", starting)
+        self._set("idle_since", idle_since)
 
-@dataclass(frozen=True)
-class PoolView:
+
+class PoolView(Frozen):
+    _fields = (
+        "queued", "agents", "min_agents", "max_agents", "scale_up_queue_length", "idle_timeout_s",
+    )  # fmt: skip
+    __slots__ = _fields
     queued: int
     agents: Sequence[AgentView]  # alive and not draining
     min_agents: int
@@ -35,12 +45,39 @@ class PoolView:
     scale_up_queue_length: int
     idle_timeout_s: float
 
+    def __init__(
+        self,
+        queued: int,
+        agents: Sequence[AgentView],
+        min_agents: int,
+        max_agents: int,
+        scale_up_queue_length: int,
+        idle_timeout_s: float,
+    ) -> None:
+        self._set("queued", queued)
+        self._set("agents", agents)
+        self._set("min_agents", min_agents)
+        self._set("max_agents", max_agents)
+        self._set("scale_up_queue_length", scale_up_queue_length)
+        self._set("idle_timeout_s", idle_timeout_s)
 
-@dataclass(frozen=True)
-class ScalingPlan:
-    start: int = 0
-    stop: tuple[int, ...] = field(default_factory=tuple)
-    next_check_at: float | None = None  # when an idle agent will pass its timeout
+
+class ScalingPlan(Frozen):
+    _fields = ("start", "stop", "next_check_at")
+    __slots__ = _fields
+    start: int
+    stop: tuple[int, ...]
+    next_check_at: float | None  # when an idle agent will pass its timeout
+
+    def __init__(
+        self,
+        start: int = 0,
+        stop: tuple[int, ...] = (),
+        next_check_at: float | None = None,
+    ) -> None:
+        self._set("start", start)
+        self._set("stop", stop)
+        self._set("next_check_at", next_check_at)
 
 
 def decide(view: PoolView, now: float) -> ScalingPlan:
@@ -53,7 +90,9 @@ def decide(view: PoolView, now: float) -> ScalingPlan:
         return ScalingPlan(start=1)
     if alive == 0 and view.queued > 0 and view.max_agents > 0:
         return ScalingPlan(start=1)
-    idle = sorted((a for a in view.agents if a.idle_since is not None), key=lambda a: a.idle_since or 0.0)
+    idle = sorted(
+        (a for a in view.agents if a.idle_since is not None), key=lambda a: a.idle_since or 0.0
+    )
     removable = alive - view.min_agents
     stop: list[int] = []
     next_check: float | None = None

@@ -42,11 +42,14 @@ import os
 import queue
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from guildcore.engine import ring as ring_mod
 from guildcore.engine.ring import Ring
 from guildcore.errors import GuildError
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 _END = object()
 _INLINE = object()  # an inline stream was handed over: the consumer drives it

@@ -21,7 +21,10 @@ import contextvars
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["TaskGroup", "current_group"]
 

@@ -48,19 +48,23 @@ guildcore's own; nothing here is public API.
 
 from __future__ import annotations
 
+import _socket
 import gc
 import os
 import selectors
 import signal
-import socket
 import struct
 import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
 
 _SIGNED = struct.Struct("i")
+_FD = _SIGNED  # a file descriptor in SCM_RIGHTS data: a C int
 # How long the supervisor waits for the template to report a new agent's pid.
 _START_TIMEOUT_S = 10.0
 # Signals whose Python handlers the caller may have set; the template and its
@@ -135,6 +139,33 @@ class TemplateChild:
         return f"<TemplateChild pid={self.pid} exitcode={self._exitcode}>"
 
 
+class Requested:
+    """An agent asked of the template and not yet received: its pipe and status pipe."""
+
+    def __init__(self, agent_id: int, conn: Any, status_fd: int) -> None:
+        self.agent_id = agent_id
+        self._conn: Any = conn
+        self._status_fd = status_fd
+
+    def take(self) -> tuple[Any, int]:
+        """Its supervisor end of the pipe and its status fd, once: the taker owns them."""
+        conn, fd = self._conn, self._status_fd
+        if conn is None:
+            raise TemplateError(f"agent {self.agent_id} was already received or let go")
+        self._conn, self._status_fd = None, -1
+        return conn, fd
+
+    def close(self) -> None:
+        """Let go of an agent never received: it sees its pipe end and exits. Idempotent."""
+        if self._conn is not None:
+            conn, fd = self.take()
+            conn.close()
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"<Requested agent {self.agent_id} {'pending' if self._conn is not None else 'taken'}>"
+
+
 class Template:
     """A forked copy of the caller that forks agents on request.
 
@@ -143,9 +174,9 @@ class Template:
     with ``os._exit``).
     """
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: _socket.socket) -> None:
         self.pid = pid
-        self._sock: socket.socket | None = sock
+        self._sock: _socket.socket | None = sock
         self._lock = threading.Lock()
 
     @classmethod
@@ -155,7 +186,7 @@ class Template:
         ``preload``: modules the template imports once, so that its agents
         start with them (``optimization.preload``).
         """
-        mine, theirs = socket.socketpair()
+        mine, theirs = _socket.socketpair()
         _flush_std_streams()
         pid = os.fork()
         if pid == 0:  # the template
@@ -169,17 +200,27 @@ class Template:
         _live.add(template)
         return template
 
-    def start(self, agent_id: int, make_process: Callable[[Any], Any] | None = None) -> tuple[TemplateChild, Any]:
+    def start(self, agent_id: int) -> tuple[TemplateChild, Any]:
         """Fork one agent; returns its handle and the supervisor's end of its pipe."""
-        from multiprocessing.connection import Pipe
+        return self.receive(self.request(agent_id))
 
-        parent_conn, child_conn = Pipe(duplex=True)
+    def request(self, agent_id: int) -> Requested:
+        """Ask for agent ``agent_id`` without waiting for it: ``receive`` collects it.
+
+        The template forks it as soon as it reads the request; a request
+        never received is let go with ``Requested.close`` (the agent sees
+        its pipe end and exits).
+        """
+        # The pipe ``multiprocessing.Pipe(duplex=True)`` makes, without its
+        # import (see ``channel``): the supervisor only needs its descriptor.
+        # A bare ``_socket.socket``: it closes its descriptor when collected.
+        parent_conn, child_conn = _socket.socketpair()
         status_r, status_w = os.pipe()
         try:
             with self._lock:
                 if self._sock is None:
                     raise TemplateError("the template is closed")
-                socket.send_fds(self._sock, [_SIGNED.pack(agent_id)], [child_conn.fileno(), status_w])
+                _send_fds(self._sock, _SIGNED.pack(agent_id), [child_conn.fileno(), status_w])
         except OSError as exc:
             parent_conn.close()
             os.close(status_r)
@@ -187,6 +228,11 @@ class Template:
         finally:
             os.close(status_w)
             child_conn.close()
+        return Requested(agent_id, parent_conn, status_r)
+
+    def receive(self, requested: Requested) -> tuple[TemplateChild, Any]:
+        """Wait for the agent ``request`` asked for (its pid); its handle and pipe."""
+        parent_conn, status_r = requested.take()
         with selectors.DefaultSelector() as sel:
             sel.register(status_r, selectors.EVENT_READ)
             ready = sel.select(_START_TIMEOUT_S)
@@ -236,7 +282,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # ------------------------------------------------------------------ the template
 
 
-def _serve(sock: socket.socket, run_agent: Callable[[int, Any], None], preload: tuple[str, ...]) -> None:
+def _serve(sock: _socket.socket, run_agent: Callable[[int, Any], None], preload: tuple[str, ...]) -> None:
     """The template's loop: fork an agent per request, report exits, end at EOF."""
     _become_template()
     for module in preload:
@@ -260,7 +306,7 @@ def _serve(sock: socket.socket, run_agent: Callable[[int, Any], None], preload: 
             if sock not in ready:
                 continue
             try:
-                msg, fds, _flags, _addr = socket.recv_fds(sock, _SIGNED.size, 2)
+                msg, fds = _recv_fds(sock, _SIGNED.size, 2)
             except OSError:
                 return
             if not msg:
@@ -302,13 +348,15 @@ def _become_template() -> None:
             signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    from guildcore.engine.agent import drop_forkserver_alive_fd
+    from guildcore.engine.agent import drop_forkserver_alive_fd, libc_prctl
 
     drop_forkserver_alive_fd()
     _late_main_lookup()
-    # What every agent needs at start, imported once here rather than in each.
-    import ctypes  # noqa: F401 - agent._set_parent_death_signal
-    from multiprocessing import connection, context  # noqa: F401 - _run_child
+    # What every agent needs at start, found once here rather than in each.
+    libc_prctl()  # agent._set_parent_death_signal
+    from multiprocessing import context, util  # noqa: F401 - _run_child: ForkProcess and its bootstrap
+
+    from guildcore.engine import channel  # noqa: F401 - _run_child
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
     gc.freeze()
@@ -340,10 +388,11 @@ def _late_main_lookup() -> None:
 
 def _run_child(agent_id: int, conn_fd: int, run_agent: Callable[[int, Any], None]) -> int:
     """Become agent ``agent_id``: the stdlib's fork bootstrap, then ``run_agent``."""
-    from multiprocessing.connection import Connection
     from multiprocessing.context import ForkProcess
 
-    conn = Connection(conn_fd)
+    from guildcore.engine.channel import Channel
+
+    conn = Channel(conn_fd)
     proc = ForkProcess(target=run_agent, args=(agent_id, conn), name=_agent_name(agent_id), daemon=True)
     bootstrap = getattr(proc, "_bootstrap", None)
     if bootstrap is None:  # pragma: no cover - another Python
@@ -384,6 +433,25 @@ def _ignore(*_args: object) -> None:
 
 
 # ------------------------------------------------------------------ helpers
+#
+# The control socket and the agents' pipes are ``_socket`` objects, and file
+# descriptors travel with the two functions below (what ``socket.send_fds``
+# and ``recv_fds`` do, packing them with ``struct`` rather than ``array``):
+# importing ``socket`` converts its constants to enums and loads ``array``,
+# ~2.5 ms of a script's first result for nothing used here.
+
+
+def _send_fds(sock: _socket.socket, data: bytes, fds: list[int]) -> None:
+    sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+
+
+def _recv_fds(sock: _socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]]:
+    msg, ancdata, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(max_fds * _FD.size))
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [fd for (fd,) in _FD.iter_unpack(data[: len(data) - len(data) % _FD.size])]
+    return msg, fds
 
 
 def _write_signed(fd: int, value: int) -> None:

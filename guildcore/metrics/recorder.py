@@ -30,9 +30,11 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     from guildcore.metrics.alerts import Alert
     from guildcore.metrics.fold import Fold, RecorderSettings
 

@@ -26,11 +26,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
 
 from guildcore.metrics.recorder import RunRecorder
 
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from typing import Any
+
     from guildcore.config import Config
     from guildcore.metrics.alerts import Alert
     from guildcore.metrics.fold import RecorderSettings

@@ -1,0 +1,101 @@
+"""What a script's first result imports: modules kept off that path stay off it.
+
+A script that makes a ``Guild`` and gets one result waits for every module
+imported on the way; the first result from a fresh interpreter is measured
+against ``ProcessPoolExecutor`` (``benchmarks/suite_cold.py``). These tests
+name the modules that path once imported and no longer needs, and fail if
+one comes back, without timing anything: each runs a fresh interpreter in
+an empty project folder (an empty ``.guild``: no config, no cache store)
+and lists what it imported.
+
+Not listed, because the path needs them: ``logging`` (``concurrent.futures``
+imports it for ``Future``), ``datetime`` (``msgpack``), ``threading``,
+``selectors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Each once imported on the way to a first result, and what brought it:
+FORBIDDEN = {
+    "yaml": "config parsing, when no config file exists",
+    "json": "the agents' cache settings",
+    "dataclasses": "config sections, events and records (dataclasses imports inspect)",
+    "inspect": "dataclasses",
+    "ast": "dataclasses, through inspect",
+    "fractions": "config value parsing",
+    "decimal": "fractions",
+    "typing": "annotations' names, NamedTuples and TypeVars at run time",
+    "pickle": "the codec's fallback and functions sent by value",
+    "socket": "the template's control socket",
+    "array": "descriptors passed to the template",
+    "ctypes": "prctl for the parent-death signal",
+    "multiprocessing": "the start-method context, unused with a template",
+    "multiprocessing.connection": "agents' pipes (tempfile, shutil, bz2, lzma, subprocess)",
+    "concurrent.futures.process": "BrokenProcessPool, the parent of AgentDied and PoolBroken",
+    "tempfile": "multiprocessing.connection",
+    "subprocess": "multiprocessing.util",
+    "asyncio": "never needed",
+    "psutil": "memory probes: read from /proc",
+    "lmdb": "the cache store, when caching is off or no store exists",
+    "xxhash": "cache keys",
+}
+
+_LIST = "import sys; found = sorted(m for m in sys.modules if m in {names!r})"
+_PRINT = "import json; print(json.dumps(found))"
+
+
+def _imported(tmp_path: Path, program: str, after: str = "") -> list[str]:
+    """The forbidden modules ``program`` imported (``after`` runs once they are listed)."""
+    code = "\n".join([program, _LIST.format(names=set(FORBIDDEN)), after, _PRINT])
+    # An empty project: its own .guild folder (no config file, no store), so
+    # that no .guild above tmp_path is found instead.
+    (tmp_path / ".guild").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUILD_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    found: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_import_guildcore_and_guild_keep_off_the_heavy_modules(tmp_path: Path) -> None:
+    found = _imported(tmp_path, "import guildcore\nfrom guildcore import Guild")
+    assert {m: FORBIDDEN[m] for m in found} == {}
+
+
+def test_a_first_result_keeps_off_the_heavy_modules(tmp_path: Path) -> None:
+    # One result from an agent forked from the template (the caller has no
+    # other thread): the caller imports none of them on the way. Shutting
+    # down may (the run's history goes to its store).
+    program = "from guildcore import Guild\ng = Guild(max_agents=2)\nassert g.submit(abs, -3).result() == 3"
+    after = "assert g.stats()['start_method'] == 'fork', g.stats()['start_method']\ng.shutdown()"
+    found = _imported(tmp_path, program, after)
+    assert {m: FORBIDDEN[m] for m in found} == {}
+
+
+def test_a_first_map_keeps_off_the_heavy_modules_but_xxhash(tmp_path: Path) -> None:
+    # Routing names the function by a hash of its code (xxhash, ~1 ms).
+    program = (
+        "from guildcore import Guild\n"
+        "g = Guild(max_agents=2)\n"
+        "assert g.map(abs, range(-5000, 5000)) == [abs(x) for x in range(-5000, 5000)]"
+    )
+    found = _imported(tmp_path, program, "g.shutdown()")
+    assert {m: FORBIDDEN[m] for m in found if m != "xxhash"} == {}
+
+
+def test_a_guild_executors_first_result_keeps_off_the_heavy_modules(tmp_path: Path) -> None:
+    # BrokenProcessPool (concurrent.futures.process) loads only when a failure needs it.
+    program = (
+        "from guildcore import GuildExecutor\n"
+        "ex = GuildExecutor(max_workers=2)\n"
+        "assert ex.submit(abs, -3).result() == 3"
+    )
+    found = _imported(tmp_path, program, "ex.shutdown()")
+    assert {m: FORBIDDEN[m] for m in found} == {}
