@@ -115,9 +115,12 @@ class L2Cache:
             self._pop_least_recent()
 
     def _pop_least_recent(self) -> None:
-        key, entry = self._lru.popitem(least_recent=True)
-        self.nbytes -= entry[2]
-        self._untrack(key)
+        # Not ``popitem(least_recent=True)``: lru-dict 1.4.1 keeps a reference
+        # to the entry it returns, so every value evicted that way stayed in
+        # memory for good (the monitor's cleanup freed nothing).
+        last = self._lru.peek_last_item()
+        if last is not None:
+            self.delete(last[0])
 
     def delete(self, ns_key: NsKey) -> None:
         entry = self._lru.pop(ns_key, None)
