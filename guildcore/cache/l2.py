@@ -10,7 +10,8 @@ A namespace with an entry cap (``caps``, from its policy's ``max_entries``)
 loses its oldest written entry when a new one would pass the cap: within a
 namespace the order is of writes, not reads (reads stay one C call).
 ``shrink`` drops the least recent entries down to a byte and entry budget
-(the monitor's cleanup).
+(the monitor's cleanup); ``set_budget`` changes the budgets themselves (the
+monitor's conservative caching).
 """
 
 from __future__ import annotations
@@ -146,6 +147,12 @@ class L2Cache:
             self._pop_least_recent()
             dropped += 1
         return dropped
+
+    def set_budget(self, max_entries: int, max_bytes: int) -> None:
+        """New entry and byte budgets; entries over them go now, least recent first."""
+        self.shrink(max_bytes, max_entries)
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._lru.set_size(max_entries)
 
     def usage(self, namespace: str) -> tuple[int, int]:
         """``(entries, bytes)`` held for one namespace."""
