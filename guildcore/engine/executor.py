@@ -902,6 +902,8 @@ class Guild:
             snap["closed"] = False
             snap["cache"] = self._results.stats() if self._results is not None else None
         snap.setdefault("backend", "local")
+        snap.setdefault("mode", None)  # no memory monitor on a Dask backend (nor with monitoring.enabled off)
+        snap.setdefault("monitor", None)
         snap["routing"] = self._router.stats()
         snap["start_method"] = self._starter.method
         snap["metrics"] = self._metrics_summary()
