@@ -90,6 +90,7 @@ class MonitorRules(TaskRules):
             self.monitor = Monitor(limits)
         self.next_check_at: float | None = None  # None: at the next settle (the pool starts)
         self.reading_out = False  # a ReadMonitor was asked and not answered yet
+        self._answered = False  # a MonitorRead was handled in this turn
         self._read_ids: frozenset[int] = frozenset()  # agents the last reading counted
         self._asked_ids: frozenset[int] = frozenset()  # agents the reading out will count
         self.sequential = False  # critical: one agent takes new work
@@ -104,6 +105,13 @@ class MonitorRules(TaskRules):
     def _check_monitor(self) -> None:
         """Ask for a reading when one is due (one at a time)."""
         if self.monitor is None or self.reading_out:
+            return
+        if self._answered:
+            # Invariant: never a reading in the turn that handled one. Its
+            # answer comes back at once, so a reading (with the cleanup it
+            # may run) slower than check_interval would otherwise chain
+            # readings forever without the loop reading an agent's pipe.
+            self._answered = False
             return
         due = self.next_check_at
         if due is not None and self.now < due:
@@ -127,6 +135,7 @@ class MonitorRules(TaskRules):
     def _on_monitor_read(self, event: MonitorRead) -> None:
         mon = self.monitor
         self.reading_out = False
+        self._answered = True
         readings = event.readings
         if mon is None or readings is None:
             return
