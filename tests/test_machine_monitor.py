@@ -8,7 +8,6 @@ tasks given back, agents stopped or not started, mode changes.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from test_machine import Pool, make_task, of, sent
@@ -306,4 +305,4 @@ def test_settings_of_a_machine_without_a_monitor_keep_admission_as_posted() -> N
     p.boot()
     p.feed(AdmissionChanged(Admission(working_agents=1), "critical"))
     assert p.m.admission == Admission(working_agents=1)
-    assert replace(p.m.settings).monitor is None
+    assert p.m.settings.replace().monitor is None
