@@ -119,6 +119,8 @@ class Kind(enum.IntEnum):
     STARTED = 11  # agent -> supervisor: began running a task
     WITHDRAW = 12  # supervisor -> agent: give this task back if you have not begun it
     WITHDRAWN = 13  # agent -> supervisor: given back; it will not run here
+    TRIM = 14  # supervisor -> agent: [keep]: cut in-process caches to `keep`, collect, malloc_trim
+    CACHING = 15  # supervisor -> agent: [writes, budget]: cache writes on/off, in-process budget fraction
 
 
 _KIND_BY_VALUE: dict[int, Kind] = {k.value: k for k in Kind}

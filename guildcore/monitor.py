@@ -47,17 +47,19 @@ See also: ``engine.limits`` (the per-agent limit and its ``RssAnon`` reader),
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import gc
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 from guildcore._errors import format_bytes
-from guildcore.config import Config, usable_cpus
+
+TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
+if TYPE_CHECKING:
+    from typing import Any
+
+    from guildcore.config import Config
 
 __all__ = [
     "Action",
@@ -124,10 +126,62 @@ _WARNING_CLEANUP = (Action.EVICT_HALF, Action.TRIM, Action.STOP_IDLE)
 _CRITICAL_CLEANUP = (Action.EVICT_ALL, Action.TRIM, Action.STOP_IDLE)
 
 
-@dataclass(frozen=True, slots=True)
-class Readings:
-    """One sample of memory and load. Bytes are private (``RssAnon``) unless named otherwise."""
+class _Record:
+    """A small immutable record: fields in ``__slots__``, set once by ``__init__``.
 
+    Not a dataclass: this module is imported by every Guild that monitors,
+    and a frozen dataclass costs a millisecond or more to create at import.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()  # in the order they show
+
+    def _set(self, **values: Any) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; use replace()")
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (as ``dataclasses.replace``)."""
+        new = object.__new__(type(self))
+        for name in self._fields:
+            object.__setattr__(new, name, changes.pop(name) if name in changes else getattr(self, name))
+        if changes:
+            raise TypeError(f"{type(self).__name__} has no field {next(iter(changes))!r}")
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._fields}
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self._fields)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self._fields))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+
+class Readings(_Record):
+    """One sample of memory and load. Bytes are private (``RssAnon``) unless named otherwise.
+
+    ``supervisor_bytes`` counts what the supervisor's process holds above what
+    it held when its Guild was made (the caller's own data before that is not
+    the Guild's); ``agent_bytes`` what each live agent holds above what it
+    inherited at start (a forked agent's inherited pages are the caller's).
+    """
+
+    _fields = (
+        "supervisor_bytes", "agent_bytes", "agents", "cache_bytes", "host_total_bytes",
+        "host_available_bytes", "cpus", "host_busy_cpus", "own_busy_cpus", "load_avg", "runnable",
+    )  # fmt: skip
+    __slots__ = _fields
     supervisor_bytes: int
     agent_bytes: int  # summed over live agents
     agents: int  # live agents read
@@ -135,24 +189,45 @@ class Readings:
     host_total_bytes: int
     host_available_bytes: int
     cpus: int  # CPUs this process may use
-    host_busy_cpus: float | None = None  # CPUs busy over the last interval, every process
-    own_busy_cpus: float | None = None  # of which the supervisor and its agents
-    load_avg: float | None = None  # the host's 1-minute load average
-    runnable: int | None = None  # the host's run queue: threads runnable now
+    host_busy_cpus: float | None  # CPUs busy over the last interval, every process
+    own_busy_cpus: float | None  # of which the supervisor and its agents
+    load_avg: float | None  # the host's 1-minute load average
+    runnable: int | None  # the host's run queue: threads runnable now
+
+    def __init__(
+        self,
+        supervisor_bytes: int,
+        agent_bytes: int,
+        agents: int,
+        cache_bytes: int,
+        host_total_bytes: int,
+        host_available_bytes: int,
+        cpus: int,
+        host_busy_cpus: float | None = None,
+        own_busy_cpus: float | None = None,
+        load_avg: float | None = None,
+        runnable: int | None = None,
+    ) -> None:
+        self._set(
+            supervisor_bytes=supervisor_bytes, agent_bytes=agent_bytes, agents=agents, cache_bytes=cache_bytes,
+            host_total_bytes=host_total_bytes, host_available_bytes=host_available_bytes, cpus=cpus,
+            host_busy_cpus=host_busy_cpus, own_busy_cpus=own_busy_cpus, load_avg=load_avg, runnable=runnable,
+        )  # fmt: skip
 
     @property
     def used_bytes(self) -> int:
         """What counts against ``limits.total_system``: the supervisor and its agents."""
         return self.supervisor_bytes + self.agent_bytes
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-@dataclass(frozen=True, slots=True)
-class MonitorLimits:
+class MonitorLimits(_Record):
     """The settings the decisions read, resolved to plain values."""
 
+    _fields = (
+        "total_system_bytes", "cache_size_bytes", "per_agent_bytes", "warning", "critical",
+        "check_interval_s", "min_agents", "max_agents", "alerts",
+    )  # fmt: skip
+    __slots__ = _fields
     total_system_bytes: int
     cache_size_bytes: int
     per_agent_bytes: int
@@ -161,7 +236,26 @@ class MonitorLimits:
     check_interval_s: float
     min_agents: int
     max_agents: int
-    alerts: bool = True
+    alerts: bool
+
+    def __init__(
+        self,
+        *,
+        total_system_bytes: int,
+        cache_size_bytes: int,
+        per_agent_bytes: int,
+        warning: float,
+        critical: float,
+        check_interval_s: float,
+        min_agents: int,
+        max_agents: int,
+        alerts: bool = True,
+    ) -> None:
+        self._set(
+            total_system_bytes=total_system_bytes, cache_size_bytes=cache_size_bytes,
+            per_agent_bytes=per_agent_bytes, warning=warning, critical=critical,
+            check_interval_s=check_interval_s, min_agents=min_agents, max_agents=max_agents, alerts=alerts,
+        )  # fmt: skip
 
     @classmethod
     def from_config(cls, config: Config, *, max_agents: int | None = None) -> MonitorLimits:
@@ -183,26 +277,51 @@ class MonitorLimits:
         return HOLD_CHECKS * self.check_interval_s
 
 
-@dataclass(frozen=True, slots=True)
-class MonitorState:
+class MonitorState(_Record):
     """What the decision remembers between readings (times on the caller's clock)."""
 
-    mode: Mode = Mode.NORMAL
-    since: float = 0.0  # when this mode began
-    below_warning_since: float | None = None  # pressure under W - m since
-    below_critical_since: float | None = None  # pressure under C - m since
-    hold_s: float | None = None  # None: the base hold
-    stepped_down_at: float | None = None
-    cleaned_at: float | None = None
+    _fields = (
+        "mode", "since", "below_warning_since", "below_critical_since", "hold_s", "stepped_down_at", "cleaned_at",
+    )  # fmt: skip
+    __slots__ = _fields
+    mode: Mode
+    since: float  # when this mode began
+    below_warning_since: float | None  # pressure under W - m since
+    below_critical_since: float | None  # pressure under C - m since
+    hold_s: float | None  # None: the base hold
+    stepped_down_at: float | None
+    cleaned_at: float | None
+
+    def __init__(
+        self,
+        mode: Mode = Mode.NORMAL,
+        since: float = 0.0,
+        below_warning_since: float | None = None,
+        below_critical_since: float | None = None,
+        hold_s: float | None = None,
+        stepped_down_at: float | None = None,
+        cleaned_at: float | None = None,
+    ) -> None:
+        self._set(
+            mode=mode, since=since, below_warning_since=below_warning_since,
+            below_critical_since=below_critical_since, hold_s=hold_s, stepped_down_at=stepped_down_at,
+            cleaned_at=cleaned_at,
+        )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(_Record):
+    _fields = ("previous", "state", "actions", "reason", "pressure")
+    __slots__ = _fields
     previous: Mode
     state: MonitorState
     actions: tuple[Action, ...]
     reason: str
     pressure: float
+
+    def __init__(
+        self, previous: Mode, state: MonitorState, actions: tuple[Action, ...], reason: str, pressure: float
+    ) -> None:
+        self._set(previous=previous, state=state, actions=actions, reason=reason, pressure=pressure)
 
     @property
     def mode(self) -> Mode:
@@ -317,8 +436,8 @@ def decide(readings: Readings, state: MonitorState, now: float, limits: MonitorL
         if due:
             actions = _CRITICAL_CLEANUP if mode is Mode.CRITICAL else _WARNING_CLEANUP
             cleaned = now
-    new = replace(
-        state, below_warning_since=bw, below_critical_since=bc, hold_s=hold, cleaned_at=cleaned
+    new = state.replace(
+        below_warning_since=bw, below_critical_since=bc, hold_s=hold, cleaned_at=cleaned
     )
     return Decision(mode, new, actions, f"{mode.value}: {why}", p)
 
@@ -361,11 +480,15 @@ class CachingLevel(enum.Enum):
     OFF = "off"  # no cache writes (reads still hit)
 
 
-@dataclass(frozen=True, slots=True)
-class AdaptivePlan:
+class AdaptivePlan(_Record):
+    _fields = ("agents", "caching", "reason")
+    __slots__ = _fields
     agents: int
     caching: CachingLevel
     reason: str
+
+    def __init__(self, agents: int, caching: CachingLevel, reason: str) -> None:
+        self._set(agents=agents, caching=caching, reason=reason)
 
 
 def _external_load(readings: Readings, running: int) -> float | None:
@@ -428,15 +551,19 @@ def adaptive_plan(
 # -- state over time -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(_Record):
     """One mode change: when (the caller's clock), from what, to what, why, on which readings."""
 
+    _fields = ("at", "previous", "mode", "reason", "readings")
+    __slots__ = _fields
     at: float
     previous: Mode
     mode: Mode
     reason: str
     readings: Readings
+
+    def __init__(self, at: float, previous: Mode, mode: Mode, reason: str, readings: Readings) -> None:
+        self._set(at=at, previous=previous, mode=mode, reason=reason, readings=readings)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -448,14 +575,16 @@ class Transition:
         }
 
 
-@dataclass
 class Monitor:
     """The decision's state between readings and the timeline of mode changes. No I/O."""
 
-    limits: MonitorLimits
-    state: MonitorState = field(default_factory=MonitorState)
-    timeline: deque[Transition] = field(default_factory=lambda: deque(maxlen=TIMELINE_MAX))
-    last: Readings | None = None
+    __slots__ = ("last", "limits", "state", "timeline")
+
+    def __init__(self, limits: MonitorLimits, state: MonitorState | None = None) -> None:
+        self.limits = limits
+        self.state = MonitorState() if state is None else state
+        self.timeline: deque[Transition] = deque(maxlen=TIMELINE_MAX)
+        self.last: Readings | None = None
 
     @property
     def mode(self) -> Mode:
@@ -488,8 +617,13 @@ class Probe:
 
     ``read_private(pid)`` gives a process's private bytes (the engine passes
     ``engine.limits.read_private_bytes``); ``cache_bytes()`` the bytes held by
-    the in-process cache tiers. CPU figures are averages over the interval
-    since the previous ``read``; the first read has only the load average.
+    the in-process cache tiers; ``supervisor_baseline`` the supervisor's
+    private bytes when its Guild was made, not counted (the caller's own
+    data). CPU figures are averages over the interval since the previous
+    ``read``; the first read has only the load average.
+
+    On Linux every figure comes from ``/proc`` (``procfs``): a reading costs
+    well under a millisecond and imports nothing; elsewhere psutil answers.
     """
 
     def __init__(
@@ -498,10 +632,14 @@ class Probe:
         *,
         cache_bytes: Callable[[], int] = lambda: 0,
         pid: int | None = None,
+        supervisor_baseline: int = 0,
     ) -> None:
+        from guildcore.config import usable_cpus
+
         self._read_private = read_private
         self._cache_bytes = cache_bytes
         self._pid = os.getpid() if pid is None else pid
+        self._baseline = supervisor_baseline
         self._cpus = usable_cpus()
         try:  # busy time is summed over the CPUs this process may use
             self._cpu_ids = sorted(os.sched_getaffinity(0))
@@ -510,27 +648,34 @@ class Probe:
         self._last_at: float | None = None
         self._last_host_busy: float | None = None
         self._last_own: dict[int, float] = {}
-        self._procs: dict[int, Any] = {}
+        self._procs: dict[int, Any] = {}  # psutil.Process per pid, off Linux
 
-    def read(self, agent_pids: Iterable[int], now: float) -> Readings:
-        import psutil  # ~10 ms of import: only a Guild that monitors pays it
+    def read(self, agent_pids: Iterable[int], now: float, *, baselines: Mapping[int, int] | None = None) -> Readings:
+        """One reading; ``baselines`` maps an agent's pid to the private bytes it started with."""
+        from guildcore import procfs
 
         pids = list(agent_pids)
         agent_bytes = agents = 0
         for pid in pids:
             private = self._read_private(pid)
             if private is not None:
-                agent_bytes += private
+                base = baselines.get(pid, 0) if baselines else 0
+                agent_bytes += max(0, private - base)
                 agents += 1
-        vm = psutil.virtual_memory()
-        host_busy, own_busy = self._cpu(psutil, [self._pid, *pids], now)
+        host = procfs.host_memory()
+        if host is None:
+            import psutil  # ~10-30 ms of import: only where /proc cannot answer
+
+            vm = psutil.virtual_memory()
+            host = int(vm.total), int(vm.available)
+        host_busy, own_busy = self._cpu([self._pid, *pids], now)
         return Readings(
-            supervisor_bytes=self._read_private(self._pid) or 0,
+            supervisor_bytes=max(0, (self._read_private(self._pid) or 0) - self._baseline),
             agent_bytes=agent_bytes,
             agents=agents,
             cache_bytes=self._cache_bytes(),
-            host_total_bytes=int(vm.total),
-            host_available_bytes=int(vm.available),
+            host_total_bytes=host[0],
+            host_available_bytes=host[1],
             cpus=self._cpus,
             host_busy_cpus=host_busy,
             own_busy_cpus=own_busy,
@@ -538,22 +683,18 @@ class Probe:
             runnable=_runnable(),
         )
 
-    def _cpu(self, psutil: Any, pids: list[int], now: float) -> tuple[float | None, float | None]:
-        per_cpu = psutil.cpu_times(percpu=True)
-        mine = [per_cpu[i] for i in self._cpu_ids if i < len(per_cpu)] or per_cpu
-        busy = sum(float(sum(t)) - t.idle - getattr(t, "iowait", 0.0) for t in mine)
+    def _cpu(self, pids: list[int], now: float) -> tuple[float | None, float | None]:
+        from guildcore import procfs
+
+        busy = procfs.cpu_busy_s(self._cpu_ids)
         own: dict[int, float] = {}
-        for pid in pids:
-            proc = self._procs.get(pid)
-            try:
-                if proc is None:
-                    proc = self._procs[pid] = psutil.Process(pid)
-                t = proc.cpu_times()
-                own[pid] = t.user + t.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                self._procs.pop(pid, None)
-        for gone in set(self._procs) - set(own):
-            del self._procs[gone]
+        if busy is not None:
+            for pid in pids:
+                t = procfs.process_cpu_s(pid)
+                if t is not None:
+                    own[pid] = t
+        else:
+            busy = self._cpu_psutil(pids, own)
         host_busy = own_busy = None
         if self._last_at is not None and self._last_host_busy is not None and now > self._last_at:
             dt = now - self._last_at
@@ -565,6 +706,25 @@ class Probe:
             )
         self._last_at, self._last_host_busy, self._last_own = now, busy, own
         return host_busy, own_busy
+
+    def _cpu_psutil(self, pids: list[int], own: dict[int, float]) -> float:
+        import psutil
+
+        per_cpu = psutil.cpu_times(percpu=True)
+        mine = [per_cpu[i] for i in self._cpu_ids if i < len(per_cpu)] or per_cpu
+        busy = sum(float(sum(t)) - t.idle - getattr(t, "iowait", 0.0) for t in mine)
+        for pid in pids:
+            proc = self._procs.get(pid)
+            try:
+                if proc is None:
+                    proc = self._procs[pid] = psutil.Process(pid)
+                t = proc.cpu_times()
+                own[pid] = t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                self._procs.pop(pid, None)
+        for gone in set(self._procs) - set(own):
+            del self._procs[gone]
+        return busy
 
 
 def _load_avg() -> float | None:
@@ -597,6 +757,8 @@ def release_memory() -> None:
     """
     gc.collect()
     if not _libc:
+        import ctypes  # ~4 ms of import: paid on the first cleanup, not by every Guild
+
         try:  # the symbols of the running program, libc among them (no ldconfig subprocess)
             lib = ctypes.CDLL(None)
             _libc.append(lib if hasattr(lib, "malloc_trim") else None)

@@ -80,6 +80,8 @@ def test_backend_from_keywords_environment_and_files(tmp_path: Path, monkeypatch
         ({"backend": "ray"}, r"bad value 'ray' for 'backend'.*choose one of local, dask, dask-local"),
         ({"backend": "dask-local", "pool": {"balancing": "round_robin"}}, r"pool.balancing 'round_robin' acts only on"),
         ({"backend": "dask-local", "start_method": "spawn"}, r"pool.start_method 'spawn' acts only on"),
+        ({"backend": "dask-local", "limits": {"total_system": "1GB"}}, r"limits.total_system 1000000000 is read by .*memory monitor"),
+        ({"backend": "dask-local", "monitoring": {"warning_threshold": 0.5}}, r"monitoring.warning_threshold 0.5 .*local agents only"),
     ],
 )
 def test_impossible_backend_settings_are_refused(overrides: dict[str, object], match: str) -> None:
@@ -184,6 +186,9 @@ def test_stats_count_tasks_per_worker() -> None:
         assert set(stats["peak_private_bytes"]) <= {a["id"] for a in stats["agents"]}
         # The run's metrics see the workers as agents, and every task on one.
         assert stats["metrics"]["agents_used"] == 2 and stats["metrics"]["tasks"]["done"] == 40
+        # The memory monitor watches local agents only: on Dask it does not run, and says so.
+        assert stats["mode"] is None and stats["monitor"] is None
+        assert g._monitor_io is None
     stats = g.stats()
     assert stats["closed"] is True and stats["agents"] == []
     assert stats["counters"]["done"] == 40 and stats["counters"]["submitted"] == 40

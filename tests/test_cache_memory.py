@@ -109,6 +109,26 @@ def test_l2_shrink_meets_both_budgets() -> None:
     assert l2.get(nk("a", 0), 0) == 0  # the recently read entry stayed
 
 
+def test_l2_values_dropped_by_budget_are_freed() -> None:
+    """What ``shrink`` and the byte budget drop is no longer referenced (a leak here kept every value)."""
+    import sys
+    import weakref
+
+    class Value:
+        pass
+
+    l2 = L2Cache(100, 1000)
+    refs = []
+    for i in range(6):
+        v = Value()
+        refs.append(weakref.ref(v))
+        l2.set(nk("a", i), v, 0.0, 300)  # the budget holds three: 0, 1, 2 go as 3, 4, 5 come
+        del v
+    l2.shrink(max_bytes=300, max_entries=100)  # 3 and 4 go
+    assert [r() is None for r in refs] == [True, True, True, True, True, False]
+    assert sys.getrefcount(l2.get(nk("a", 5), 0)) <= 3
+
+
 @pytest.fixture
 def tiers(tmp_path: Path) -> Iterator[TieredCache]:
     with TieredCache(str(tmp_path / "store"), map_size=2**24, memory_entries=800) as c:

@@ -335,6 +335,8 @@ def test_kind_values_are_stable() -> None:
         "STARTED": 11,
         "WITHDRAW": 12,
         "WITHDRAWN": 13,
+        "TRIM": 14,
+        "CACHING": 15,
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Iterable
@@ -198,7 +197,7 @@ def test_critical_cleanup_repeats_forced() -> None:
 
 def test_alerts_off_changes_mode_without_alert() -> None:
     """``monitoring.alerts: false``: the mode still changes, with its cleanup, but no alert."""
-    limits = dataclasses.replace(LIMITS, alerts=MonitorLimits.from_config(load_config({"monitoring": {"alerts": False}}, environ={})).alerts)
+    limits = LIMITS.replace(alerts=MonitorLimits.from_config(load_config({"monitoring": {"alerts": False}}, environ={})).alerts)
     d = Run(limits).feed([0.9])
     assert d.mode is Mode.WARNING and d.actions == WARNING_ENTRY[1:]
 
@@ -222,8 +221,7 @@ def test_host_pressure_alone_raises_the_mode() -> None:
 def test_thresholds_from_config_move_the_transitions(warning: float, critical: float, p: float, mode: Mode) -> None:
     """``monitoring.warning_threshold`` / ``critical_threshold`` decide where the modes begin."""
     config = load_config({"monitoring": {"warning_threshold": warning, "critical_threshold": critical}}, environ={})
-    limits = dataclasses.replace(
-        MonitorLimits.from_config(config),
+    limits = MonitorLimits.from_config(config).replace(
         total_system_bytes=LIMITS.total_system_bytes,
         cache_size_bytes=LIMITS.cache_size_bytes,
     )
@@ -245,29 +243,27 @@ def test_limits_from_config_read_every_monitor_setting() -> None:
 @pytest.mark.parametrize(("total", "mode"), [("2000MB", Mode.NORMAL), ("1000MB", Mode.WARNING), ("880MB", Mode.CRITICAL)])
 def test_total_system_sets_the_scale(total: str, mode: Mode) -> None:
     """``limits.total_system``: the same 850 MB is normal, warning or critical depending on it."""
-    limits = dataclasses.replace(
-        MonitorLimits.from_config(load_config({"limits": {"total_system": total}}, environ={})),
+    limits = MonitorLimits.from_config(load_config({"limits": {"total_system": total}}, environ={})).replace(
         cache_size_bytes=LIMITS.cache_size_bytes,
     )
-    r = dataclasses.replace(reading(0.1), supervisor_bytes=250 * MB, agent_bytes=600 * MB)
+    r = reading(0.1).replace(supervisor_bytes=250 * MB, agent_bytes=600 * MB)
     assert decide(r, MonitorState(), 1.0, limits).mode is mode
 
 
 @pytest.mark.parametrize(("size", "mode"), [("1GB", Mode.NORMAL), ("100MB", Mode.WARNING), ("80MB", Mode.CRITICAL)])
 def test_cache_size_sets_the_cache_scale(size: str, mode: Mode) -> None:
     """``limits.cache_size``: 85 MB of in-process cache against it."""
-    limits = dataclasses.replace(
-        MonitorLimits.from_config(load_config({"limits": {"cache_size": size}}, environ={})),
+    limits = MonitorLimits.from_config(load_config({"limits": {"cache_size": size}}, environ={})).replace(
         total_system_bytes=10**12,
     )
-    r = dataclasses.replace(reading(0.0), cache_bytes=85 * MB, host_available_bytes=24_000 * MB)
+    r = reading(0.0).replace(cache_bytes=85 * MB, host_available_bytes=24_000 * MB)
     assert decide(r, MonitorState(), 1.0, limits).mode is mode
 
 
 def test_check_interval_scales_the_hold() -> None:
     """``monitoring.check_interval``: the hold before a step down is HOLD_CHECKS intervals of it."""
     for interval in (0.1, 2.0):
-        limits = dataclasses.replace(LIMITS, check_interval_s=interval)
+        limits = LIMITS.replace(check_interval_s=interval)
         state = decide(reading(0.9), MonitorState(), 0.0, limits).state
         t = 0.0
         while state.mode is Mode.WARNING:
@@ -356,8 +352,7 @@ def test_first_agent_always_starts() -> None:
 
 @pytest.mark.parametrize(("per_agent", "allowed"), [("50MB", True), ("200MB", False)])
 def test_per_agent_is_the_unit_of_headroom(per_agent: str, allowed: bool) -> None:
-    limits = dataclasses.replace(
-        MonitorLimits.from_config(load_config({"limits": {"per_agent": per_agent}}, environ={})),
+    limits = MonitorLimits.from_config(load_config({"limits": {"per_agent": per_agent}}, environ={})).replace(
         total_system_bytes=LIMITS.total_system_bytes,
     )
     assert may_start_agent(reading(0.85), limits, alive=1)[0] is allowed  # 150 MB of headroom
@@ -414,7 +409,7 @@ def test_adaptive_warning_mode_caches_conservatively() -> None:
 
 
 def test_adaptive_keeps_min_agents_as_floor() -> None:
-    limits = dataclasses.replace(LIMITS, min_agents=3)
+    limits = LIMITS.replace(min_agents=3)
     assert adaptive_plan(reading(host_busy=4.0), Mode.NORMAL, limits).agents == 3
     assert adaptive_plan(reading(host_busy=4.0), Mode.CRITICAL, limits).agents == 1
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import ast
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faults
@@ -64,8 +67,11 @@ EFFECTS: dict[str, tuple[str, ...]] = {
                          "test_monitor.py::test_per_agent_is_the_unit_of_headroom"),
     # Acts through the monitor: the decision function reads it.
     "limits.total_system": ("test_monitor.py::test_total_system_sets_the_scale",
-                            "test_monitor.py::test_no_start_without_headroom_for_one_agent"),
-    "limits.cache_size": ("test_monitor.py::test_cache_size_sets_the_cache_scale",),
+                            "test_monitor.py::test_no_start_without_headroom_for_one_agent",
+                            "test_monitor_engine.py::test_total_system_decides_the_mode_of_the_same_memory",
+                            "test_machine_monitor.py::test_no_agent_starts_without_headroom_for_one_per_agent"),
+    "limits.cache_size": ("test_monitor.py::test_cache_size_sets_the_cache_scale",
+                          "test_monitor_engine.py::test_cache_size_sets_the_scale_of_the_supervisors_cache"),
     "limits.sample_interval": ("test_settings.py::test_sample_interval_spaces_the_memory_samples",),
     "limits.timeout": ("test_settings.py::test_limits_timeout_from_config_times_tasks_out",),
     "limits.timeout_grace": ("test_engine_faults.py::test_stubborn_task_is_killed_after_the_grace",),
@@ -90,11 +96,17 @@ EFFECTS: dict[str, tuple[str, ...]] = {
                                    "test_settings.py::test_result_threshold_follows_streaming_settings"),
     "streaming.chunk_size": ("test_settings.py::test_chunk_size_sizes_the_stream_ring",),
     "streaming.window": ("test_streaming.py::test_slow_consumer_pauses_the_agent",),
-    # Act through the monitor: the decision function reads them.
-    "monitoring.check_interval": ("test_monitor.py::test_check_interval_scales_the_hold",),
-    "monitoring.warning_threshold": ("test_monitor.py::test_thresholds_from_config_move_the_transitions",),
-    "monitoring.critical_threshold": ("test_monitor.py::test_thresholds_from_config_move_the_transitions",),
-    "monitoring.alerts": ("test_monitor.py::test_alerts_off_changes_mode_without_alert",),
+    # Act through the monitor: the decision function reads them, the supervisor's loop acts on it.
+    "monitoring.enabled": ("test_monitor_engine.py::test_monitoring_disabled_reads_nothing_and_reports_no_mode",),
+    "monitoring.check_interval": ("test_monitor.py::test_check_interval_scales_the_hold",
+                                  "test_monitor_engine.py::test_check_interval_spaces_the_readings"),
+    "monitoring.warning_threshold": ("test_monitor.py::test_thresholds_from_config_move_the_transitions",
+                                     "test_monitor_engine.py::test_thresholds_decide_where_the_modes_begin"),
+    "monitoring.critical_threshold": ("test_monitor.py::test_thresholds_from_config_move_the_transitions",
+                                      "test_monitor_engine.py::test_thresholds_decide_where_the_modes_begin"),
+    "monitoring.alerts": ("test_monitor.py::test_alerts_off_changes_mode_without_alert",
+                          "test_monitor_engine.py::test_alerts_off_logs_each_change_at_info_and_calls_no_one",
+                          "test_monitor_engine.py::test_alerts_on_log_a_warning_and_call_on_alert"),
     "monitoring.metrics": ("test_metrics_engine.py::test_metrics_off_records_nothing",
                            "test_metrics_engine.py::test_stats_and_the_full_record_of_a_run"),
     "optimization.preload": ("test_settings.py::test_preload_true_preloads_what_agents_import",
@@ -103,9 +115,7 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     "optimization.compression": ("test_settings.py::test_compression_shrinks_what_l3_stores",),
 }  # fmt: skip
 
-PENDING: dict[str, str] = {
-    "monitoring.enabled": "the supervisor's loop runs the monitor (guildcore.monitor) only when it is true",
-}
+PENDING: dict[str, str] = {}
 
 
 def _all_keys() -> set[str]:
@@ -183,14 +193,27 @@ class _FixedProbe:
     def __init__(self, readings: object) -> None:
         self.readings = readings
 
-    def read(self, agent_pids: object, now: float) -> object:
+    def read(self, agent_pids: object, now: float, *, baselines: object = None) -> object:
         return self.readings
+
+
+def _wait_for(cond: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    pause = threading.Event()  # never set: a bounded pause between checks
+    while not cond():
+        assert time.monotonic() < end, f"{what}: not reached before the deadline"
+        pause.wait(0.02)
 
 
 @pytest.mark.parametrize(("other_load", "agents"), [(0.0, 4), (3.0, 1)])
 def test_strategy_adaptive_sizes_the_pool_from_host_load(
     monkeypatch: pytest.MonkeyPatch, other_load: float, agents: int
 ) -> None:
+    """Load from other processes on 4 CPUs: none leaves 4 agents, 3 CPUs' worth leaves 1.
+
+    With the monitor the plan follows each reading (the agents beyond it take
+    no new work); without it the pool is sized once, when the Guild is made.
+    """
     from guildcore import monitor
 
     readings = monitor.Readings(
@@ -198,11 +221,18 @@ def test_strategy_adaptive_sizes_the_pool_from_host_load(
         host_available_bytes=9 * 10**9, cpus=4, load_avg=other_load,
     )  # fmt: skip
     monkeypatch.setattr(monitor, "Probe", lambda *a, **k: _FixedProbe(readings))
-    with Guild(max_agents=4, min_agents=1, parallelization={"strategy": "adaptive"}) as g:
-        assert repr(g) == f"<Guild running agents=1..{agents}>"
+    adaptive = {"strategy": "adaptive"}
+    with Guild(max_agents=4, min_agents=1, parallelization=adaptive, monitoring={"check_interval": "20ms"}) as g:
+        assert g.submit(faults.inc, 1).result(timeout=30) == 2
+        _wait_for(lambda: (g.stats()["monitor"]["adaptive"] or {}).get("agents") == agents, f"a plan of {agents} agents")
+        assert g.stats()["monitor"]["working_agents"] == (None if agents == 4 else agents)
         assert g.map(faults.inc, range(20)) == list(range(1, 21))  # routed like auto: inline or pool
+    with Guild(max_agents=4, min_agents=1, parallelization=adaptive, monitoring={"enabled": False}) as g:
+        assert repr(g) == f"<Guild running agents=1..{agents}>"
     with Guild(max_agents=4, min_agents=1, parallelization={"strategy": "auto"}) as g:
         assert repr(g) == "<Guild running agents=1..4>"
+        assert g.submit(faults.inc, 1).result(timeout=30) == 2
+        assert g.stats()["monitor"]["adaptive"] is None
 
 
 def test_pool_retries_rerun_tasks_whose_agent_died(tmp_path: Path) -> None:

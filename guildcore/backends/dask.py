@@ -44,6 +44,9 @@ EXTRA = "pip install 'guildcore[dask]'"
 # Pool settings that act only on guildcore's own agents. Set to anything but
 # their default, they are refused on Dask rather than silently ignored.
 _AGENT_ONLY = ("prefetch", "balancing", "idle_timeout", "max_tasks_per_agent", "start_method")
+# Settings only the memory monitor reads (it does not run on Dask).
+_MONITOR_LIMITS = ("total_system", "cache_size")
+_MONITOR_ONLY = ("check_interval", "warning_threshold", "critical_threshold")
 
 
 def open_pool(
@@ -156,3 +159,25 @@ def _check_settings(config: Config) -> None:
                 key=f"pool.{name}",
                 value=value,
             )
+    # The memory monitor watches guildcore's own agents and caches; on Dask,
+    # Dask's worker memory manager (target, spill, pause, terminate) does,
+    # with limits.per_agent as above. The monitor does not run, and its own
+    # settings changed from their defaults are refused, not ignored.
+    from guildcore.config import LimitsConfig, MonitoringConfig
+
+    monitor_defaults: tuple[tuple[str, tuple[str, ...], object], ...] = (
+        ("limits", _MONITOR_LIMITS, LimitsConfig()),
+        ("monitoring", _MONITOR_ONLY, MonitoringConfig()),
+    )
+    for section, names, section_defaults in monitor_defaults:
+        for name in names:
+            value = getattr(getattr(config, section), name)
+            if value != getattr(section_defaults, name):
+                raise ConfigError(
+                    f"{section}.{name} {value!r} is read by guildcore's memory monitor, which watches local "
+                    f"agents only, and parallelization.backend is {config.parallelization.backend}: Dask's "
+                    f"worker memory manager governs its workers (see distributed.worker.memory); remove "
+                    f"{section}.{name} or use backend local",
+                    key=f"{section}.{name}",
+                    value=value,
+                )

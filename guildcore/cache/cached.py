@@ -26,7 +26,14 @@ from typing import Any, ParamSpec, TypeVar, overload
 from guildcore import keys
 from guildcore.cache.tiers import TieredCache
 
-__all__ = ["cached", "close_default_cache", "configure_default_cache", "default_cache"]
+__all__ = [
+    "cached",
+    "close_default_cache",
+    "configure_default_cache",
+    "default_cache",
+    "default_cache_if_made",
+    "set_default_caching",
+]
 
 log = logging.getLogger("guildcore.cache")
 P = ParamSpec("P")
@@ -40,6 +47,7 @@ class _DefaultCache:
         self.lock = threading.Lock()
         self.cache: TieredCache | None = None
         self.settings: dict[str, Any] | None = None
+        self.caching: tuple[bool, float] | None = None  # (writes, budget) the monitor set; None: full
 
     def get(self) -> TieredCache:
         cache = self.cache
@@ -47,11 +55,14 @@ class _DefaultCache:
             with self.lock:
                 if self.cache is None:
                     if self.settings is not None:
-                        self.cache = TieredCache(**self.settings)
+                        made = TieredCache(**self.settings)
                     else:
                         from guildcore.config import load_config
 
-                        self.cache = TieredCache.from_config(load_config())
+                        made = TieredCache.from_config(load_config())
+                    if self.caching is not None:
+                        made.set_caching(writes=self.caching[0], budget=self.caching[1])
+                    self.cache = made
                 cache = self.cache
         return cache
 
@@ -68,6 +79,24 @@ _DEFAULT = _DefaultCache()
 def default_cache() -> TieredCache:
     """The process-wide cache ``@cached`` uses, made on first use."""
     return _DEFAULT.get()
+
+
+def default_cache_if_made() -> TieredCache | None:
+    """The default cache if this process has made it (None: never used); makes nothing."""
+    return _DEFAULT.cache
+
+
+def set_default_caching(*, writes: bool, budget: float) -> None:
+    """Cache writes on or off and the in-process budget fraction, for the default cache now and when made.
+
+    The memory monitor's lever on ``@cached`` (in agents, and in the
+    supervisor's process for tasks run there).
+    """
+    with _DEFAULT.lock:
+        _DEFAULT.caching = None if (writes, budget) == (True, 1.0) else (writes, budget)
+        cache = _DEFAULT.cache
+    if cache is not None:
+        cache.set_caching(writes=writes, budget=budget)
 
 
 def configure_default_cache(path: str | None = None, **settings: Any) -> None:

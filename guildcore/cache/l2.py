@@ -10,7 +10,8 @@ A namespace with an entry cap (``caps``, from its policy's ``max_entries``)
 loses its oldest written entry when a new one would pass the cap: within a
 namespace the order is of writes, not reads (reads stay one C call).
 ``shrink`` drops the least recent entries down to a byte and entry budget
-(the monitor's cleanup).
+(the monitor's cleanup); ``set_budget`` changes the budgets themselves (the
+monitor's conservative caching).
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ class L2Cache:
             self._pop_least_recent()
 
     def _pop_least_recent(self) -> None:
-        key, entry = self._lru.popitem(least_recent=True)
-        self.nbytes -= entry[2]
-        self._untrack(key)
+        # Not ``popitem(least_recent=True)``: lru-dict 1.4.1 keeps a reference
+        # to the entry it returns, so every value evicted that way stayed in
+        # memory for good (the monitor's cleanup freed nothing).
+        last = self._lru.peek_last_item()
+        if last is not None:
+            self.delete(last[0])
 
     def delete(self, ns_key: NsKey) -> None:
         entry = self._lru.pop(ns_key, None)
@@ -143,6 +147,12 @@ class L2Cache:
             self._pop_least_recent()
             dropped += 1
         return dropped
+
+    def set_budget(self, max_entries: int, max_bytes: int) -> None:
+        """New entry and byte budgets; entries over them go now, least recent first."""
+        self.shrink(max_bytes, max_entries)
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._lru.set_size(max_entries)
 
     def usage(self, namespace: str) -> tuple[int, int]:
         """``(entries, bytes)`` held for one namespace."""

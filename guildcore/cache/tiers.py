@@ -99,6 +99,9 @@ class TieredCache:
         self.map_size = map_size
         self.compress = compress
         self.enabled = enabled
+        # Off under memory pressure (the monitor): nothing new is cached; reads still hit.
+        self.writes = True
+        self._memory_budget = (max(1, memory_entries), memory_bytes)  # as configured
         self.clock = clock
         self.policies: dict[str, CachePolicy] = dict(
             DEFAULT_POLICIES if policies is None else policies
@@ -301,7 +304,7 @@ class TieredCache:
         tags: Iterable[str] = (),
     ) -> None:
         """Write through all tiers. Raises ``SerializationError`` if L3 cannot encode it."""
-        if not self.enabled:
+        if not (self.enabled and self.writes):
             return
         policy = self._policy(namespace)
         nk = (namespace, key if type(key) is bytes and len(key) <= MAX_KEY_BYTES else _norm(key))
@@ -328,7 +331,7 @@ class TieredCache:
         tags: Iterable[str] = (),
     ) -> None:
         """Write many values: one L3 transaction for the whole batch."""
-        if not self.enabled:
+        if not (self.enabled and self.writes):
             return
         policy = self._policy(namespace)
         pairs = items.items() if isinstance(items, Mapping) else items
@@ -401,6 +404,22 @@ class TieredCache:
             dropped = self._l2.shrink(int(self._l2.nbytes * fraction), int(len(self._l2) * fraction))
             self._seen_once.clear()
         return dropped + self._l1.shrink(int(len(self._l1) * fraction))
+
+    def set_caching(self, *, writes: bool, budget: float = 1.0) -> None:
+        """Cache writes on or off, and the in-process tiers held to ``budget`` of their configured size.
+
+        The monitor's levers: under memory pressure nothing new is cached
+        (reads still hit, L3 keeps what it has), and a conservative budget
+        keeps L1 and L2 at half. Lowering the budget drops the least recent
+        entries at once.
+        """
+        self.writes = writes
+        entries, nbytes = self._memory_budget
+        l2_entries = max(1, int(entries * budget))
+        with self._mem_lock:
+            self._l2.set_budget(l2_entries, int(nbytes * budget))
+        self._l1.max_entries = max(1, l2_entries // L1_SHARE)
+        self._l1.shrink(self._l1.max_entries)
 
     def memory_bytes(self) -> int:
         """Bytes held in memory, as L2 counts them (encoded sizes); L1's small values are mostly L2's too."""

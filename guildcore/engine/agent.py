@@ -20,6 +20,11 @@ exits, since its heap is at the cap.
 
 The agent never unlinks shared memory and never opens LMDB before it starts
 (Fork-safety: nothing of that kind is inherited from the supervisor).
+
+Under memory pressure the supervisor's monitor sends an idle agent TRIM
+(cut its ``@cached`` tiers, collect garbage, ``malloc_trim``) and every agent
+CACHING (cache writes on or off, the in-process budget): both run on the
+main thread between tasks, never inside one.
 """
 
 from __future__ import annotations
@@ -320,6 +325,9 @@ class Agent:
         self.functions = FunctionCache()
         self.timer = _Timer()
         self.write_lock = threading.Lock()
+        # Caching the supervisor set (CACHING) before @cached was imported
+        # here: applied once it is, after a task.
+        self.caching_pending: tuple[bool, float] | None = None
 
     def send(self, kind: int, task_id: int, *fields: object) -> None:
         frame = codec.encode_frame(kind, task_id, *fields)
@@ -357,6 +365,24 @@ class Agent:
                     self.control.end(task_id)
                 if not go_on:
                     return
+                if self.caching_pending is not None:
+                    self._set_caching(*self.caching_pending)
+            elif kind == Kind.TRIM:
+                _trim(float(fields[0]) if fields else 1.0)
+            elif kind == Kind.CACHING and len(fields) >= 2:
+                self._set_caching(bool(fields[0]), float(fields[1]))
+
+    def _set_caching(self, writes: bool, budget: float) -> None:
+        """The memory monitor's caching for ``@cached`` here; kept for later if it is not imported yet."""
+        cached = sys.modules.get("guildcore.cache.cached")
+        if cached is None:  # importing the cache (lmdb, ~60 ms) for this would defeat the purpose
+            self.caching_pending = None if (writes, budget) == (True, 1.0) else (writes, budget)
+            return
+        self.caching_pending = None
+        try:
+            cached.set_default_caching(writes=writes, budget=budget)
+        except Exception:
+            pass  # a cache problem never stops an agent
 
     def _initialize(self) -> bool:
         for module in self.settings.preload:
@@ -587,6 +613,24 @@ class Agent:
             frame = codec.encode_frame(Kind.ERROR, task_id, None, tb, type_name, str(exc), flags)
         with self.write_lock:
             self.conn.send_bytes(frame)
+
+
+def _trim(keep: float) -> None:
+    """The memory monitor's cleanup in an idle agent: its ``@cached`` tiers cut to ``keep``, then
+    garbage collected and free heap pages given back."""
+    cached = sys.modules.get("guildcore.cache.cached")
+    cache = cached.default_cache_if_made() if cached is not None else None
+    try:
+        if cache is not None and keep < 1.0:
+            if keep <= 0:
+                cache.evict_memory()
+            else:
+                cache.shrink_memory(keep)
+        from guildcore.monitor import release_memory
+
+        release_memory()
+    except Exception:
+        pass  # cleanup is best effort: never a reason for an agent to fail
 
 
 def _unsendable_result(task_id: int, fn_name: str, result: object, exc: SerializationError) -> SerializationError:

@@ -233,24 +233,32 @@ class AgentRules(PoolState):
             idle_timeout_s=self.settings.idle_timeout_s,
         )
         plan = scaling.decide(view, self.now)
-        starts = plan.start
-        if not self.admission.may_start:
-            starts = min(starts, 0 if live else 1)  # the first agent still starts: queued work must run
+        starts = self._admit(plan.start, len(live)) if plan.start else 0
         for _ in range(starts):
             self._start_agent("queue pressure" if live else "min_agents")
         for agent_id in plan.stop:
             self._drain_agent(self.agents[agent_id], "idle past idle_timeout")
         self.next_scale_check = plan.next_check_at
 
+    def _admit(self, starts: int, live: int) -> int:
+        """How many of ``starts`` agents may start now, ``live`` being alive (the monitor adds its headroom rule)."""
+        if not self.admission.may_start:
+            return min(starts, 0 if live else 1)  # the first agent still starts: queued work must run
+        return starts
+
     def _on_admission(self, event: AdmissionChanged) -> None:
         self.admission = event.admission
         self._out.append(Log(logging.INFO, f"admission changed: {event.admission} ({event.reason})"))
 
     def _on_stop_idle(self, event: StopIdleAgents) -> None:
+        self._stop_idle(event.reason)
+
+    def _stop_idle(self, reason: str) -> None:
+        """Stop the agents idle now, longest idle first, down to ``min_agents``."""
         live = sum(1 for a in self.agents.values() if a.live)
         for agent in sorted(self.agents.values(), key=lambda a: a.idle_since or 0.0):
             if live <= self.settings.min_agents:
                 return
             if agent.state is AgentState.IDLE and not agent.held:
-                self._drain_agent(agent, event.reason)
+                self._drain_agent(agent, reason)
                 live -= 1

@@ -32,6 +32,8 @@ TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as t
 if TYPE_CHECKING:
     from typing import Any
 
+    from guildcore.monitor import Readings, Transition
+
 # ---------------------------------------------------------------- events
 
 
@@ -281,6 +283,15 @@ class StopIdleAgents(Record):
         self.reason = reason
 
 
+class MonitorRead:
+    """The monitor's probe was read (``ReadMonitor``); ``readings`` None if the read failed."""
+
+    __slots__ = ("readings",)
+
+    def __init__(self, readings: Readings | None) -> None:
+        self.readings = readings
+
+
 Event = (
     Submitted
     | FrameIn
@@ -298,6 +309,7 @@ Event = (
     | ResultFetched
     | AdmissionChanged
     | StopIdleAgents
+    | MonitorRead
 )
 
 # ---------------------------------------------------------------- actions
@@ -571,6 +583,67 @@ class MemoryNoted(Record):
         self.peak_bytes = peak_bytes
 
 
+# ---------------------------------------------------------------- the monitor's actions
+# Plain slotted classes: made a few times a second at most, and no dataclass
+# machinery to pay for at import.
+
+
+class ReadMonitor:
+    """Read the monitor's probe for these agents (pid -> private bytes at start); answer with ``MonitorRead``."""
+
+    __slots__ = ("baselines",)
+
+    def __init__(self, baselines: dict[int, int]) -> None:
+        self.baselines = baselines
+
+
+class ShrinkCaches:
+    """Cut the supervisor's in-process cache tiers to ``keep`` of what they hold (0: empty them)."""
+
+    __slots__ = ("keep", "reason")
+
+    def __init__(self, keep: float, reason: str) -> None:
+        self.keep = keep
+        self.reason = reason
+
+
+class SetCaching:
+    """The supervisor's caches: writes on or off, in-process budget at ``budget`` of the configured one."""
+
+    __slots__ = ("budget", "reason", "writes")
+
+    def __init__(self, writes: bool, budget: float, reason: str) -> None:
+        self.writes = writes
+        self.budget = budget
+        self.reason = reason
+
+
+class ReleaseMemory:
+    """Collect garbage and give free heap pages back to the OS, in the supervisor's process."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class ModeChanged:
+    """The monitor changed mode: log it, and raise an alert if ``alert`` (``monitoring.alerts``).
+
+    Not only a record: its log line and alert are for people, so it is
+    made whether or not anyone observes. ``pressure`` and ``threshold`` are
+    fractions (of ``limits.total_system``, ``limits.cache_size`` or the host).
+    """
+
+    __slots__ = ("alert", "pressure", "threshold", "transition")
+
+    def __init__(self, transition: Transition, alert: bool, pressure: float, threshold: float) -> None:
+        self.transition = transition
+        self.alert = alert
+        self.pressure = pressure
+        self.threshold = threshold
+
+
 Action = (
     Send
     | SignalAgent
@@ -589,4 +662,9 @@ Action = (
     | AgentMoved
     | TaskRan
     | MemoryNoted
+    | ReadMonitor
+    | ShrinkCaches
+    | SetCaching
+    | ReleaseMemory
+    | ModeChanged
 )

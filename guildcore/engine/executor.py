@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from guildcore.cache import TieredCache
     from guildcore.engine.backend import Pool
     from guildcore.engine.iterators import StreamIterator
+    from guildcore.engine.monitorio import MonitorIO
     from guildcore.engine.resultcache import ResultCache
     from guildcore.metrics import Alert, Run, RunRecorder
     from guildcore.process import Process, ProcessRun
@@ -127,8 +129,19 @@ def _settings_from(config: Config) -> SupervisorSettings:
     max_agents = pool.max_agents
     if config.parallelization.max_parallel is not None:
         max_agents = min(max_agents, config.parallelization.max_parallel)
-    if parallel and config.parallelization.strategy == "adaptive":
-        max_agents = _adaptive_agents(config, max_agents)
+    adaptive = parallel and config.parallelization.strategy == "adaptive"
+    # The monitor watches local agents; on Dask, Dask's worker memory manager
+    # does (the backend refuses the monitor's own settings changed).
+    monitored = config.monitoring.enabled and config.parallelization.backend == "local"
+    if adaptive and not monitored:
+        max_agents = _adaptive_agents(config, max_agents)  # no readings while it runs: sized once, now
+    monitor_limits = None
+    if monitored:
+        from guildcore.monitor import MonitorLimits
+
+        monitor_limits = MonitorLimits.from_config(config, max_agents=max_agents).replace(
+            min_agents=min(pool.min_agents, max_agents)
+        )
     return SupervisorSettings(
         min_agents=min(pool.min_agents, max_agents),
         max_agents=max_agents,
@@ -144,11 +157,13 @@ def _settings_from(config: Config) -> SupervisorSettings:
         stream_window=config.streaming.window,
         parallel=parallel,
         queue_strategy=pool.queue_strategy,
+        monitor=monitor_limits,
+        adaptive=adaptive and monitor_limits is not None,
     )
 
 
 def _adaptive_agents(config: Config, max_agents: int) -> int:
-    """``strategy: adaptive``: as many agents as the host's load and memory leave room for, at start."""
+    """``strategy: adaptive`` without the monitor: as many agents as the host's load and memory leave room for, at start."""
     from guildcore import monitor
     from guildcore.engine import limits
 
@@ -235,8 +250,11 @@ class Guild:
                 stacklevel=2,
             )
         self._supervisor: Pool
+        self._monitor_io: MonitorIO | None = None
         if self.config.parallelization.backend == "local" or not self._settings.parallel:
-            self._supervisor = Supervisor(self._settings, starter, self._recorder)
+            if self._settings.monitor is not None:
+                self._monitor_io = self._make_monitor_io(on_alert)
+            self._supervisor = Supervisor(self._settings, starter, self._recorder, self._monitor_io)
         else:  # a backend above the engine runs the tasks; it knows how many run at once
             from guildcore.engine.backend import open_backend  # not on the local path
 
@@ -250,6 +268,28 @@ class Guild:
         self._started = False
         self._start_lock = threading.Lock()
         _live.add(self)
+
+    def _make_monitor_io(self, on_alert: Callable[[Alert], object] | None) -> MonitorIO:
+        """The monitor's probe and levers: this process above its memory now, its agents, its caches."""
+        from guildcore.engine import limits
+        from guildcore.engine.monitorio import MonitorIO
+        from guildcore.monitor import Probe
+
+        probe = Probe(
+            lambda pid: limits.read_private_bytes(pid),  # through the seam tests replace
+            cache_bytes=lambda: sum(c.memory_bytes() for c in self._memory_caches()),
+            supervisor_baseline=limits.read_private_bytes(os.getpid()) or 0,
+        )
+        return MonitorIO(probe, self._memory_caches, recorder=self._recorder, on_alert=on_alert)
+
+    def _memory_caches(self) -> list[TieredCache]:
+        """The in-process caches of this process the monitor counts and cuts: this Guild's, ``@cached``'s."""
+        out = [] if self._cache is None else [self._cache]
+        cached = sys.modules.get("guildcore.cache.cached")
+        default = cached.default_cache_if_made() if cached is not None else None
+        if default is not None and default is not self._cache:
+            out.append(default)
+        return out
 
     def _ensure_started(self) -> None:
         """Start the pool now if it has not started: the template (if safe), the owner loop, agents."""
@@ -349,7 +389,10 @@ class Guild:
                 # ~60 ms of import, which a Guild that never caches skips.
                 from guildcore.cache import TieredCache
 
-                self._cache = TieredCache.from_config(self.config)
+                cache = TieredCache.from_config(self.config)
+                if self._monitor_io is not None:
+                    self._monitor_io.adopt(cache)  # made under memory pressure: it starts with its levers set
+                self._cache = cache
             return self._cache
 
     def _result_cache(self) -> ResultCache:
@@ -859,6 +902,8 @@ class Guild:
             snap["closed"] = False
             snap["cache"] = self._results.stats() if self._results is not None else None
         snap.setdefault("backend", "local")
+        snap.setdefault("mode", None)  # no memory monitor on a Dask backend (nor with monitoring.enabled off)
+        snap.setdefault("monitor", None)
         snap["routing"] = self._router.stats()
         snap["start_method"] = self._starter.method
         snap["metrics"] = self._metrics_summary()
@@ -971,6 +1016,8 @@ class Guild:
         elif cache is not None:
             cache.close()
         self._contexts.close()
+        if self._monitor_io is not None:
+            self._monitor_io.close()
         if self._run is not None and self._recorder is not None:
             self._run.guild_closed(self._recorder, self._final_cache_stats)
         self._starter.close()  # after the owner loop has reaped every agent

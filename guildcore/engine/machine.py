@@ -25,8 +25,8 @@ cancel a task once it is sent) and handing a stream's chunk to its consumer
 
 Time enters only as ``now``: every batch ends by settling the pool, which
 compares the deadlines kept in state (a task's hard timeout, a SIGTERM's
-grace, a stopping agent's, the next memory sample, the next idle check)
-with it; ``next_deadline()`` tells the loop when to call again, with an
+grace, a stopping agent's, the next memory sample, the next idle check,
+the monitor's next reading) with it; ``next_deadline()`` tells the loop when to call again, with an
 empty batch if nothing else happened by then.
 
 Each call's actions come out in the order they must be carried out. Records
@@ -38,8 +38,9 @@ The rules are layered, a module each, so each reads on its own:
 ``poolstate`` (the state, and the primitives every rule uses: state changes,
 requeue, retry or split, finishing), ``agentrules`` (agents' lives, memory,
 deadlines, scale), ``taskrules`` (queue, dispatch, frames, streams,
-shutdown), and ``frames`` (what an agent may send). This module adds the
-entry points.
+shutdown), ``monitorrules`` (the memory monitor's readings: modes,
+cleanup, caching, admission, headroom), and ``frames`` (what an agent may
+send). This module adds the entry points.
 
 Invariant: every task ends DONE, FAILED (with its cause) or CANCELLED: a
 task lost with its agent is retried, split or failed with ``AgentDied``;
@@ -65,28 +66,29 @@ from guildcore.engine.events import (
     FrameIn,
     InlineFinished,
     MemorySampled,
+    MonitorRead,
     ResultFetched,
     ShutdownRequested,
     StopIdleAgents,
     StreamCancelled,
     Submitted,
 )
+from guildcore.engine.monitorrules import MonitorRules
 from guildcore.engine.poolstate import Counters, SupervisorSettings
 from guildcore.engine.task import Task
-from guildcore.engine.taskrules import TaskRules
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
     from typing import Any
 
 
-class Machine(TaskRules):
+class Machine(MonitorRules):
     """The supervisor's whole state and every rule that changes it.
 
     The rules live in layers, each a module: ``poolstate`` (the state and
     its primitives), ``agentrules`` (agents' lives, clocks, scale),
-    ``taskrules`` (tasks, frames, streams, stopping); this class adds the
-    entry points.
+    ``taskrules`` (tasks, frames, streams, stopping), ``monitorrules``
+    (the memory monitor); this class adds the entry points.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class Machine(TaskRules):
             ResultFetched: self._on_fetched,
             AdmissionChanged: self._on_admission,
             StopIdleAgents: self._on_stop_idle,
+            MonitorRead: self._on_monitor_read,
         }
 
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -156,6 +159,9 @@ class Machine(TaskRules):
                 due = t
         if sampling and (due is None or self.next_sample_at < due):
             due = self.next_sample_at
+        reading = self.monitor_deadline()
+        if reading is not None and (due is None or reading < due):
+            due = reading
         return due
 
     def fail_all(self, err: BaseException, more: Iterable[Task] = ()) -> list[Action]:
@@ -181,6 +187,8 @@ class Machine(TaskRules):
             "inline": self.inline,
             "counters": counters,
             "peak_private_bytes": dict(self.counters.peak_private_bytes),
+            "mode": None if self.monitor is None else self.monitor.mode.value,
+            "monitor": self.monitor_snapshot(),
         }
 
     def _settle(self) -> None:
@@ -192,6 +200,7 @@ class Machine(TaskRules):
             self._dispatch()
             self._steal_for_idle()
         self._scale()
+        self._check_monitor()  # after any start: a new agent is not held up by a reading
         if self.stopping:
             self._stop_when_empty()
 

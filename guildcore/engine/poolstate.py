@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from guildcore.errors import PoolBroken
+    from guildcore.monitor import MonitorLimits
 
 # Per-agent peaks kept in ``counters.peak_private_bytes``: the highest ones,
 # so the pool's high-water mark stays while a long run recycling agents
@@ -61,7 +62,7 @@ class SupervisorSettings(Frozen):
     _fields = (
         "min_agents", "max_agents", "idle_timeout_s", "scale_up_queue_length", "balancing", "prefetch",
         "max_tasks_per_agent", "quarantine_after", "limit_bytes", "sample_interval_s", "timeout_grace_s",
-        "stream_window", "parallel", "queue_strategy",
+        "stream_window", "parallel", "queue_strategy", "monitor", "adaptive",
     )  # fmt: skip
     __slots__ = _fields
     min_agents: int
@@ -78,6 +79,8 @@ class SupervisorSettings(Frozen):
     stream_window: int
     parallel: bool
     queue_strategy: str
+    monitor: MonitorLimits | None  # None: no monitor (monitoring.enabled false, or a Dask backend)
+    adaptive: bool  # parallelization.strategy: adaptive (the monitor sizes the pool)
 
     def __init__(
         self,
@@ -95,6 +98,8 @@ class SupervisorSettings(Frozen):
         stream_window: int,
         parallel: bool,
         queue_strategy: str = "priority",
+        monitor: MonitorLimits | None = None,
+        adaptive: bool = False,
     ) -> None:
         self._set("min_agents", min_agents)
         self._set("max_agents", max_agents)
@@ -110,6 +115,8 @@ class SupervisorSettings(Frozen):
         self._set("stream_window", stream_window)
         self._set("parallel", parallel)
         self._set("queue_strategy", queue_strategy)
+        self._set("monitor", monitor)
+        self._set("adaptive", adaptive)
 
 
 class Counters(Record):
@@ -306,10 +313,11 @@ class PoolState:
         )
         self._out.append(SignalAgent(agent.id, signal.SIGKILL, "malformed frame"))
 
-    def _start_agent(self, reason: str) -> None:
+    def _start_agent(self, reason: str) -> AgentRecord:
         agent = AgentRecord(next(self._agent_ids), self.now)
         self.agents[agent.id] = agent
         self._out.append(StartAgent(agent.id, reason))
+        return agent
 
     def _drain_agent(self, agent: AgentRecord, reason: str) -> None:
         self._agent_to(agent, AgentState.DRAINING, reason)

@@ -4,7 +4,8 @@ This module covers ``RecorderObserver``, the supervisor observer (see
 ``supervisor``) that turns the machine's records into the recorder's
 reports: a task queued, sent, timed by its agent, retried or split,
 finished with its outcome and error type; an agent started, ready, stopped
-or dead with why; each memory sample. It does not cover what the recorder
+or dead with why; each memory sample; each change of the monitor's mode
+(its alert reaches the recorder through ``monitorio``). It does not cover what the recorder
 does with them (``metrics``) nor when it ticks (the owner loop).
 
 Parts of a split chunk are not reported as tasks of their own: callers
@@ -13,7 +14,7 @@ submitted the chunk, whose split is reported as a retry.
 
 from __future__ import annotations
 
-from guildcore.engine.events import AgentMoved, MemoryNoted, TaskMoved, TaskRan
+from guildcore.engine.events import AgentMoved, MemoryNoted, ModeChanged, TaskMoved, TaskRan
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class RecorderObserver:
             self.recorder.task_ran(action.task_id, action.agent_id, action.fields, now)
         elif kind is MemoryNoted:
             self.recorder.memory_sample(action.agent_id, action.private_bytes, now)
+        elif kind is ModeChanged:
+            self.recorder.mode_changed(action.transition.mode.value, action.transition.reason, now)
 
     def _task(self, now: float, moved: TaskMoved) -> None:
         if moved.part:

@@ -89,6 +89,11 @@ class _Writer:
             try:
                 self._store(batch)
             finally:
+                # Invariant: an idle writer holds no result: the last batch's
+                # values would stay alive until the next batch came, out of
+                # reach of a memory monitor emptying the cache.
+                del first, batch
+                more = None
                 with self._idle:
                     self._pending -= taken
                     self._idle.notify_all()

@@ -85,12 +85,17 @@ from guildcore.engine.events import (
     Log,
     MemoryNoted,
     MemorySampled,
+    ModeChanged,
+    ReadMonitor,
+    ReleaseMemory,
     Resolve,
     ResultFetched,
     RunCall,
     RunInline,
     SampleMemory,
     Send,
+    SetCaching,
+    ShrinkCaches,
     ShutdownRequested,
     SignalAgent,
     StartAgent,
@@ -117,6 +122,7 @@ TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as t
 if TYPE_CHECKING:
     from typing import Any
 
+    from guildcore.engine.monitorio import MonitorIO
     from guildcore.metrics.recorder import RunRecorder
 
 log = logging.getLogger("guildcore.supervisor")
@@ -138,9 +144,20 @@ __all__ = ["Observer", "Supervisor", "SupervisorSettings"]
 class Supervisor:
     """Owns the pool; every public method may be called from any thread."""
 
-    def __init__(self, settings: SupervisorSettings, starter: AgentStarter, recorder: RunRecorder | None = None) -> None:
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        starter: AgentStarter,
+        recorder: RunRecorder | None = None,
+        monitor_io: MonitorIO | None = None,
+    ) -> None:
         self.settings = settings
         self.recorder = recorder  # metrics; None when monitoring.metrics is off
+        if monitor_io is None and settings.monitor is not None:
+            from guildcore.engine.monitorio import default_io
+
+            monitor_io = default_io(recorder)
+        self.monitor_io = monitor_io  # the memory monitor's I/O; None when monitoring.enabled is off
         self._starter = starter
         self._inbox = Inbox()
         self._ids = itertools.count(1)
@@ -188,6 +205,15 @@ class Supervisor:
             TaskRan: _record,
             MemoryNoted: _record,
         }
+        io = self.monitor_io
+        if io is not None:
+            self._appliers.update({
+                ReadMonitor: lambda a, events: events.append(io.read(a, time.monotonic())),
+                ShrinkCaches: lambda a, events: io.shrink(a),
+                SetCaching: lambda a, events: io.set_caching(a),
+                ReleaseMemory: lambda a, events: io.release(a),
+                ModeChanged: lambda a, events: io.mode_changed(a),
+            })  # fmt: skip
         if recorder is not None:
             self.observe(RecorderObserver(recorder))
 
@@ -319,6 +345,11 @@ class Supervisor:
             now = time.monotonic()
             self._batch = events
             actions = machine.handle_batch(events, now)
+            # Invariant: the loop holds no result while it waits: the events
+            # just taken (a result read out of shared memory among them) go
+            # now, not at the next turn, so freed memory is free.
+            self._batch = []
+            events.clear()
             if not actions:
                 return
             events = []
