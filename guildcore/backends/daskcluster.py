@@ -59,7 +59,10 @@ _RESTART_TIMEOUT_S = 30.0
 # How long connecting to a scheduler may take before Guild() fails.
 _CONNECT_TIMEOUT_S = 30.0
 # How long a lost worker's nanny gets to report its exit code (dask-local).
-_EXIT_WAIT_S = 2.0
+# It answers as soon as the nanny has seen the exit; the wait is long only
+# on a host so loaded that the nanny's own poll comes late (2 s was not
+# enough there, and the error then lost its signal).
+_EXIT_WAIT_S = 10.0
 # How long a dask-local worker may stay over limits.per_agent before its
 # nanny restarts it. The watchdog in the worker stops a task running Python
 # code within one sample, and the worker lives on; only a task blocked in C
