@@ -89,7 +89,11 @@ def _ppe_cold(root: str) -> dict[str, Any]:
 
 
 def _guild(cache: str) -> Guild:
-    return Guild(max_agents=WORKERS, caching={"path": cache}, per_agent="1GB", timeout=300.0)
+    # limits.total_system must hold both agents at their per_agent limit, or
+    # the monitor holds the second agent's start and the Guild runs on one.
+    return Guild(
+        max_agents=WORKERS, caching={"path": cache}, limits={"per_agent": "1GB", "total_system": "4GB"}, timeout=300.0
+    )
 
 
 def _process(g: Guild, root: str) -> dict[str, Any]:

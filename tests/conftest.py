@@ -2,7 +2,8 @@
 
 A test fails if it leaves behind a child process (other than the
 interpreter-wide forkserver and resource tracker that multiprocessing keeps
-for its lifetime), a /dev/shm segment owned by this process, or a thread.
+for its lifetime, and guildcore's own forkserver), a /dev/shm segment owned
+by this process, or a thread.
 Leftovers get a short deadline to go away, since joins and reaps are
 asynchronous; the wait is on their state, never a fixed sleep.
 """
@@ -86,6 +87,11 @@ def _interpreter_helpers() -> set[int]:
         fs_pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
         rt_pid = getattr(resource_tracker._resource_tracker, "_pid", None)
         pids.update(p for p in (fs_pid, rt_pid) if p)
+        from guildcore.engine import ownserver
+
+        own = ownserver.server_pid()  # guildcore's own forkserver: it too lives as long as the interpreter
+        if own:
+            pids.add(own)
     except Exception:
         pass
     return pids

@@ -692,14 +692,15 @@ def drop_forkserver_alive_fd() -> None:
     forkserver = sys.modules.get("multiprocessing.forkserver")
     if forkserver is None:
         return  # never imported in this process: it holds no such pipe (and importing costs ms)
-    try:
-        server = forkserver._forkserver
-        fd = getattr(server, "_forkserver_alive_fd", None)
-        if fd is not None:
-            setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the stdlib
-            os.close(fd)
-    except (AttributeError, OSError):
-        pass
+    own = sys.modules.get("guildcore.engine.ownserver")  # guildcore's own server (a forked caller's copy)
+    for server in (getattr(forkserver, "_forkserver", None), getattr(own, "_server", None)):
+        try:
+            fd = getattr(server, "_forkserver_alive_fd", None)
+            if fd is not None:
+                setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute of the stdlib
+                os.close(fd)
+        except (AttributeError, OSError):
+            pass
 
 
 def agent_main(conn: Any, settings: AgentSettings) -> None:

@@ -50,12 +50,22 @@ def auto_size(n_items: int, agents: int) -> int:
 
 
 def guided_sizes(n_items: int, chunksize: int, *, agents: int, held: int) -> list[int]:
-    """Chunk lengths covering ``n_items``: large first, never below ``chunksize``."""
+    """Chunk lengths covering ``n_items``: large first, down to ``chunksize / held`` at the end.
+
+    An agent is sent ``held`` chunks at once and no other agent can take
+    them back, so at the end of a batch one agent may sit idle while another
+    still holds its last ``held`` chunks. Chunks of ``chunksize / held`` at
+    the end pin no more work to one agent than a single chunk of
+    ``chunksize`` would without prefetch. On the refactor process (734
+    files of 1-50 ms, 2 agents, 3 held) the last chunks of 23 files left
+    one agent idle for up to 0.24 s at the end.
+    """
     share = max(1, agents) * max(1, held) * GUIDED_SHARE
+    floor = max(1, -(-chunksize // max(1, held)))
     sizes = []
     left = n_items
     while left > 0:
-        size = min(left, max(chunksize, -(-left // share)))
+        size = min(left, max(floor, -(-left // share)))
         sizes.append(size)
         left -= size
     return sizes

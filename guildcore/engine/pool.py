@@ -134,13 +134,31 @@ class AgentStarter:
         if self._template is not None:
             self.ctx = _TEMPLATE  # no stdlib context: agents come from the template
             return
+        if self.method == "forkserver":
+            self.ctx = self._forkserver_context()
+            return
         import multiprocessing  # ~6 ms with pickle: only for agents the stdlib starts
 
         self.ctx = multiprocessing.get_context("fork" if self.method == "fork" else self.method)
-        if self.method == "forkserver":
-            # Preloading only takes effect before the forkserver first starts;
-            # afterwards the modules are imported by each agent on first use.
-            self.ctx.set_forkserver_preload([*FORKSERVER_PRELOAD, *self.preload])
+
+    def _forkserver_context(self) -> Any:
+        """The interpreter's forkserver, unless it already runs without guildcore: then guildcore's own.
+
+        Preloading only takes effect before a forkserver first starts; from
+        one started by someone else (a ProcessPoolExecutor) every agent would
+        import the agent module by itself (``ownserver``).
+        """
+        import multiprocessing  # ~6 ms with pickle: only for agents the stdlib starts
+
+        from guildcore.engine import ownserver
+
+        preload = [*FORKSERVER_PRELOAD, *self.preload]
+        if ownserver.shared_server_fits(FORKSERVER_PRELOAD):
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(preload)
+            return ctx
+        ownserver.own_server(preload)
+        return ownserver.OwnServerContext()
 
     def _fork_template(self, requested: str) -> str:
         """Fork the template now if that is safe; the method agents will use."""
@@ -201,9 +219,7 @@ class AgentStarter:
                 self._template.close()
                 self._template = None
                 self.method = "forkserver"
-                import multiprocessing
-
-                self.ctx = multiprocessing.get_context("forkserver")
+                self.ctx = self._forkserver_context()
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(
             target=agent_main,
