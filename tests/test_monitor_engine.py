@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,15 @@ def test_cache_size_sets_the_scale_of_the_supervisors_cache(tmp_path: Path) -> N
                 wait_for(lambda: g._cache is not None and g._cache.memory_bytes() >= 40 * MB, "every result cached")
                 snap = g.stats()
                 assert snap["mode"] == "normal" and snap["monitor"]["timeline"] == []
+
+
+def test_a_per_agent_above_total_system_warns_that_the_pool_will_hold_one_agent(tmp_path: Path) -> None:
+    """The monitor starts an agent only while a whole per_agent fits: say so where the Guild is made."""
+    caching = {"path": str(tmp_path / "cache")}
+    with pytest.warns(RuntimeWarning, match=r"limits.per_agent \(1.0 GB\) is more than limits.total_system .* 1 agent, not up to 2") as seen:
+        Guild(max_agents=2, per_agent="1GB", caching=caching).shutdown()
+    assert seen[0].filename == __file__  # points at the caller's Guild(...) line
+    for quiet in ({"max_agents": 1, "per_agent": "1GB"}, {"max_agents": 2, "limits": {"per_agent": "1GB", "total_system": "2GB"}}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Guild(caching=caching, **quiet).shutdown()

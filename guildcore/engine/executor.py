@@ -142,6 +142,8 @@ def _settings_from(config: Config) -> SupervisorSettings:
         monitor_limits = MonitorLimits.from_config(config, max_agents=max_agents).replace(
             min_agents=min(pool.min_agents, max_agents)
         )
+        if max_agents > 1 and lim.per_agent > lim.total_system:
+            _warn_one_agent(lim.per_agent, lim.total_system, max_agents)
     return SupervisorSettings(
         min_agents=min(pool.min_agents, max_agents),
         max_agents=max_agents,
@@ -159,6 +161,28 @@ def _settings_from(config: Config) -> SupervisorSettings:
         queue_strategy=pool.queue_strategy,
         monitor=monitor_limits,
         adaptive=adaptive and monitor_limits is not None,
+    )
+
+
+def _warn_one_agent(per_agent: int, total_system: int, max_agents: int) -> None:
+    """Say why a pool will hold one agent: the monitor starts one only while a whole ``per_agent`` fits.
+
+    Raising ``per_agent`` alone (a task needs more memory) is common, and the
+    budget it then contradicts is easy to miss: without this warning the pool
+    would quietly run on one agent, the reason only in ``stats()["monitor"]``.
+    """
+    import warnings
+
+    from guildcore._errors import format_bytes
+
+    warnings.warn(
+        f"limits.per_agent ({format_bytes(per_agent)}) is more than limits.total_system "
+        f"({format_bytes(total_system)}): the memory monitor starts an agent only while one more "
+        f"per_agent fits under total_system, so this Guild will run 1 agent, not up to {max_agents}; "
+        f"raise limits.total_system (to {format_bytes(per_agent * max_agents)} for {max_agents} agents) "
+        "or set monitoring.enabled: false",
+        RuntimeWarning,
+        stacklevel=4,
     )
 
 
