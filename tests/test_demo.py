@@ -315,3 +315,22 @@ def test_the_example_process_does_the_demo_refactor_in_three_steps(
 
         excluded = g.run_process(process, **inputs, exclude=["tests"])
         assert excluded["report"]["files"] == 30
+
+
+@pytest.mark.parametrize("agents", [2, None])
+def test_the_demo_guild_has_room_for_every_agent(tmp_path: Path, agents: int | None) -> None:
+    """The demo raises per_agent to 1 GB; total_system must still fit the pool, or the monitor holds it to one agent."""
+    import warnings
+
+    from guildcore.demo.passes import DemoOptions, _guild
+
+    opts = DemoOptions(str(tmp_path), "a", "b", str(tmp_path / "cache"), agents=agents)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one-agent warning would fail this
+        g = _guild(opts)
+    try:
+        limits, pool = g.config.limits, g.config.pool
+        assert limits.per_agent == 10**9
+        assert limits.total_system >= limits.per_agent * (agents or pool.max_agents) + limits.per_agent
+    finally:
+        g.shutdown()

@@ -154,10 +154,20 @@ def _ratio(
 
 def _guild(opts: DemoOptions) -> Any:
     from guildcore import Guild
+    from guildcore.config_values import parse_size
 
+    # The memory monitor starts an agent only while one more per_agent fits
+    # under total_system: a budget sized to the pool keeps every agent.
+    if opts.agents is not None:
+        agents = opts.agents
+    else:
+        from guildcore.config import load_config
+
+        agents = load_config().pool.max_agents
+    total = parse_size(opts.per_agent, "per_agent") * (agents + 1)
     overrides: dict[str, Any] = {
         "caching": {"enabled": True, "path": opts.cache_dir},
-        "per_agent": opts.per_agent,
+        "limits": {"per_agent": opts.per_agent, "total_system": total},
         "timeout": 300.0,  # per file; a huge generated module on a loaded host
     }
     if opts.agents is not None:
