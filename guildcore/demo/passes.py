@@ -154,22 +154,21 @@ def _ratio(
 
 def _guild(opts: DemoOptions) -> Any:
     from guildcore import Guild
+    from guildcore.config import load_config
     from guildcore.config_values import parse_size
 
-    # The memory monitor starts an agent only while one more per_agent fits
-    # under total_system: a budget sized to the pool keeps every agent.
-    if opts.agents is not None:
-        agents = opts.agents
-    else:
-        from guildcore.config import load_config
-
-        agents = load_config().pool.max_agents
-    total = parse_size(opts.per_agent, "per_agent") * (agents + 1)
+    configured = load_config()
     overrides: dict[str, Any] = {
         "caching": {"enabled": True, "path": opts.cache_dir},
-        "limits": {"per_agent": opts.per_agent, "total_system": total},
+        "limits": {"per_agent": opts.per_agent},
         "timeout": 300.0,  # per file; a huge generated module on a loaded host
     }
+    if (opts.backend or configured.parallelization.backend) == "local":
+        # The memory monitor starts an agent only while one more per_agent
+        # fits under total_system: a budget sized to the pool keeps every
+        # agent. (On Dask the monitor does not run, and refuses its budget.)
+        agents = opts.agents if opts.agents is not None else configured.pool.max_agents
+        overrides["limits"]["total_system"] = parse_size(opts.per_agent, "per_agent") * (agents + 1)
     if opts.agents is not None:
         overrides["max_agents"] = opts.agents
     if opts.backend is not None:
