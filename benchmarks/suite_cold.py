@@ -82,11 +82,16 @@ def _settle() -> None:
 
 
 def _interleave(bench: Bench, group: str, systems: dict[str, tuple[Sample, float, str]], rounds: int, *, baseline: str) -> None:
-    """Each round: every system once (setup untimed, the call timed, teardown untimed)."""
+    """Each round: every system once (setup untimed, the call timed, teardown untimed), in rotated order."""
     created: dict[str, list[float]] = {name: [] for name in systems}
     samples: dict[str, list[float]] = {name: [] for name in systems}
+    order = list(systems.items())
     for r in range(rounds + 1):  # round 0 warms imports and page caches, and is dropped
-        for name, ((setup, call, teardown), scale, _note) in systems.items():
+        # Each round starts one system later: a pool's teardown (workers
+        # still exiting on the 2 cores) lands on a different next system
+        # each round, not always on the same one.
+        shift = r % len(order)
+        for name, ((setup, call, teardown), scale, _note) in order[shift:] + order[:shift]:
             _settle()
             t0 = time.perf_counter()
             state = setup()
