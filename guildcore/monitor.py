@@ -54,6 +54,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 from guildcore._errors import format_bytes
+from guildcore._records import Frozen
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -126,46 +127,21 @@ _WARNING_CLEANUP = (Action.EVICT_HALF, Action.TRIM, Action.STOP_IDLE)
 _CRITICAL_CLEANUP = (Action.EVICT_ALL, Action.TRIM, Action.STOP_IDLE)
 
 
-class _Record:
-    """A small immutable record: fields in ``__slots__``, set once by ``__init__``.
+class _Record(Frozen):
+    """A frozen record (``_records.Frozen``) whose ``__init__`` sets its fields in one call.
 
     Not a dataclass: this module is imported by every Guild that monitors,
     and a frozen dataclass costs a millisecond or more to create at import.
     """
 
-    __slots__: tuple[str, ...] = ()
-    _fields: tuple[str, ...] = ()  # in the order they show
+    __slots__ = ()
 
-    def _set(self, **values: Any) -> None:
+    def _set_fields(self, **values: Any) -> None:
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable; use replace()")
-
-    def replace(self, **changes: Any) -> Any:
-        """A copy with ``changes`` (as ``dataclasses.replace``)."""
-        new = object.__new__(type(self))
-        for name in self._fields:
-            object.__setattr__(new, name, changes.pop(name) if name in changes else getattr(self, name))
-        if changes:
-            raise TypeError(f"{type(self).__name__} has no field {next(iter(changes))!r}")
-        return new
-
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._fields}
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self._fields)
-
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, n) for n in self._fields))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
-        return f"{type(self).__name__}({fields})"
 
 
 class Readings(_Record):
@@ -208,7 +184,7 @@ class Readings(_Record):
         load_avg: float | None = None,
         runnable: int | None = None,
     ) -> None:
-        self._set(
+        self._set_fields(
             supervisor_bytes=supervisor_bytes, agent_bytes=agent_bytes, agents=agents, cache_bytes=cache_bytes,
             host_total_bytes=host_total_bytes, host_available_bytes=host_available_bytes, cpus=cpus,
             host_busy_cpus=host_busy_cpus, own_busy_cpus=own_busy_cpus, load_avg=load_avg, runnable=runnable,
@@ -251,7 +227,7 @@ class MonitorLimits(_Record):
         max_agents: int,
         alerts: bool = True,
     ) -> None:
-        self._set(
+        self._set_fields(
             total_system_bytes=total_system_bytes, cache_size_bytes=cache_size_bytes,
             per_agent_bytes=per_agent_bytes, warning=warning, critical=critical,
             check_interval_s=check_interval_s, min_agents=min_agents, max_agents=max_agents, alerts=alerts,
@@ -302,7 +278,7 @@ class MonitorState(_Record):
         stepped_down_at: float | None = None,
         cleaned_at: float | None = None,
     ) -> None:
-        self._set(
+        self._set_fields(
             mode=mode, since=since, below_warning_since=below_warning_since,
             below_critical_since=below_critical_since, hold_s=hold_s, stepped_down_at=stepped_down_at,
             cleaned_at=cleaned_at,
@@ -321,7 +297,7 @@ class Decision(_Record):
     def __init__(
         self, previous: Mode, state: MonitorState, actions: tuple[Action, ...], reason: str, pressure: float
     ) -> None:
-        self._set(previous=previous, state=state, actions=actions, reason=reason, pressure=pressure)
+        self._set_fields(previous=previous, state=state, actions=actions, reason=reason, pressure=pressure)
 
     @property
     def mode(self) -> Mode:
@@ -488,7 +464,7 @@ class AdaptivePlan(_Record):
     reason: str
 
     def __init__(self, agents: int, caching: CachingLevel, reason: str) -> None:
-        self._set(agents=agents, caching=caching, reason=reason)
+        self._set_fields(agents=agents, caching=caching, reason=reason)
 
 
 def _external_load(readings: Readings, running: int) -> float | None:
@@ -563,7 +539,7 @@ class Transition(_Record):
     readings: Readings
 
     def __init__(self, at: float, previous: Mode, mode: Mode, reason: str, readings: Readings) -> None:
-        self._set(at=at, previous=previous, mode=mode, reason=reason, readings=readings)
+        self._set_fields(at=at, previous=previous, mode=mode, reason=reason, readings=readings)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -38,7 +38,6 @@ ALLOWED = {
     ("_records.py", "ValueError"): "field() refuses a default and a default_factory together, as dataclasses.field",
     ("process/call.py", "AttributeError"): "module __getattr__ answers a missing name",
     ("context/ref.py", "AttributeError"): "__setattr__/__delattr__ of a read-only object",
-    ("monitor.py", "AttributeError"): "__setattr__ of an immutable record (as a frozen dataclass's)",
     ("monitor.py", "TypeError"): "replace() with a field the record lacks (as dataclasses.replace)",
     ("context/view.py", "KeyError"): "Mapping.__getitem__ answers a missing key",
     ("engine/shmbuf.py", "ValueError"): "io: an operation on a closed stream",
