@@ -14,13 +14,13 @@ back. A namespace with an entry cap (``caps``, from its policy's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any
 
 from guildcore.errors import ConfigError
 
-__all__ = ["MISS", "L1Cache", "NsKey"]
+__all__ = ["MISS", "L1Cache", "NamespaceCaps", "NsKey"]
 
 NsKey = tuple[str, bytes]  # (namespace, key)
 
@@ -41,6 +41,58 @@ class _Miss:
 MISS: Any = _Miss()
 
 
+class NamespaceCaps:
+    """The entry caps of namespaces in one in-process tier, and each capped namespace's keys.
+
+    Both tiers (L1, L2) keep the invariant: for each capped namespace,
+    ``keys[namespace]`` holds exactly its keys in the tier, oldest written
+    first. The tier asks which keys to drop (``set_cap``, ``admit``) and
+    drops them itself, telling this table through ``forget``.
+    """
+
+    __slots__ = ("caps", "keys")
+
+    def __init__(self) -> None:
+        self.caps: dict[str, int] = {}
+        self.keys: dict[str, dict[NsKey, None]] = {}
+
+    def set_cap(self, namespace: str, cap: int | None, held: Iterable[NsKey]) -> list[NsKey]:
+        """Cap ``namespace`` (None: no cap of its own); the keys of ``held`` the new cap pushes out."""
+        if cap is None:
+            self.caps.pop(namespace, None)
+            self.keys.pop(namespace, None)
+            return []
+        if cap < 1:
+            raise ConfigError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}", key="max_entries")
+        self.caps[namespace] = cap
+        keys = self.keys.setdefault(namespace, {})
+        if not keys:
+            keys.update((k, None) for k in held if k[0] == namespace)
+        return list(islice(keys, max(0, len(keys) - cap)))
+
+    def admit(self, ns_key: NsKey, cap: int) -> list[NsKey]:
+        """Record ``ns_key`` as its namespace's newest; the oldest keys it pushes out of the cap."""
+        keys = self.keys[ns_key[0]]
+        keys.pop(ns_key, None)
+        out = list(islice(keys, max(0, len(keys) - cap + 1)))
+        keys[ns_key] = None
+        return out
+
+    def forget(self, ns_key: NsKey) -> None:
+        keys = self.keys.get(ns_key[0]) if self.keys else None
+        if keys is not None:
+            keys.pop(ns_key, None)
+
+    def clear(self) -> None:
+        for keys in self.keys.values():
+            keys.clear()
+
+    def count(self, namespace: str) -> int | None:
+        """Entries of ``namespace`` when it is capped (None: not counted here)."""
+        keys = self.keys.get(namespace)
+        return None if keys is None else len(keys)
+
+
 class L1Cache:
     """``{(namespace, key): (value, expires)}``; ``expires`` 0.0 means never.
 
@@ -53,10 +105,7 @@ class L1Cache:
             raise ConfigError(f"max_entries must be >= 0, not {max_entries}", key="max_entries")
         self.max_entries = max_entries
         self._data: dict[NsKey, tuple[Any, float]] = {}
-        # Invariant: for each capped namespace, _ns_keys holds exactly its keys
-        # in _data, oldest first.
-        self._caps: dict[str, int] = {}
-        self._ns_keys: dict[str, dict[NsKey, None]] = {}
+        self._caps = NamespaceCaps()
         for namespace, cap in (caps or {}).items():
             self.set_cap(namespace, cap)
 
@@ -65,24 +114,12 @@ class L1Cache:
 
     def set_cap(self, namespace: str, cap: int | None) -> None:
         """Cap ``namespace`` at ``cap`` entries (None: no cap of its own)."""
-        if cap is None:
-            self._caps.pop(namespace, None)
-            self._ns_keys.pop(namespace, None)
-            return
-        if cap < 1:
-            raise ConfigError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}", key="max_entries")
-        self._caps[namespace] = cap
-        keys = self._ns_keys.setdefault(namespace, {})
-        if not keys:
-            keys.update((k, None) for k in self._data if k[0] == namespace)
-        while len(keys) > cap:
-            self._drop(next(iter(keys)))
+        for old in self._caps.set_cap(namespace, cap, self._data):
+            self._drop(old)
 
     def _drop(self, ns_key: NsKey) -> None:
         self._data.pop(ns_key, None)
-        keys = self._ns_keys.get(ns_key[0])
-        if keys is not None:
-            keys.pop(ns_key, None)
+        self._caps.forget(ns_key)
 
     def get(self, ns_key: NsKey, now: float) -> Any:
         entry = self._data.get(ns_key)
@@ -103,13 +140,11 @@ class L1Cache:
             excess = len(data) - self.max_entries + 1
             for old in list(islice(data, excess + self.max_entries // EVICT_DIVISOR)):
                 self._drop(old)
-        cap = self._caps.get(ns_key[0]) if self._caps else None
+        caps = self._caps
+        cap = caps.caps.get(ns_key[0]) if caps.caps else None
         if cap is not None:
-            keys = self._ns_keys[ns_key[0]]
-            keys.pop(ns_key, None)
-            while len(keys) >= cap:
-                self._drop(next(iter(keys)))
-            keys[ns_key] = None
+            for old in caps.admit(ns_key, cap):
+                self._drop(old)
         data[ns_key] = (value, expires)
 
     def delete(self, ns_key: NsKey) -> None:
@@ -118,8 +153,7 @@ class L1Cache:
     def clear(self, namespace: str | None = None) -> None:
         if namespace is None:
             self._data.clear()
-            for keys in self._ns_keys.values():
-                keys.clear()
+            self._caps.clear()
             return
         for k in [k for k in self._data if k[0] == namespace]:
             self._drop(k)
@@ -134,7 +168,7 @@ class L1Cache:
         return excess
 
     def count(self, namespace: str) -> int:
-        keys = self._ns_keys.get(namespace)
-        if keys is not None:
-            return len(keys)
+        counted = self._caps.count(namespace)
+        if counted is not None:
+            return counted
         return sum(1 for k in self._data if k[0] == namespace)

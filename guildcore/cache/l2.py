@@ -21,7 +21,7 @@ from typing import Any
 
 import lru
 
-from guildcore.cache.l1 import MISS, NsKey
+from guildcore.cache.l1 import MISS, NamespaceCaps, NsKey
 from guildcore.errors import ConfigError
 
 __all__ = ["SESSION_VALUE_BYTES", "L2Cache"]
@@ -47,40 +47,22 @@ class L2Cache:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._lru = lru.LRU(max_entries, callback=self._evicted)
-        # Invariant: for each capped namespace, _ns_keys holds exactly its keys
-        # in the LRU, oldest written first.
-        self._caps: dict[str, int] = {}
-        self._ns_keys: dict[str, dict[NsKey, None]] = {}
+        self._caps = NamespaceCaps()
         for namespace, cap in (caps or {}).items():
             self.set_cap(namespace, cap)
 
     def _evicted(self, key: NsKey, entry: tuple[Any, float, int]) -> None:
         # Invariant: self.nbytes is the sum of nbytes over the entries held.
         self.nbytes -= entry[2]
-        self._untrack(key)
-
-    def _untrack(self, key: NsKey) -> None:
-        keys = self._ns_keys.get(key[0]) if self._ns_keys else None
-        if keys is not None:
-            keys.pop(key, None)
+        self._caps.forget(key)
 
     def __len__(self) -> int:
         return len(self._lru)
 
     def set_cap(self, namespace: str, cap: int | None) -> None:
         """Cap ``namespace`` at ``cap`` entries (None: no cap of its own)."""
-        if cap is None:
-            self._caps.pop(namespace, None)
-            self._ns_keys.pop(namespace, None)
-            return
-        if cap < 1:
-            raise ConfigError(f"the entry cap of namespace {namespace!r} must be >= 1, not {cap}", key="max_entries")
-        self._caps[namespace] = cap
-        keys = self._ns_keys.setdefault(namespace, {})
-        if not keys:
-            keys.update((k, None) for k in self._lru.keys() if k[0] == namespace)  # noqa: SIM118 - LRU is not iterable
-        while len(keys) > cap:
-            self.delete(next(iter(keys)))
+        for old in self._caps.set_cap(namespace, cap, self._lru.keys()):
+            self.delete(old)
 
     def get(self, ns_key: NsKey, now: float) -> Any:
         entry = self.entry(ns_key, now)
@@ -104,12 +86,11 @@ class L2Cache:
             self.delete(ns_key)
         if nbytes > self.max_bytes:
             return
-        cap = self._caps.get(ns_key[0]) if self._caps else None
+        caps = self._caps
+        cap = caps.caps.get(ns_key[0]) if caps.caps else None
         if cap is not None:
-            keys = self._ns_keys[ns_key[0]]
-            while len(keys) >= cap:
-                self.delete(next(iter(keys)))
-            keys[ns_key] = None
+            for old in caps.admit(ns_key, cap):
+                self.delete(old)
         lru_[ns_key] = (value, expires, nbytes)  # may evict the least recent (callback)
         self.nbytes += nbytes
         while self.nbytes > self.max_bytes and len(lru_):
@@ -127,14 +108,13 @@ class L2Cache:
         entry = self._lru.pop(ns_key, None)
         if entry is not None:
             self.nbytes -= entry[2]
-            self._untrack(ns_key)
+            self._caps.forget(ns_key)
 
     def clear(self, namespace: str | None = None) -> None:
         if namespace is None:
             self._lru.clear()
             self.nbytes = 0
-            for keys in self._ns_keys.values():
-                keys.clear()
+            self._caps.clear()
             return
         for k in [k for k in self._lru.keys() if k[0] == namespace]:  # noqa: SIM118 - LRU is not iterable
             self.delete(k)
