@@ -20,6 +20,29 @@ import psutil
 import pytest
 
 SHM_DIR = "/dev/shm"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Dask's scratch space (its lock files and spills) in a folder of this run's, removed at the end.
+
+    Dask reads ``DASK_TEMPORARY_DIRECTORY`` when it is first imported, which
+    is after this hook; the ``dask`` command-line processes the tests start
+    inherit it. Without it every run leaves ``dask-scratch-space`` in /tmp.
+    """
+    import tempfile
+
+    if "DASK_TEMPORARY_DIRECTORY" not in os.environ:
+        config._dask_scratch = tempfile.mkdtemp(prefix="guild-tests-dask-")  # type: ignore[attr-defined]
+        os.environ["DASK_TEMPORARY_DIRECTORY"] = config._dask_scratch  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    scratch = getattr(config, "_dask_scratch", None)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.environ.pop("DASK_TEMPORARY_DIRECTORY", None)
 LEAK_DEADLINE_S = 5.0
 # Backends an engine test module runs under when it asks for the ``backend``
 # fixture (``pytestmark = pytest.mark.usefixtures("backend")``); a test marked
