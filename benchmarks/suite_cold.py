@@ -2,8 +2,9 @@
 
 Scripts make a pool, map once and end, so the first call is what users
 wait for. Every sample here makes a new pool (a new ``Guild``); the first
-result row starts a new interpreter per sample. Systems are interleaved
-(A B C A B C ...), samples 50 ms apart after ``gc.collect()``.
+result row starts a new interpreter per sample. Systems are interleaved:
+every system once per round, in a new order each round, samples 50 ms
+apart after ``gc.collect()``.
 
 Groups:
 
@@ -63,6 +64,7 @@ EXTRAPOLATE_CAP = 2_000
 SETTLE_S = 0.05
 FIRST_RESULT_ROUNDS = 9
 TASKS = 200
+SEED = 20261130  # the order of systems in each round is shuffled, the same in every run
 LOOP = "plain loop"
 FORK_GLOBAL = "fork copy-on-write global"
 PPE_FORK = "ProcessPoolExecutor (fork)"
@@ -82,16 +84,19 @@ def _settle() -> None:
 
 
 def _interleave(bench: Bench, group: str, systems: dict[str, tuple[Sample, float, str]], rounds: int, *, baseline: str) -> None:
-    """Each round: every system once (setup untimed, the call timed, teardown untimed), in rotated order."""
+    """Each round: every system once (setup untimed, the call timed, teardown untimed), in shuffled order."""
     created: dict[str, list[float]] = {name: [] for name in systems}
     samples: dict[str, list[float]] = {name: [] for name in systems}
     order = list(systems.items())
+    shuffle = random.Random(SEED).shuffle
     for r in range(rounds + 1):  # round 0 warms imports and page caches, and is dropped
-        # Each round starts one system later: a pool's teardown (workers
-        # still exiting on the 2 cores) lands on a different next system
-        # each round, not always on the same one.
-        shift = r % len(order)
-        for name, ((setup, call, teardown), scale, _note) in order[shift:] + order[:shift]:
+        # A new order each round, so that no system always runs right after
+        # the same other one. A pool's teardown leaves the heap and the
+        # cores in its own state (memory handed back to the OS, exiting
+        # workers), and the next sample pays for it: rotating one fixed
+        # order would not help, as a rotation keeps every neighbour.
+        shuffle(order)
+        for name, ((setup, call, teardown), scale, _note) in order:
             _settle()
             t0 = time.perf_counter()
             state = setup()
