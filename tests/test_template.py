@@ -8,6 +8,7 @@ imported when the Guild was made matters).
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import subprocess
@@ -272,3 +273,60 @@ def test_preloaded_modules_are_imported_once_for_every_agent(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     # Two agents had it, the caller never imported it, and it ran once (in the template).
     assert proc.stdout.split() == ["2", "True", "False", "1"]
+
+
+_IDENTITY_TASKS = """
+import logging
+import ast
+import os
+
+def who():
+    before = "multiprocessing" in __import__("sys").modules
+    import multiprocessing as mp
+
+    me = mp.current_process()
+    record = logging.LogRecord("job", logging.INFO, __file__, 1, "msg", None, None)
+    parent = mp.parent_process()
+    return {
+        "loaded before the task": before,
+        "name": me.name,
+        "daemon": me.daemon,
+        "pid is mine": me.pid == os.getpid(),
+        "parent": parent.pid if parent is not None else None,
+        "ppid": os.getppid(),
+        "start method": mp.get_start_method(),
+        "log processName": record.processName,
+    }
+"""
+
+
+@pytest.mark.parametrize("caller_imports_multiprocessing", [False, True])
+def test_a_task_sees_its_agent_as_multiprocessing_names_a_fork_child(tmp_path: Path, caller_imports_multiprocessing: bool) -> None:
+    """Agents of a caller without multiprocessing skip its imports, yet a task that asks gets the same answers."""
+    proc = _script(
+        tmp_path,
+        f"""
+        import sys
+        {"import multiprocessing" if caller_imports_multiprocessing else ""}
+        import tasks
+        from guildcore import Guild
+
+        if __name__ == "__main__":
+            print("multiprocessing" in sys.modules)
+            with Guild(max_agents=1, start_method="fork") as g:
+                print(g.submit(tasks.who).result(timeout=30))
+        """,
+        tasks=_IDENTITY_TASKS,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(caller_imports_multiprocessing)  # guildcore itself never imports it
+    seen = ast.literal_eval(lines[1])
+    assert seen["loaded before the task"] is caller_imports_multiprocessing
+    assert seen["name"] == "guild-agent-1"
+    assert seen["log processName"] == "guild-agent-1"
+    assert seen["daemon"] is True
+    assert seen["pid is mine"] is True
+    assert seen["start method"] == "fork"
+    if not caller_imports_multiprocessing:
+        assert seen["parent"] == seen["ppid"]  # the template, which forked it

@@ -354,9 +354,12 @@ def _become_template() -> None:
     _late_main_lookup()
     # What every agent needs at start, found once here rather than in each.
     libc_prctl()  # agent._set_parent_death_signal
-    from multiprocessing import context, util  # noqa: F401 - _run_child: ForkProcess and its bootstrap
+    if "multiprocessing" in sys.modules:
+        # The caller uses multiprocessing: its agents are its fork children
+        # (_run_child). A caller that does not gets no ~10 ms of imports here.
+        from multiprocessing import context, util  # noqa: F401
 
-    from guildcore.engine import channel  # noqa: F401 - _run_child
+    from guildcore.engine import channel, mpidentity  # noqa: F401 - _run_child
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
     gc.freeze()
@@ -387,12 +390,20 @@ def _late_main_lookup() -> None:
 
 
 def _run_child(agent_id: int, conn_fd: int, run_agent: Callable[[int, Any], None]) -> int:
-    """Become agent ``agent_id``: the stdlib's fork bootstrap, then ``run_agent``."""
-    from multiprocessing.context import ForkProcess
+    """Become agent ``agent_id``: a fork child as multiprocessing makes one, then ``run_agent``.
 
+    With the stdlib's bootstrap if the caller had imported multiprocessing,
+    else with ``mpidentity``'s, which imports it only when a task does.
+    """
     from guildcore.engine.channel import Channel
 
     conn = Channel(conn_fd)
+    if "multiprocessing.context" not in sys.modules:
+        from guildcore.engine import mpidentity
+
+        return mpidentity.bootstrap(_agent_name(agent_id), lambda: run_agent(agent_id, conn))
+    from multiprocessing.context import ForkProcess
+
     proc = ForkProcess(target=run_agent, args=(agent_id, conn), name=_agent_name(agent_id), daemon=True)
     bootstrap = getattr(proc, "_bootstrap", None)
     if bootstrap is None:  # pragma: no cover - another Python
