@@ -8,6 +8,7 @@ kill an agent.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import select
 import time
@@ -82,6 +83,13 @@ def hang(fifo: str | None = None) -> None:
         signal_started(fifo)
     while True:
         time.sleep(3600)
+
+
+def hang_holding_the_gil(fifo: str | None = None) -> None:
+    """Loop forever inside one C call, the GIL held: no other thread of the agent runs again."""
+    if fifo:
+        signal_started(fifo)
+    sum(itertools.repeat(1))
 
 
 def hang_stubborn(fifo: str | None = None) -> None:

@@ -21,7 +21,7 @@ import faults
 import psutil
 import pytest
 
-from guildcore import Guild
+from guildcore import AgentDied, Guild
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -196,17 +196,63 @@ def test_a_lost_template_hands_over_to_the_forkserver() -> None:
         assert template is not None
         agent = psutil.Process(g.stats()["agents"][0]["pid"])
         os.kill(template.pid, signal.SIGKILL)
-        agent.wait(timeout=30)  # it dies with the template (parent-death signal)
+        agent.wait(timeout=30)  # the supervisor ends it: it must not outlive its handle
         assert g.submit(faults.inc, 2, retries=2).result(timeout=60) == 3
         assert g.stats()["start_method"] == "forkserver"
 
 
+def test_an_agent_holding_the_gil_dies_when_its_template_is_killed(tmp_path: Path) -> None:
+    # An idle agent ends when the supervisor, seeing its template gone,
+    # closes its pipe; a busy one never reads that: the supervisor kills it.
+    fifo = faults.make_fifo(str(tmp_path / "started"))
+    with Guild(max_agents=1, min_agents=1, timeout=None) as g:
+        fut = g.submit(faults.hang_holding_the_gil, fifo, retries=0)
+        agent = psutil.Process(faults.wait_started(fifo, timeout_s=60))
+        template = g._starter._template
+        assert template is not None
+        try:
+            os.kill(template.pid, signal.SIGKILL)
+            agent.wait(timeout=30)
+        finally:
+            if agent.is_running():
+                agent.kill()
+        with pytest.raises(AgentDied):
+            fut.result(timeout=60)
+        assert g.submit(faults.inc, 2).result(timeout=60) == 3
+
+
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
-def test_agents_die_with_their_parent(start_method: str) -> None:
-    # The parent-death signal is set through _ctypes (ctypes would cost the
-    # first agent 3-5 ms): check that it took, for both kinds of parent.
-    with Guild(max_agents=1, start_method=start_method) as g:
-        assert g.submit(faults.parent_death_signal).result(timeout=60) == signal.SIGKILL
+def test_an_agent_holding_the_gil_dies_with_its_sigkilled_caller(tmp_path: Path, start_method: str) -> None:
+    # Its own threads cannot see the EOF of the caller's pipe: the template
+    # (fork) or the parent-death signal (forkserver) must end it.
+    fifo = faults.make_fifo(str(tmp_path / "started"))
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {TESTS!r})
+        import faults
+        from guildcore import Guild
+
+        if __name__ == "__main__":
+            g = Guild(max_agents=1, start_method={start_method!r}, timeout=None)
+            g.submit(faults.hang_holding_the_gil, {fifo!r})
+            time.sleep(3600)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)])
+    agent: psutil.Process | None = None
+    try:
+        agent = psutil.Process(faults.wait_started(fifo, timeout_s=60))
+        assert agent.pid != proc.pid
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+        _gone, alive = psutil.wait_procs([agent], timeout=15)
+        assert not alive, f"agent {agent.pid} outlived its caller"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if agent is not None and agent.is_running():
+            agent.kill()
 
 
 def test_the_first_agent_asked_for_early_is_the_machines_first() -> None:

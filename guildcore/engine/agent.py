@@ -171,7 +171,8 @@ def _set_parent_death_signal() -> None:
     """Ask Linux to SIGKILL this agent when its parent dies.
 
     With forkserver the parent is the forkserver, which itself exits when the
-    supervisor dies: either way no agent outlives a SIGKILLed supervisor.
+    supervisor dies, so no agent outlives a SIGKILLed supervisor. Agents
+    forked by the template do not need it: the template kills them itself.
     """
     prctl = libc_prctl()
     if prctl is not None:
@@ -188,7 +189,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def libc_prctl() -> Callable[..., object] | None:
     """The C library's ``prctl``, found once per process (None off Linux, or if it cannot be had).
 
-    A template finds it before forking agents, and they inherit it. Through
+    Only agents a server starts (forkserver, spawn) need it. Through
     ``_ctypes``, the layer ``ctypes`` is built on, with the same calls
     ``ctypes.CDLL(None).prctl`` makes: ``ctypes`` itself costs 3-5 ms to
     import in a process just forked, and the first agent of every script
@@ -709,7 +710,8 @@ def agent_main(conn: Any, settings: AgentSettings) -> None:
     # The supervisor decides when agents stop; Ctrl-C in the terminal reaches
     # the whole process group, and an agent must not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_parent_death_signal()
+    if not settings.forked:  # a template's agents: it kills them if the caller dies (template._kill_all)
+        _set_parent_death_signal()
     lazymain.ensure_main(settings.main)
     limits.apply_hard_cap(settings.limit_bytes)
     for key, value in (settings.cache_env or {}).items():

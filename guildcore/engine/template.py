@@ -108,6 +108,12 @@ class TemplateChild:
         self.pid = pid
         self.sentinel = status_fd
         self._exitcode: int | None = None
+        # A handle on the agent that no other process can ever have: the
+        # kill below must not reach a process that took over a reused pid.
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # before Linux 5.3; the agent is gone already
+            self._pidfd = -1
 
     @property
     def exitcode(self) -> int | None:
@@ -123,9 +129,21 @@ class TemplateChild:
             if not sel.select(timeout):
                 return
         code = _read_signed(self.sentinel)
-        # EOF without a code: the template died, and the agent with it (its
-        # parent-death signal is SIGKILL).
+        if code is None:
+            # EOF without a code: the template died (an OOM kill, a SIGKILL).
+            # Its agent, orphaned, may live on; it is ended here, so that it
+            # is what the supervisor now counts it as.
+            self._kill()
         self._exitcode = code if code is not None else -signal.SIGKILL
+
+    def _kill(self) -> None:
+        try:
+            if self._pidfd >= 0:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass  # gone already
 
     def is_alive(self) -> bool:
         return self.exitcode is None
@@ -134,6 +152,9 @@ class TemplateChild:
         if self.sentinel >= 0:
             os.close(self.sentinel)
             self.sentinel = -1
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     def __repr__(self) -> str:
         return f"<TemplateChild pid={self.pid} exitcode={self._exitcode}>"
@@ -308,9 +329,10 @@ def _serve(sock: _socket.socket, run_agent: Callable[[int, Any], None], preload:
             try:
                 msg, fds = _recv_fds(sock, _SIGNED.size, 2)
             except OSError:
+                msg, fds = b"", []
+            if not msg:  # the caller closed its end, or is gone
+                _kill_all(status_of)
                 return
-            if not msg:
-                return  # the caller closed its end, or is gone
             if len(fds) != 2:
                 for fd in fds:
                     os.close(fd)
@@ -348,12 +370,11 @@ def _become_template() -> None:
             signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    from guildcore.engine.agent import drop_forkserver_alive_fd, libc_prctl
+    from guildcore.engine.agent import drop_forkserver_alive_fd
 
     drop_forkserver_alive_fd()
     _late_main_lookup()
     # What every agent needs at start, found once here rather than in each.
-    libc_prctl()  # agent._set_parent_death_signal
     if "multiprocessing" in sys.modules:
         # The caller uses multiprocessing: its agents are its fork children
         # (_run_child). A caller that does not gets no ~10 ms of imports here.
@@ -418,6 +439,24 @@ def _agent_name(agent_id: int) -> str:
     from guildcore.engine.lazymain import AGENT_NAME_PREFIX
 
     return f"{AGENT_NAME_PREFIX}{agent_id}"
+
+
+def _kill_all(status_of: dict[int, int]) -> None:
+    """SIGKILL every agent not yet reaped: none may outlive its caller.
+
+    The caller closes the template after its agents have stopped, so this
+    finds work only when the caller died (a SIGKILL, a crash). An agent
+    whose task holds the GIL in C never reads the EOF on its own pipe; the
+    kernel's parent-death signal would catch it, but setting that takes
+    ``prctl`` through ``_ctypes``, 2-3 ms on the path to the first result,
+    while the template already knows every agent's pid. Unreaped, no pid
+    can have been reused.
+    """
+    for pid in status_of:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _reap(sig_r: int, status_of: dict[int, int]) -> None:
