@@ -74,7 +74,8 @@ from guildcore.engine.events import (
     Submitted,
 )
 from guildcore.engine.monitorrules import MonitorRules
-from guildcore.engine.poolstate import Counters, SupervisorSettings
+from guildcore.engine.poolstate import Counters
+from guildcore.engine.supsettings import SupervisorSettings
 from guildcore.engine.task import Task
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's

@@ -53,8 +53,8 @@ from guildcore.engine.events import (
     ShrinkCaches,
 )
 from guildcore.engine.lifecycle import AgentRecord
-from guildcore.engine.poolstate import SupervisorSettings
 from guildcore.engine.states import AgentState
+from guildcore.engine.supsettings import SupervisorSettings
 from guildcore.engine.taskrules import TaskRules
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's

@@ -20,7 +20,7 @@ import signal
 from collections.abc import Callable
 
 from guildcore import codec
-from guildcore._records import Frozen, Record
+from guildcore._records import Record
 from guildcore.codec import Kind
 from guildcore.engine import lifecycle, retry, timers
 from guildcore.engine.events import (
@@ -39,6 +39,7 @@ from guildcore.engine.events import (
 )
 from guildcore.engine.lifecycle import AgentRecord
 from guildcore.engine.states import AgentState, TaskState
+from guildcore.engine.supsettings import SupervisorSettings
 from guildcore.engine.task import ENDED, Task
 from guildcore.engine.taskqueue import TaskQueue
 from guildcore.errors import TaskCancelled
@@ -48,75 +49,11 @@ if TYPE_CHECKING:
     from typing import Any
 
     from guildcore.errors import PoolBroken
-    from guildcore.monitor import MonitorLimits
 
 # Per-agent peaks kept in ``counters.peak_private_bytes``: the highest ones,
 # so the pool's high-water mark stays while a long run recycling agents
 # does not grow the table without bound.
 PEAKS_KEPT = 32
-
-
-class SupervisorSettings(Frozen):
-    """The parts of Config the supervisor reads, resolved to plain values."""
-
-    _fields = (
-        "min_agents", "max_agents", "idle_timeout_s", "scale_up_queue_length", "balancing", "prefetch",
-        "max_tasks_per_agent", "quarantine_after", "limit_bytes", "sample_interval_s", "timeout_grace_s",
-        "stream_window", "parallel", "queue_strategy", "monitor", "adaptive",
-    )  # fmt: skip
-    __slots__ = _fields
-    min_agents: int
-    max_agents: int
-    idle_timeout_s: float
-    scale_up_queue_length: int
-    balancing: str
-    prefetch: int
-    max_tasks_per_agent: int | None
-    quarantine_after: int
-    limit_bytes: int | None
-    sample_interval_s: float
-    timeout_grace_s: float
-    stream_window: int
-    parallel: bool
-    queue_strategy: str
-    monitor: MonitorLimits | None  # None: no monitor (monitoring.enabled false, or a Dask backend)
-    adaptive: bool  # parallelization.strategy: adaptive (the monitor sizes the pool)
-
-    def __init__(
-        self,
-        min_agents: int,
-        max_agents: int,
-        idle_timeout_s: float,
-        scale_up_queue_length: int,
-        balancing: str,
-        prefetch: int,
-        max_tasks_per_agent: int | None,
-        quarantine_after: int,
-        limit_bytes: int | None,
-        sample_interval_s: float,
-        timeout_grace_s: float,
-        stream_window: int,
-        parallel: bool,
-        queue_strategy: str = "priority",
-        monitor: MonitorLimits | None = None,
-        adaptive: bool = False,
-    ) -> None:
-        self._set("min_agents", min_agents)
-        self._set("max_agents", max_agents)
-        self._set("idle_timeout_s", idle_timeout_s)
-        self._set("scale_up_queue_length", scale_up_queue_length)
-        self._set("balancing", balancing)
-        self._set("prefetch", prefetch)
-        self._set("max_tasks_per_agent", max_tasks_per_agent)
-        self._set("quarantine_after", quarantine_after)
-        self._set("limit_bytes", limit_bytes)
-        self._set("sample_interval_s", sample_interval_s)
-        self._set("timeout_grace_s", timeout_grace_s)
-        self._set("stream_window", stream_window)
-        self._set("parallel", parallel)
-        self._set("queue_strategy", queue_strategy)
-        self._set("monitor", monitor)
-        self._set("adaptive", adaptive)
 
 
 class Counters(Record):

@@ -106,9 +106,9 @@ from guildcore.engine.events import (
     Warn,
 )
 from guildcore.engine.inbox import Inbox
-from guildcore.engine.machine import Counters, Machine, SupervisorSettings
 from guildcore.engine.pool import AgentHandle, AgentStarter, StartFailed
 from guildcore.engine.recording import RecorderObserver
+from guildcore.engine.supsettings import SupervisorSettings
 from guildcore.engine.task import Task
 from guildcore.engine.wire import FrameReader, FrameTooBig, FrameWriter
 from guildcore.errors import (
@@ -122,6 +122,7 @@ TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as t
 if TYPE_CHECKING:
     from typing import Any
 
+    from guildcore.engine.machine import Counters, Machine
     from guildcore.engine.monitorio import MonitorIO
     from guildcore.metrics.recorder import RunRecorder
 
@@ -170,7 +171,8 @@ class Supervisor:
         self.booted = threading.Event()
         self.observers: list[Observer] = []
         # --- owner-thread state below; nothing else touches it ---
-        self.machine = Machine(settings, new_task_id=self.new_task_id, has_initializer=starter.initializer is not None)
+        self._machine: Machine | None = None  # see ``machine``
+        self._machine_lock = threading.Lock()
         self._handles: dict[int, AgentHandle] = {}
         self._readers: dict[int, FrameReader] = {}
         self._writers: dict[int, FrameWriter] = {}
@@ -218,6 +220,28 @@ class Supervisor:
             self.observe(RecorderObserver(recorder))
 
     @property
+    def machine(self) -> Machine:
+        """The state machine, made on first use: by the owner thread as its loop starts.
+
+        Its rules are the larger part of the engine's imports (~4 ms). Made
+        there, they load while the template forks the first agent, in
+        parallel on another core, rather than before the fork, in the caller.
+        """
+        machine = self._machine
+        if machine is None:
+            with self._machine_lock:
+                machine = self._machine
+                if machine is None:
+                    from guildcore.engine.machine import Machine
+
+                    machine = Machine(
+                        self.settings, new_task_id=self.new_task_id, has_initializer=self._starter.initializer is not None
+                    )
+                    machine.trace = bool(self.observers)
+                    self._machine = machine
+        return machine
+
+    @property
     def counters(self) -> Counters:
         return self.machine.counters
 
@@ -263,8 +287,10 @@ class Supervisor:
 
     def observe(self, observer: Observer) -> None:
         """Call ``observer(now, action)`` for every action from now on (see the module docstring)."""
-        self.observers = [*self.observers, observer]  # copied: the owner thread may be iterating
-        self.machine.trace = True
+        with self._machine_lock:  # not lost to a machine being made now
+            self.observers = [*self.observers, observer]  # copied: the owner thread may be iterating
+            if self._machine is not None:
+                self._machine.trace = True
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` in the owner thread (to read or change pool state safely).
