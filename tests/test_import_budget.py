@@ -50,9 +50,9 @@ _LIST = "import sys; found = sorted(m for m in sys.modules if m in {names!r})"
 _PRINT = "import json; print(json.dumps(found))"
 
 
-def _imported(tmp_path: Path, program: str, after: str = "") -> list[str]:
-    """The forbidden modules ``program`` imported (``after`` runs once they are listed)."""
-    code = "\n".join([program, _LIST.format(names=set(FORBIDDEN)), after, _PRINT])
+def _imported(tmp_path: Path, program: str, after: str = "", names: set[str] | None = None) -> list[str]:
+    """The forbidden modules (or ``names``) ``program`` imported (``after`` runs once they are listed)."""
+    code = "\n".join([program, _LIST.format(names=set(FORBIDDEN) if names is None else names), after, _PRINT])
     # An empty project: its own .guild folder (no config file, no store), so
     # that no .guild above tmp_path is found instead.
     (tmp_path / ".guild").mkdir(exist_ok=True)
@@ -99,3 +99,21 @@ def test_a_guild_executors_first_result_keeps_off_the_heavy_modules(tmp_path: Pa
     )
     found = _imported(tmp_path, program, "ex.shutdown()")
     assert {m: FORBIDDEN[m] for m in found} == {}
+
+
+# The state machine's rules load when the pool starts, right after the
+# template's fork, while the template forks the first agent.
+AT_POOL_START = {
+    "guildcore.engine.machine",
+    "guildcore.engine.poolstate",
+    "guildcore.engine.taskrules",
+    "guildcore.engine.agentrules",
+    "guildcore.engine.monitorrules",
+}
+
+
+def test_making_a_guild_leaves_the_state_machine_to_the_pool_start(tmp_path: Path) -> None:
+    program = "from guildcore import Guild\ng = Guild(max_agents=2)"
+    assert _imported(tmp_path, program, "g.shutdown()", names=AT_POOL_START) == []
+    program += "\nassert g.submit(abs, -3).result() == 3"
+    assert set(_imported(tmp_path, program, "g.shutdown()", names=AT_POOL_START)) == AT_POOL_START

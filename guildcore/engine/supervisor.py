@@ -221,11 +221,13 @@ class Supervisor:
 
     @property
     def machine(self) -> Machine:
-        """The state machine, made on first use: by the owner thread as its loop starts.
+        """The state machine, made on first use: when the pool starts (``start``).
 
         Its rules are the larger part of the engine's imports (~4 ms). Made
-        there, they load while the template forks the first agent, in
-        parallel on another core, rather than before the fork, in the caller.
+        then, right after the template's fork, they load while the template
+        forks the first agent on the other core, not before the fork. Not in
+        the owner thread: importing there would hold the GIL against the
+        caller's thread, which must hand over the first task.
         """
         machine = self._machine
         if machine is None:
@@ -248,6 +250,7 @@ class Supervisor:
     # ------------------------------------------------------------ caller side
 
     def start(self) -> None:
+        self.machine  # noqa: B018 - made now: after the template's fork, before the owner thread (see ``machine``)
         self._thread = threading.Thread(target=self._run, name="guild-supervisor", daemon=True)
         self._thread.start()
 
