@@ -238,7 +238,9 @@ def test_an_agent_holding_the_gil_dies_with_its_sigkilled_caller(tmp_path: Path,
             g.submit(faults.hang_holding_the_gil, {fifo!r})
             time.sleep(3600)
     """))
-    proc = subprocess.Popen([sys.executable, str(script)])
+    # multiprocessing's temp folder (the forkserver's socket) lands in
+    # tmp_path: a SIGKILLed process cannot remove it.
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "TMPDIR": str(tmp_path)})
     agent: psutil.Process | None = None
     try:
         agent = psutil.Process(faults.wait_started(fifo, timeout_s=60))
