@@ -2,7 +2,7 @@
 
 This module covers three reads, each one small file: the host's total and
 available memory (``/proc/meminfo``), the busy time of chosen CPUs
-(``/proc/stat``) and a process's CPU time (``/proc/PID/stat``). Each returns
+(``/proc/stat``) and a process's fields, CPU time among them (``/proc/PID/stat``). Each returns
 None where ``/proc`` cannot answer (another OS, a sandbox), and the caller
 falls back to psutil. It does not cover private memory (``engine.limits``
 reads ``RssAnon``) nor what the numbers mean (``monitor``).
@@ -66,18 +66,25 @@ def cpu_busy_s(cpu_ids: Sequence[int]) -> float | None:
     return busy * _TICK_S if seen else None
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (all its threads), or None if gone."""
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` from field 3 on (``[0]`` is field 3, the state), or None if gone.
+
+    The command name (field 2) is in parentheses and may hold spaces and
+    parentheses: the fields are split after its last ``)``.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
+    end = data.rfind(b")")
+    return data[end + 2 :].split() if end >= 0 else None
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), or None if gone."""
+    fields = stat_fields(pid)
     try:
-        # The command name (field 2) is in parentheses and may hold spaces:
-        # fields are counted after its closing one. utime and stime are
-        # fields 14 and 15, the 12th and 13th after it.
-        fields = data[data.rindex(b")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) * _TICK_S
+        return (int(fields[11]) + int(fields[12])) * _TICK_S if fields is not None else None  # utime, stime: 14, 15
     except (ValueError, IndexError):
         return None

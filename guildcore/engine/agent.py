@@ -29,7 +29,6 @@ main thread between tasks, never inside one.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import queue
@@ -185,11 +184,10 @@ def _set_parent_death_signal() -> None:
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-@functools.cache
 def libc_prctl() -> Callable[..., object] | None:
-    """The C library's ``prctl``, found once per process (None off Linux, or if it cannot be had).
+    """The C library's ``prctl`` (None off Linux, or if it cannot be had).
 
-    Only agents a server starts (forkserver, spawn) need it. Through
+    Only agents a server starts (forkserver, spawn) need it, once. Through
     ``_ctypes``, the layer ``ctypes`` is built on, with the same calls
     ``ctypes.CDLL(None).prctl`` makes: ``ctypes`` itself costs 3-5 ms to
     import in a process just forked, and the first agent of every script

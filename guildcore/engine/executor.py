@@ -171,8 +171,6 @@ def _warn_one_agent(per_agent: int, total_system: int, max_agents: int) -> None:
     budget it then contradicts is easy to miss: without this warning the pool
     would quietly run on one agent, the reason only in ``stats()["monitor"]``.
     """
-    import warnings
-
     from guildcore._errors import format_bytes
 
     warnings.warn(

@@ -38,7 +38,10 @@ _TRIGGER = "multiprocessing.context"
 
 
 def bootstrap(name: str, run: Callable[[], object]) -> int:
-    """Run ``run()`` as a fork child named ``name``, as ``BaseProcess._bootstrap`` would; the exit code."""
+    """Run ``run()`` as a fork child named ``name``, as ``BaseProcess._bootstrap`` would; the exit code.
+
+    The caller flushes the std streams before it exits (``template._serve``).
+    """
     _close_stdin()
     native_id = getattr(threading.main_thread(), "_set_native_id", None)
     if native_id is not None:
@@ -60,13 +63,6 @@ def bootstrap(name: str, run: Callable[[], object]) -> int:
         sys.stderr.write(f"Process {name}:\n")
         traceback.print_exc()
         return 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                if stream is not None:
-                    stream.flush()
-            except (AttributeError, ValueError, OSError):
-                pass
 
 
 class Adopt:

@@ -356,6 +356,7 @@ def _serve(sock: _socket.socket, run_agent: Callable[[int, Any], None], preload:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     code = _run_child(agent_id, conn_fd, run_agent)
                 finally:
+                    _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
                     os._exit(code)
             os.close(conn_fd)
             _write_signed(status_w, pid)

@@ -21,6 +21,8 @@ import os
 import stat
 from typing import Any
 
+from guildcore.procfs import stat_fields
+
 log = logging.getLogger("guildcore.metrics")
 
 __all__ = ["list_running", "process_start", "publish", "remove", "run_dir", "snapshot_path"]
@@ -61,15 +63,9 @@ def _ensure_private(path: str) -> bool:
 
 def process_start(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    fields = stat_fields(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
+        return int(fields[19]) if fields is not None else None
     except (IndexError, ValueError):
         return None
 
