@@ -117,3 +117,21 @@ def test_making_a_guild_leaves_the_state_machine_to_the_pool_start(tmp_path: Pat
     assert _imported(tmp_path, program, "g.shutdown()", names=AT_POOL_START) == []
     program += "\nassert g.submit(abs, -3).result() == 3"
     assert set(_imported(tmp_path, program, "g.shutdown()", names=AT_POOL_START)) == AT_POOL_START
+
+
+# Loaded by what uses them, not by a submit: routing by the first map, the
+# shared-context registry by the first share(), the metrics' fold and alert
+# rules by the first tick of the recorder (or a read of the metrics).
+ON_FIRST_USE = {
+    "guildcore.engine.routing": "g.map(abs, [-1, -2])",
+    "guildcore.context.registry": "g.share({'k': 1})",
+    "guildcore.metrics.fold": "g.metrics()",
+    "guildcore.metrics.alerts": "g.metrics()",
+}
+
+
+def test_a_first_result_leaves_maps_contexts_and_metrics_folding_to_their_first_use(tmp_path: Path) -> None:
+    program = "from guildcore import Guild\ng = Guild(max_agents=2)\nassert g.submit(abs, -3).result() == 3"
+    assert _imported(tmp_path, program, names=set(ON_FIRST_USE)) == []
+    for module, use in ON_FIRST_USE.items():
+        assert _imported(tmp_path, f"{program}\n{use}", "g.shutdown()", names={module}) == [module], use

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 
 from guildcore.config import Config, agent_cache_env, load_config
-from guildcore.context import ContextRef, ContextRegistry, sweep_stale, task_scope
+from guildcore.context import task_scope
 from guildcore.engine import chunking
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
 from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
@@ -32,15 +32,6 @@ from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.progress import Progress
-from guildcore.engine.routing import (
-    MAX_INLINE_BATCH_S,
-    MAX_INLINE_ITEM_S,
-    Decision,
-    Pattern,
-    Router,
-    RoutingStore,
-    decide,
-)
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
 from guildcore.engine.task import Task
 from guildcore.engine.taskgroup import current_group
@@ -51,10 +42,12 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     from guildcore.cache import TieredCache
+    from guildcore.context import ContextRef, ContextRegistry
     from guildcore.engine.backend import Pool
     from guildcore.engine.iterators import StreamIterator
     from guildcore.engine.monitorio import MonitorIO
     from guildcore.engine.resultcache import ResultCache
+    from guildcore.engine.routing import Decision, Pattern, Router, RoutingStore
     from guildcore.metrics import Alert, Run, RunRecorder
     from guildcore.process import Process, ProcessRun
 
@@ -253,17 +246,18 @@ class Guild:
         self._results: ResultCache | None = None
         self._final_cache_stats: dict[str, Any] | None = None
         self._results_lock = threading.Lock()
-        self._contexts = ContextRegistry()
-        self._router = Router(
-            agents=self._settings.max_agents,
-            agent_set=f"{self._settings.max_agents}/{starter.method}/{self.config.limits.per_agent}",
-            store=self._routing_store(),
-        )
+        # Made on first use (``share``; a map): the shared context's and
+        # routing's modules are a tenth of what a Guild imports, and neither
+        # is needed for a submit.
+        self._contexts_made: ContextRegistry | None = None
+        self._router_made: Router | None = None
         self._routing = self._settings.parallel and self.config.parallelization.strategy in ("auto", "adaptive")
         self._context_digest: bytes | None = None
         self._duplicates = DuplicateCounter()  # identical items of cached maps, run once
         # Segments of supervisors that died without cleaning up (SIGKILL).
-        sweep_stale()
+        from guildcore.shm import sweep_dead
+
+        sweep_dead()
         if not self._settings.parallel:
             warnings.warn(
                 "parallelization is disabled (parallelization.enabled: false or strategy: sequential); "
@@ -373,8 +367,9 @@ class Guild:
         )
         # The task holds the context generation current at submit time; taken
         # last, once nothing above can raise and leave the hold behind.
-        if self._contexts.current is not None:
-            task.ctx_ref = self._contexts.acquire(task.id)
+        contexts = self._contexts_made
+        if contexts is not None and contexts.current is not None:
+            task.ctx_ref = contexts.acquire(task.id)
             if task.ctx_ref is not None:
                 task.on_done = self._release_context
         group = current_group()  # a process step's tasks, cancelled together on fail_fast
@@ -384,6 +379,36 @@ class Guild:
 
     def _release_context(self, task: Task) -> None:
         self._contexts.release(task.id)
+
+    @property
+    def _contexts(self) -> ContextRegistry:
+        """This Guild's shared contexts, made at the first ``share`` (or a read of them)."""
+        contexts = self._contexts_made
+        if contexts is None:
+            with self._results_lock:
+                if self._contexts_made is None:
+                    from guildcore.context.registry import ContextRegistry
+
+                    self._contexts_made = ContextRegistry()
+                contexts = self._contexts_made
+        return contexts
+
+    @property
+    def _router(self) -> Router:
+        """Routing for maps, made at the first map (or a read of its stats)."""
+        router = self._router_made
+        if router is None:
+            with self._results_lock:
+                if self._router_made is None:
+                    from guildcore.engine.routing import Router
+
+                    self._router_made = Router(
+                        agents=self._settings.max_agents,
+                        agent_set=f"{self._settings.max_agents}/{self._starter.method}/{self.config.limits.per_agent}",
+                        store=self._routing_store(),
+                    )
+                router = self._router_made
+        return router
 
     # ---------------------------------------------------------- context
 
@@ -433,6 +458,8 @@ class Guild:
             return None
         path = self.config.cache_path()
         policy = caching.namespaces.get("routing")
+        from guildcore.engine.routing import RoutingStore
+
         return RoutingStore(
             path,
             ttl_s=policy.ttl if policy is not None else None,
@@ -635,6 +662,8 @@ class Guild:
         self, items: list[Any], item_s: float, n: int, results: list[Any] | None = None, pattern: Pattern | None = None
     ) -> Decision:
         """The decision the measurements support (the codec sample only where it can matter)."""
+        from guildcore.engine.routing import MAX_INLINE_ITEM_S, decide
+
         ipc_s = self._router.ipc_s(pattern, items) if item_s <= MAX_INLINE_ITEM_S else 0.0
         result_bytes = _result_bytes(results) if results else 0
         return decide(item_s=item_s, ipc_s=ipc_s, n_items=n, agents=self._settings.max_agents, result_bytes=result_bytes)
@@ -646,6 +675,8 @@ class Guild:
         is started for them. Items worth agents start the pool (if it has
         not started) and keep running here until the first agent is up.
         """
+        from guildcore.engine.routing import MAX_INLINE_BATCH_S, MAX_INLINE_ITEM_S, decide
+
         booted = self._supervisor.booted
         settled: list[bool] = []  # [True] once the items proved cheaper here than shipped
         asked = [0]  # slices measured so far
@@ -675,6 +706,8 @@ class Guild:
 
     def _slower_than(self, predicted_s: float) -> Callable[[int, float], bool]:
         """Stop an inline run that runs 10x over its prediction, or past ``MAX_INLINE_BATCH_S``."""
+        from guildcore.engine.routing import MAX_INLINE_BATCH_S
+
 
         def stop(done: int, item_s: float) -> bool:
             elapsed = item_s * done
@@ -700,14 +733,15 @@ class Guild:
         apply = _apply_map if mode == MODE_MAP else _apply_starmap
         out: list[Any] = []
         hold = object()
-        ref = self._contexts.acquire(hold)
+        contexts = self._contexts_made
+        ref = contexts.acquire(hold) if contexts is not None else None
         began = time.monotonic()
         try:
             with task_scope(ref):
                 item_s = _run_slices(apply, fn, items, out, bar, until)
         finally:
-            if ref is not None:
-                self._contexts.release(hold)
+            if ref is not None and contexts is not None:
+                contexts.release(hold)
         if self._recorder is not None:
             self._recorder.inline_batch(describe(fn), len(out), began, time.monotonic())
         if len(out) == len(items):
@@ -930,11 +964,12 @@ class Guild:
         snap["start_method"] = self._starter.method
         snap["metrics"] = self._metrics_summary()
         snap["batching"] = self._duplicates.stats()
-        current = self._contexts.current
+        contexts = self._contexts_made
+        current = contexts.current if contexts is not None else None
         snap["context"] = {
-            "generation": self._contexts.generation,
+            "generation": contexts.generation if contexts is not None else 0,
             "bytes": current.size if current is not None else 0,
-            "live_generations": self._contexts.live_generations(),
+            "live_generations": contexts.live_generations() if contexts is not None else [],
         }
         return snap
 
@@ -1028,7 +1063,8 @@ class Guild:
         _live.discard(self)
 
     def _close_resources(self) -> None:
-        self._router.flush()  # decisions of this Guild go to the store for later runs
+        if self._router_made is not None:
+            self._router_made.flush()  # decisions of this Guild go to the store for later runs
         with self._results_lock:
             results, self._results = self._results, None
             cache, self._cache = self._cache, None
@@ -1037,7 +1073,8 @@ class Guild:
             results.close()  # closes the shared store too
         elif cache is not None:
             cache.close()
-        self._contexts.close()
+        if self._contexts_made is not None:
+            self._contexts_made.close()
         if self._monitor_io is not None:
             self._monitor_io.close()
         if self._run is not None and self._recorder is not None:

@@ -38,7 +38,8 @@ TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as t
 if TYPE_CHECKING:
     from typing import Any
 
-    from guildcore.metrics.fold import Fold, RecorderSettings
+    from guildcore.metrics.fold import Fold
+    from guildcore.metrics.recorder import RecorderSettings
 
 SLOW_FACTOR = 3.0  # k in "slower than k x the p95 of its function"
 SLOW_MIN_SAMPLES = 20  # a p95 of fewer tasks says little

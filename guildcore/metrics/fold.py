@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from guildcore._records import Declared, field
 from guildcore.metrics.recorder import (
     AGENT_EXITED,
     AGENT_READY,
@@ -44,6 +43,7 @@ from guildcore.metrics.recorder import (
     RAN,
     RETRIED,
     SENT,
+    RecorderSettings,
 )
 from guildcore.metrics.series import Reservoir, Series
 
@@ -64,22 +64,6 @@ TASK_FIELDS = (
     "id", "fn", "agent", "n_items", "queued", "started", "run_s", "finished",
     "outcome", "error", "cpu_s", "sends", "retries", "peak_private", "measured",
 )  # fmt: skip
-
-
-class RecorderSettings(Declared):
-    """What recording needs from the configuration, as plain values.
-
-    ``config`` holds the settings the record keeps for ``guild doctor``
-    (flat dotted keys); ``memory_probe`` reads a process's private bytes.
-    """
-
-    max_agents: int
-    min_agents: int = 0
-    limit_bytes: int | None = None
-    warning_threshold: float = 0.8
-    log_alerts: bool = True
-    memory_probe: Callable[[int], int | None] | None = None
-    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Task:

@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cached_property
+
+from guildcore._records import Declared, field
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-    from guildcore.metrics.alerts import Alert
-    from guildcore.metrics.fold import Fold, RecorderSettings
+    from guildcore.metrics.alerts import Alert, AlertRules
+    from guildcore.metrics.fold import Fold
 
 log = logging.getLogger("guildcore.metrics")
 alert_log = logging.getLogger("guildcore.alerts")
@@ -65,6 +68,22 @@ DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 KEY_SAMPLE = 64
 
 
+class RecorderSettings(Declared):
+    """What recording needs from the configuration, as plain values.
+
+    ``config`` holds the settings the record keeps for ``guild doctor``
+    (flat dotted keys); ``memory_probe`` reads a process's private bytes.
+    """
+
+    max_agents: int
+    min_agents: int = 0
+    limit_bytes: int | None = None
+    warning_threshold: float = 0.8
+    log_alerts: bool = True
+    memory_probe: Callable[[int], int | None] | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
 class RunRecorder:
     """Records one Guild's part of a run. Every report method is O(1) and lock-free.
 
@@ -83,9 +102,6 @@ class RunRecorder:
         on_alert: Callable[[Alert], object] | None = None,
         publish: Callable[[RunRecorder, dict[str, Any]], None] | None = None,
     ) -> None:
-        from guildcore.metrics.alerts import AlertRules
-        from guildcore.metrics.fold import Fold
-
         self.settings = settings
         self.guild_no = guild_no
         self.on_alert = on_alert
@@ -93,13 +109,28 @@ class RunRecorder:
         self._events: list[tuple[Any, ...]] = []
         self._add = self._events.append
         opened = t0 if opened is None else opened
-        self.fold: Fold = Fold(settings, t0=t0, opened=opened, guild_no=guild_no)
-        self.rules = AlertRules(settings)
+        self._t0 = t0
+        self.opened = opened
         self.next_tick = opened + TICK_S
         # The last live view (plain data), replaced whole at each tick; other
         # threads (progress bars) read it without a lock.
         self.live: dict[str, Any] | None = None
         self.closed = False
+
+    # The fold and the alert rules are made at the first tick (or read), not
+    # with the Guild: their modules are a tenth of what a Guild imports, and
+    # a script's first result comes back before the first tick.
+    @cached_property
+    def fold(self) -> Fold:
+        from guildcore.metrics.fold import Fold
+
+        return Fold(self.settings, t0=self._t0, opened=self.opened, guild_no=self.guild_no)
+
+    @cached_property
+    def rules(self) -> AlertRules:
+        from guildcore.metrics.alerts import AlertRules
+
+        return AlertRules(self.settings)
 
     # ------------------------------------------------------------ tasks
 
@@ -250,4 +281,4 @@ _WHY = {
 }
 
 
-__all__ = ["TICK_S", "RunRecorder", "error_name", "exit_reason"]
+__all__ = ["TICK_S", "RecorderSettings", "RunRecorder", "error_name", "exit_reason"]

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from guildcore.config import Config
     from guildcore.metrics.alerts import Alert
-    from guildcore.metrics.fold import RecorderSettings
+    from guildcore.metrics.recorder import RecorderSettings
 
 log = logging.getLogger("guildcore.metrics")
 
@@ -131,7 +131,7 @@ class Run:
             "kind": self.kind,
             "label": self.label,
             "guild": rec.guild_no,
-            "started": self.wall0 + (rec.fold.opened - self.t0),
+            "started": self.wall0 + (rec.opened - self.t0),
             "updated": time.time(),
             **live,
         }
@@ -247,7 +247,7 @@ def guild_recorder(
 ) -> tuple[Run, RunRecorder]:
     """The run a new Guild belongs to (the enclosing ``recorded_run``, else its own) and its recorder."""
     from guildcore.config import usable_cpus
-    from guildcore.metrics.fold import RecorderSettings
+    from guildcore.metrics.recorder import RecorderSettings
 
     flat = config.flat()
     flat["host.cpus"] = usable_cpus()
