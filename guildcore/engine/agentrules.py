@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 
-from guildcore.engine import lifecycle, postmortem, scaling, timers
+from guildcore.engine import lifecycle, scaling, timers
 from guildcore.engine.events import (
     AdmissionChanged,
     AgentExited,
@@ -141,9 +141,13 @@ class AgentRules(PoolState):
             if verdict == lifecycle.GO_INLINE:
                 self._go_inline(why)
             else:
+                from guildcore.engine import postmortem
+
                 self._break(postmortem.agents_die_at_start(why))
 
     def _death_error(self, agent: AgentRecord, task: Task, exitcode: int | None) -> BaseException:
+        from guildcore.engine import postmortem  # deaths only: not on a first result's path
+
         return postmortem.death_error(agent, task, exitcode, self.settings.limit_bytes, self.now)
 
     def _on_memory(self, event: MemorySampled) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from guildcore import codec
 from guildcore._records import Record
 from guildcore.codec import Kind
-from guildcore.engine import lifecycle, retry, timers
+from guildcore.engine import lifecycle, timers
 from guildcore.engine.events import (
     Action,
     Admission,
@@ -280,6 +280,8 @@ class PoolState:
             )
 
     def _retry_or_fail(self, task: Task, err: BaseException, *, agent_killed: bool) -> None:
+        from guildcore.engine import retry  # failures only: not on a first result's path
+
         if agent_killed:
             task.agent_kills += 1
         verdict = retry.decide(

@@ -64,7 +64,7 @@ from concurrent.futures import Future, InvalidStateError
 
 from guildcore import codec, errors  # errors.PoolBroken loads when first raised
 from guildcore.codec import Kind
-from guildcore.engine import inline, limits, shmbuf
+from guildcore.engine import limits
 from guildcore.engine.events import (
     Action,
     AgentExited,
@@ -122,6 +122,7 @@ TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as t
 if TYPE_CHECKING:
     from typing import Any
 
+    from guildcore.engine.inline import InlineRunner
     from guildcore.engine.machine import Counters, Machine
     from guildcore.engine.monitorio import MonitorIO
     from guildcore.metrics.recorder import RunRecorder
@@ -176,7 +177,7 @@ class Supervisor:
         self._handles: dict[int, AgentHandle] = {}
         self._readers: dict[int, FrameReader] = {}
         self._writers: dict[int, FrameWriter] = {}
-        self._runner: inline.InlineRunner | None = None
+        self._runner: InlineRunner | None = None
         self._batch: list[Event] = []  # the events the machine is taking
         self._owner_pid = os.getpid()
         limit = settings.limit_bytes
@@ -560,6 +561,9 @@ class Supervisor:
         events.append(MemorySampled(readings))
 
     def _fetch_result(self, action: FetchResult, events: list[Event]) -> None:
+        # Results too big for a frame only: not on a first result's path.
+        from guildcore.engine import shmbuf
+
         task, fields = action.task, action.fields
         try:
             if len(fields) > 1:
@@ -575,6 +579,8 @@ class Supervisor:
         events.append(ResultFetched(task, True, value))
 
     def _discard_result(self, action: DiscardResult, events: list[Event]) -> None:
+        from guildcore.engine import shmbuf
+
         shmbuf.discard_result(self._owner_pid, action.task_id)  # Ownership: nobody else will unlink it
 
     def _resolve(self, action: Resolve, events: list[Event]) -> None:
@@ -612,6 +618,8 @@ class Supervisor:
         _task_done(task)
 
     def _run_inline(self, action: RunInline, events: list[Event]) -> None:
+        from guildcore.engine import inline  # sequential mode and parallelization off only
+
         task = action.task
         if task.stream is not None:
             inbox = self._inbox
@@ -656,6 +664,8 @@ class Supervisor:
         self._selector.close()
         if self._runner is not None and not self._runner.stop(_INLINE_STOP_S):
             log.warning("an inline task still runs after shutdown; it is left to finish in its thread")
+        from guildcore.engine import shmbuf  # an agent may have written one the loop never read
+
         shmbuf.sweep_results(self._owner_pid)  # Ownership: results of agents killed while stopping
         # Invariant: nothing posted is lost, even what raced with the end.
         for _kind, event in self._inbox.close():

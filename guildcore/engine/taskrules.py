@@ -19,7 +19,7 @@ import signal
 
 from guildcore import codec
 from guildcore.codec import Kind
-from guildcore.engine import dispatch, lifecycle, postmortem, timers
+from guildcore.engine import dispatch, lifecycle, timers
 from guildcore.engine.agent import FLAG_MEMORY, FLAG_TIMEOUT, MODE_STREAM
 from guildcore.engine.agentrules import AgentRules
 from guildcore.engine.events import (
@@ -140,6 +140,8 @@ class TaskRules(AgentRules):
         if limit is not None and len(frame) > limit:
             # The agent could not even hold the arguments under its limit:
             # fail now, not after wedging its pipe or killing it.
+            from guildcore.engine import postmortem
+
             self._finish_error(task, postmortem.arguments_too_big(task, len(frame), limit))
             return
         task.agent_id = agent.id
@@ -216,6 +218,8 @@ class TaskRules(AgentRules):
             return
         if kind == Kind.ERROR and task_id == 0:
             agent.exit_reason = (lifecycle.INITIALIZER, None)
+            from guildcore.engine import postmortem
+
             self._break(postmortem.initializer_failed(fields))
             return
         task = agent.find(task_id)
@@ -298,6 +302,8 @@ class TaskRules(AgentRules):
         self._malformed(agent, event.why)
 
     def _on_task_error(self, agent: AgentRecord, task: Task, fields: list[Any]) -> None:
+        from guildcore.engine import postmortem  # errors only: not on a first result's path
+
         flags = fields[4]
         err = postmortem.reported_error(agent, task, fields, self.settings.limit_bytes)
         if flags & FLAG_MEMORY:
