@@ -119,19 +119,33 @@ def test_making_a_guild_leaves_the_state_machine_to_the_pool_start(tmp_path: Pat
     assert set(_imported(tmp_path, program, "g.shutdown()", names=AT_POOL_START)) == AT_POOL_START
 
 
-# Loaded by what uses them, not by a submit: routing by the first map, the
-# shared-context registry by the first share(), the metrics' fold and alert
-# rules by the first tick of the recorder (or a read of the metrics).
+# Loaded by what uses them, not by a submit: what maps need by the first map,
+# the shared-context registry and shared memory by the first share(), the
+# metrics' fold and alert rules by the first tick of the recorder (or a read
+# of the metrics), post-mortems by the first task that fails.
 ON_FIRST_USE = {
     "guildcore.engine.routing": "g.map(abs, [-1, -2])",
+    "guildcore.engine.progress": "g.map(abs, [-1, -2])",
+    "guildcore.engine.batching": "g.map(abs, [-1, -1], cache=True)",
     "guildcore.context.registry": "g.share({'k': 1})",
+    "mmap": "g.share({'k': 1})",
+    "_posixshmem": "g.share({'k': 1})",
     "guildcore.metrics.fold": "g.metrics()",
     "guildcore.metrics.alerts": "g.metrics()",
+    "guildcore.engine.postmortem": "assert g.submit(int, 'x').exception() is not None",
+}
+# Loaded by what needs them, none of which a plain submit does: a result too
+# big for a frame, a task run in the supervisor, a retried task, chunks.
+NOT_ON_A_FIRST_RESULT = {
+    "guildcore.engine.shmbuf",
+    "guildcore.engine.inline",
+    "guildcore.engine.retry",
+    "guildcore.engine.chunking",
 }
 
 
-def test_a_first_result_leaves_maps_contexts_and_metrics_folding_to_their_first_use(tmp_path: Path) -> None:
+def test_a_first_result_leaves_maps_contexts_metrics_folding_and_failures_to_their_first_use(tmp_path: Path) -> None:
     program = "from guildcore import Guild\ng = Guild(max_agents=2)\nassert g.submit(abs, -3).result() == 3"
-    assert _imported(tmp_path, program, names=set(ON_FIRST_USE)) == []
+    assert _imported(tmp_path, program, names=set(ON_FIRST_USE) | NOT_ON_A_FIRST_RESULT) == []
     for module, use in ON_FIRST_USE.items():
         assert _imported(tmp_path, f"{program}\n{use}", "g.shutdown()", names={module}) == [module], use

@@ -25,13 +25,10 @@ from concurrent.futures import Future
 
 from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import task_scope
-from guildcore.engine import chunking
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
-from guildcore.engine.batching import DuplicateCounter, group_by_key, spread
 from guildcore.engine.functions import describe, spec_for
 from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
-from guildcore.engine.progress import Progress
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
 from guildcore.engine.task import Task
 from guildcore.engine.taskgroup import current_group
@@ -44,8 +41,10 @@ if TYPE_CHECKING:
     from guildcore.cache import TieredCache
     from guildcore.context import ContextRef, ContextRegistry
     from guildcore.engine.backend import Pool
+    from guildcore.engine.batching import DuplicateCounter
     from guildcore.engine.iterators import StreamIterator
     from guildcore.engine.monitorio import MonitorIO
+    from guildcore.engine.progress import Progress
     from guildcore.engine.resultcache import ResultCache
     from guildcore.engine.routing import Decision, Pattern, Router, RoutingStore
     from guildcore.metrics import Alert, Run, RunRecorder
@@ -253,7 +252,7 @@ class Guild:
         self._router_made: Router | None = None
         self._routing = self._settings.parallel and self.config.parallelization.strategy in ("auto", "adaptive")
         self._context_digest: bytes | None = None
-        self._duplicates = DuplicateCounter()  # identical items of cached maps, run once
+        self._duplicates: DuplicateCounter | None = None  # identical items of cached maps, run once
         # Segments of supervisors that died without cleaning up (SIGKILL).
         from guildcore.shm import sweep_dead
 
@@ -524,6 +523,8 @@ class Guild:
         return task.future
 
     def _auto_chunksize(self, n: int) -> int:
+        from guildcore.engine import chunking  # maps only, as progress, batching and routing
+
         return chunking.auto_size(n, self._settings.max_agents)
 
     def _chunk_tasks(
@@ -531,6 +532,8 @@ class Guild:
     ) -> list[Task]:
         """Chunks of ``chunksize`` items; ``guided``: larger first, down to ``chunksize`` at the end."""
         if guided:
+            from guildcore.engine import chunking
+
             sizes = chunking.guided_sizes(
                 len(items), chunksize, agents=self._settings.max_agents, held=1 + self._settings.prefetch
             )
@@ -601,6 +604,8 @@ class Guild:
             return []
         if cache:
             return self._map_cached(fn, items, mode, chunksize, progress, priority, timeout, retries)
+        from guildcore.engine.progress import Progress
+
         bar = Progress(len(items), enabled=progress, label=describe(fn), status=self._live)
         # Routing applies to defaults only: an explicit chunksize, timeout or
         # retries asks for the pool's machinery (isolation).
@@ -647,6 +652,8 @@ class Guild:
             router.count_handoff(len(rest))
         else:
             router.count_pool()
+        from guildcore.engine import chunking
+
         size = chunking.measured_size(
             len(rest),
             self._settings.max_agents,
@@ -788,9 +795,12 @@ class Guild:
             return out
         # cache=True promises that equal items give equal results: each key
         # runs once (see engine.batching for why plain maps do not do this).
+        from guildcore.engine.batching import group_by_key, spread
+        from guildcore.engine.progress import Progress
+
         run, source = group_by_key([item_keys[i] for i in missed])
         todo = [missed[r] for r in run]
-        self._duplicates.add(len(missed) - len(todo))
+        self._count_duplicates(len(missed) - len(todo))
         size = self._resolve_chunksize(chunksize, len(todo))
         tasks: list[Task] = []
         for start in range(0, len(todo), size):
@@ -806,6 +816,15 @@ class Guild:
         for i, value in zip(missed, spread(computed, source), strict=True):
             out[i] = value
         return out
+
+    def _count_duplicates(self, n: int) -> None:
+        """Items of a cached batch not computed: an equal item was (the counter is made at the first)."""
+        with self._results_lock:
+            if self._duplicates is None:
+                from guildcore.engine.batching import DuplicateCounter
+
+                self._duplicates = DuplicateCounter()
+        self._duplicates.add(n)
 
     def _resolve_chunksize(self, chunksize: int | str, n: int) -> int:
         if chunksize == "auto":
@@ -963,7 +982,7 @@ class Guild:
         snap["routing"] = self._router.stats()
         snap["start_method"] = self._starter.method
         snap["metrics"] = self._metrics_summary()
-        snap["batching"] = self._duplicates.stats()
+        snap["batching"] = self._duplicates.stats() if self._duplicates is not None else {"duplicates_saved": 0}
         contexts = self._contexts_made
         current = contexts.current if contexts is not None else None
         snap["context"] = {

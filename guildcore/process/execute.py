@@ -151,7 +151,7 @@ class StepExecutor:
             run, source = group_by_key([item_keys[i] for i in missed])
             todo = [missed[r] for r in run]
             out.duplicates = len(missed) - len(todo)
-            self.guild._duplicates.add(out.duplicates)
+            self.guild._count_duplicates(out.duplicates)
             calls = [(items[i], step.map_param, prep.kwargs, prep.shared) for i in todo]
             computed = self.guild.map(adapter_for(step.ref), calls, **self._opts(step))
             values = [value for value, _pid in computed]

@@ -35,7 +35,7 @@ would carry) are written once to a shared-memory segment of the run and
 read by the agents from there; the run unlinks its segments when it ends.
 
 Hooks on the Guild used besides its public API: its cache tiers
-(``_result_cache().cache``), its duplicate counter (``_duplicates``), and
+(``_result_cache().cache``), its duplicate counter (``_count_duplicates``), and
 the task groups every Guild honours.
 """
 
