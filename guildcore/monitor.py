@@ -54,15 +54,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 from guildcore._errors import format_bytes
-from guildcore._records import Frozen
+from guildcore.monitorlimits import HOLD_CHECKS, MonitorLimits, MonitorRecord
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
     from typing import Any
 
-    from guildcore.config import Config
 
 __all__ = [
+    "HOLD_CHECKS",
     "Action",
     "AdaptivePlan",
     "CachingLevel",
@@ -84,8 +84,7 @@ __all__ = [
 # Back to a lower mode only below its threshold minus this (a fraction of
 # the limit): 0.80 -> under 0.70 to leave warning.
 RECOVERY_MARGIN = 0.10
-# ... held for this many check intervals (5 s at the default 1 s).
-HOLD_CHECKS = 5
+# ... held for HOLD_CHECKS check intervals (``monitorlimits``).
 # A relapse within RELAPSE_FACTOR holds of a step down doubles the hold (up to
 # MAX_HOLD_FACTOR times the base); as long a calm halves it back.
 RELAPSE_FACTOR = 10
@@ -127,24 +126,7 @@ _WARNING_CLEANUP = (Action.EVICT_HALF, Action.TRIM, Action.STOP_IDLE)
 _CRITICAL_CLEANUP = (Action.EVICT_ALL, Action.TRIM, Action.STOP_IDLE)
 
 
-class _Record(Frozen):
-    """A frozen record (``_records.Frozen``) whose ``__init__`` sets its fields in one call.
-
-    Not a dataclass: this module is imported by every Guild that monitors,
-    and a frozen dataclass costs a millisecond or more to create at import.
-    """
-
-    __slots__ = ()
-
-    def _set_fields(self, **values: Any) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._fields}
-
-
-class Readings(_Record):
+class Readings(MonitorRecord):
     """One sample of memory and load. Bytes are private (``RssAnon``) unless named otherwise.
 
     ``supervisor_bytes`` counts what the supervisor's process holds above what
@@ -196,64 +178,7 @@ class Readings(_Record):
         return self.supervisor_bytes + self.agent_bytes
 
 
-class MonitorLimits(_Record):
-    """The settings the decisions read, resolved to plain values."""
-
-    _fields = (
-        "total_system_bytes", "cache_size_bytes", "per_agent_bytes", "warning", "critical",
-        "check_interval_s", "min_agents", "max_agents", "alerts",
-    )  # fmt: skip
-    __slots__ = _fields
-    total_system_bytes: int
-    cache_size_bytes: int
-    per_agent_bytes: int
-    warning: float
-    critical: float
-    check_interval_s: float
-    min_agents: int
-    max_agents: int
-    alerts: bool
-
-    def __init__(
-        self,
-        *,
-        total_system_bytes: int,
-        cache_size_bytes: int,
-        per_agent_bytes: int,
-        warning: float,
-        critical: float,
-        check_interval_s: float,
-        min_agents: int,
-        max_agents: int,
-        alerts: bool = True,
-    ) -> None:
-        self._set_fields(
-            total_system_bytes=total_system_bytes, cache_size_bytes=cache_size_bytes,
-            per_agent_bytes=per_agent_bytes, warning=warning, critical=critical,
-            check_interval_s=check_interval_s, min_agents=min_agents, max_agents=max_agents, alerts=alerts,
-        )  # fmt: skip
-
-    @classmethod
-    def from_config(cls, config: Config, *, max_agents: int | None = None) -> MonitorLimits:
-        lim, mon = config.limits, config.monitoring
-        return cls(
-            total_system_bytes=lim.total_system,
-            cache_size_bytes=lim.cache_size,
-            per_agent_bytes=lim.per_agent,
-            warning=mon.warning_threshold,
-            critical=mon.critical_threshold,
-            check_interval_s=mon.check_interval,
-            min_agents=config.pool.min_agents,
-            max_agents=config.pool.max_agents if max_agents is None else max_agents,
-            alerts=mon.alerts,
-        )
-
-    @property
-    def base_hold_s(self) -> float:
-        return HOLD_CHECKS * self.check_interval_s
-
-
-class MonitorState(_Record):
+class MonitorState(MonitorRecord):
     """What the decision remembers between readings (times on the caller's clock)."""
 
     _fields = (
@@ -285,7 +210,7 @@ class MonitorState(_Record):
         )  # fmt: skip
 
 
-class Decision(_Record):
+class Decision(MonitorRecord):
     _fields = ("previous", "state", "actions", "reason", "pressure")
     __slots__ = _fields
     previous: Mode
@@ -456,7 +381,7 @@ class CachingLevel(enum.Enum):
     OFF = "off"  # no cache writes (reads still hit)
 
 
-class AdaptivePlan(_Record):
+class AdaptivePlan(MonitorRecord):
     _fields = ("agents", "caching", "reason")
     __slots__ = _fields
     agents: int
@@ -527,7 +452,7 @@ def adaptive_plan(
 # -- state over time -----------------------------------------------------------------------
 
 
-class Transition(_Record):
+class Transition(MonitorRecord):
     """One mode change: when (the caller's clock), from what, to what, why, on which readings."""
 
     _fields = ("at", "previous", "mode", "reason", "readings")

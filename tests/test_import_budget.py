@@ -149,3 +149,19 @@ def test_a_first_result_leaves_maps_contexts_metrics_folding_and_failures_to_the
     assert _imported(tmp_path, program, names=set(ON_FIRST_USE) | NOT_ON_A_FIRST_RESULT) == []
     for module, use in ON_FIRST_USE.items():
         assert _imported(tmp_path, f"{program}\n{use}", "g.shutdown()", names={module}) == [module], use
+
+
+def test_a_first_result_within_the_first_reading_leaves_the_monitor_to_it(tmp_path: Path) -> None:
+    # The monitor (its module, the probe's /proc reader) loads with its first
+    # reading, FIRST_READING_S after the pool starts, or with a read of it.
+    from guildcore.engine.monitorrules import FIRST_READING_S
+
+    names = {"guildcore.monitor", "guildcore.procfs"}
+    program = (
+        "import time\nfrom guildcore import Guild\ng = Guild(max_agents=2)\nmade = time.monotonic()\n"
+        "assert g.submit(abs, -3).result() == 3\nelapsed = time.monotonic() - made"
+    )
+    # Only a result back before the first reading was due can show it (a loaded host may be slower).
+    found = _imported(tmp_path, program, f"found = found if elapsed < {FIRST_READING_S!r} else []", names=names)
+    assert found == []
+    assert _imported(tmp_path, f"{program}\ng.stats()", "g.shutdown()", names={"guildcore.monitor"}) == ["guildcore.monitor"]

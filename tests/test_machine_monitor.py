@@ -29,6 +29,7 @@ from guildcore.engine.events import (
     StartAgent,
     Submitted,
 )
+from guildcore.engine.monitorrules import FIRST_READING_S
 from guildcore.engine.states import AgentState, TaskState
 from guildcore.monitor import HOLD_CHECKS, MonitorLimits, Readings
 
@@ -83,22 +84,36 @@ def states(p: Pool) -> list[str]:
 # ---------------------------------------------------------------- the clock
 
 
-def test_a_reading_when_the_pool_starts_then_every_check_interval() -> None:
+def test_a_reading_soon_after_the_pool_starts_then_every_check_interval() -> None:
     p = monitored()
     out = p.feed()
-    assert [type(a) for a in out] == [StartAgent, ReadMonitor]  # the agent starts first
+    # The agent starts; the first reading waits FIRST_READING_S: a script's first
+    # result does not wait for the monitor, which could not hold back this start anyway.
+    assert [type(a) for a in out] == [StartAgent]
+    assert p.m.monitor is None  # nor is guildcore.monitor needed yet
+    assert p.m.next_deadline() == FIRST_READING_S
+    assert not of(p.feed(at=FIRST_READING_S / 2), ReadMonitor)
+    assert len(of(p.feed(at=FIRST_READING_S), ReadMonitor)) == 1
     assert p.m.next_deadline() is None  # the reading is out: nothing else is due
-    answer(p, reading())
-    assert p.m.next_deadline() == LIMITS.check_interval_s
-    assert not of(p.feed(at=0.5), ReadMonitor)
-    assert len(of(p.feed(at=1.0), ReadMonitor)) == 1
-    assert not of(p.feed(at=2.5), ReadMonitor)  # one reading at a time
-    # The next, due at 2.0, is asked at the loop's next turn, not in the one that handled
-    # this answer: readings slower than check_interval must not chain without end while
-    # no agent's pipe is read (the loop answers ReadMonitor within the same turn).
-    assert not of(answer(p, reading(), at=2.5), ReadMonitor)
-    assert p.m.next_deadline() == 2.0
-    assert len(of(p.feed(at=2.5), ReadMonitor)) == 1
+    answer(p, reading(), at=FIRST_READING_S)
+    first = FIRST_READING_S + LIMITS.check_interval_s
+    assert p.m.next_deadline() == first
+    assert not of(p.feed(at=first - 0.01), ReadMonitor)
+    assert len(of(p.feed(at=first), ReadMonitor)) == 1
+    assert not of(p.feed(at=first + 1.5), ReadMonitor)  # one reading at a time
+    # The next, due at first + 1.0, is asked at the loop's next turn, not in the one that
+    # handled this answer: readings slower than check_interval must not chain without end
+    # while no agent's pipe is read (the loop answers ReadMonitor within the same turn).
+    assert not of(answer(p, reading(), at=first + 1.5), ReadMonitor)
+    assert p.m.next_deadline() == first + 1.0
+    assert len(of(p.feed(at=first + 1.5), ReadMonitor)) == 1
+
+
+def test_the_first_reading_comes_within_one_check_interval_when_that_is_shorter() -> None:
+    p = monitored(LIMITS.replace(check_interval_s=0.02))
+    assert [type(a) for a in p.feed()] == [StartAgent]
+    assert p.m.next_deadline() == 0.02
+    assert len(of(p.feed(at=0.02), ReadMonitor)) == 1
 
 
 def test_without_the_monitor_nothing_is_read() -> None:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from guildcore.engine.resultcache import ResultCache
     from guildcore.engine.routing import Decision, Pattern, Router, RoutingStore
     from guildcore.metrics import Alert, Run, RunRecorder
+    from guildcore.monitor import Probe
     from guildcore.process import Process, ProcessRun
 
     T = TypeVar("T")
@@ -129,7 +130,7 @@ def _settings_from(config: Config) -> SupervisorSettings:
         max_agents = _adaptive_agents(config, max_agents)  # no readings while it runs: sized once, now
     monitor_limits = None
     if monitored:
-        from guildcore.monitor import MonitorLimits
+        from guildcore.monitorlimits import MonitorLimits
 
         monitor_limits = MonitorLimits.from_config(config, max_agents=max_agents).replace(
             min_agents=min(pool.min_agents, max_agents)
@@ -288,14 +289,19 @@ class Guild:
         """The monitor's probe and levers: this process above its memory now, its agents, its caches."""
         from guildcore.engine import limits
         from guildcore.engine.monitorio import MonitorIO
-        from guildcore.monitor import Probe
 
-        probe = Probe(
-            lambda pid: limits.read_private_bytes(pid),  # through the seam tests replace
-            cache_bytes=lambda: sum(c.memory_bytes() for c in self._memory_caches()),
-            supervisor_baseline=limits.read_private_bytes(os.getpid()) or 0,
-        )
-        return MonitorIO(probe, self._memory_caches, recorder=self._recorder, on_alert=on_alert)
+        baseline = limits.read_private_bytes(os.getpid()) or 0  # now: what the caller held before its Guild
+
+        def make_probe() -> Probe:
+            from guildcore.monitor import Probe
+
+            return Probe(
+                lambda pid: limits.read_private_bytes(pid),  # through the seam tests replace
+                cache_bytes=lambda: sum(c.memory_bytes() for c in self._memory_caches()),
+                supervisor_baseline=baseline,
+            )
+
+        return MonitorIO(make_probe, self._memory_caches, recorder=self._recorder, on_alert=on_alert)
 
     def _memory_caches(self) -> list[TieredCache]:
         """The in-process caches of this process the monitor counts and cuts: this Guild's, ``@cached``'s."""

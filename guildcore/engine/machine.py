@@ -188,7 +188,7 @@ class Machine(MonitorRules):
             "inline": self.inline,
             "counters": counters,
             "peak_private_bytes": dict(self.counters.peak_private_bytes),
-            "mode": None if self.monitor is None else self.monitor.mode.value,
+            "mode": self._monitor().mode.value if self.monitoring else None,
             "monitor": self.monitor_snapshot(),
         }
 

@@ -14,6 +14,8 @@ with ``monitoring.metrics`` off, logged and passed on here; with
 It does not cover when any of this happens (``monitorrules``) nor what a
 reading means (``guildcore.monitor``). Everything here runs on the owner
 thread, once per ``monitoring.check_interval`` at most: never per task.
+The probe is made (and ``guildcore.monitor`` imported) at the first
+reading, not with the Guild: a script's first result comes before it.
 
 The supervisor's caches are the Guild's own store (results, routing) and
 the process's default cache of ``@cached``, each only once made.
@@ -34,33 +36,33 @@ from guildcore.engine.events import (
     SetCaching,
     ShrinkCaches,
 )
-from guildcore.monitor import Mode, Probe, release_memory
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
     from guildcore.cache import TieredCache
     from guildcore.metrics import Alert, RunRecorder
+    from guildcore.monitor import Probe
 
 log = logging.getLogger("guildcore.monitor")
 alert_log = logging.getLogger("guildcore.alerts")
 
-# What each mode change does, in words, for the alert's message.
+# What each mode change does, in words, for the alert's message (by the modes' values).
 _WHAT = {
-    (Mode.NORMAL, Mode.WARNING): (
+    ("normal", "warning"): (
         "the in-process caches are cut to half, idle agents collect their garbage, and idle agents "
         "above pool.min_agents stop"
     ),
-    (Mode.NORMAL, Mode.CRITICAL): (
+    ("normal", "critical"): (
         "the in-process caches are emptied, nothing new is cached, and one agent takes new work "
         "while the others finish the task they run and stop"
     ),
-    (Mode.WARNING, Mode.CRITICAL): (
+    ("warning", "critical"): (
         "the in-process caches are emptied, nothing new is cached, and one agent takes new work "
         "while the others finish the task they run and stop"
     ),
-    (Mode.CRITICAL, Mode.WARNING): "caching and parallel work resume",
-    (Mode.CRITICAL, Mode.NORMAL): "caching and parallel work resume",
-    (Mode.WARNING, Mode.NORMAL): "memory is back to normal",
+    ("critical", "warning"): "caching and parallel work resume",
+    ("critical", "normal"): "caching and parallel work resume",
+    ("warning", "normal"): "memory is back to normal",
 }
 _ADVICE = (
     "if this load is expected, raise limits.total_system (or limits.cache_size); "
@@ -73,17 +75,29 @@ class MonitorIO:
 
     def __init__(
         self,
-        probe: Probe,
+        make_probe: Callable[[], Probe],
         caches: Callable[[], list[TieredCache]] = list,
         *,
         recorder: RunRecorder | None = None,
         on_alert: Callable[[Alert], object] | None = None,
     ) -> None:
-        self.probe = probe
+        self._make_probe = make_probe
+        self._probe: Probe | None = None
         self.caches = caches
         self.recorder = recorder
         self.on_alert = on_alert
         self.caching = (True, 1.0)  # (writes, budget) last set, for caches made later (adopt)
+
+    @property
+    def probe(self) -> Probe:
+        """The probe, made at the first reading (the seam tests replace)."""
+        if self._probe is None:
+            self._probe = self._make_probe()
+        return self._probe
+
+    @probe.setter
+    def probe(self, probe: Probe) -> None:
+        self._probe = probe
 
     def read(self, action: ReadMonitor, now: float) -> MonitorRead:
         try:
@@ -133,6 +147,8 @@ class MonitorIO:
             cached.set_default_caching(writes=True, budget=1.0)
 
     def release(self, action: ReleaseMemory) -> None:
+        from guildcore.monitor import release_memory
+
         release_memory()
 
     def mode_changed(self, action: ModeChanged) -> None:
@@ -155,8 +171,9 @@ class MonitorIO:
         from guildcore.metrics.alerts import Alert
 
         t = action.transition
-        what = _WHAT.get((t.previous, t.mode), "")
-        up = t.mode is Mode.CRITICAL or (t.mode is Mode.WARNING and t.previous is Mode.NORMAL)
+        previous, mode = t.previous.value, t.mode.value
+        what = _WHAT.get((previous, mode), "")
+        up = mode == "critical" or (mode == "warning" and previous == "normal")
         message = f"memory mode {t.previous.value} -> {t.reason}; {what}"
         if up:
             message += f"; {_ADVICE}"
@@ -168,4 +185,9 @@ def default_io(recorder: RunRecorder | None = None) -> MonitorIO:
     """The I/O of a supervisor made without one: private memory through ``limits``, no caches."""
     from guildcore.engine import limits
 
-    return MonitorIO(Probe(lambda pid: limits.read_private_bytes(pid)), recorder=recorder)
+    def make_probe() -> Probe:
+        from guildcore.monitor import Probe
+
+        return Probe(lambda pid: limits.read_private_bytes(pid))
+
+    return MonitorIO(make_probe, recorder=recorder)

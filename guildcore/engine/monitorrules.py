@@ -1,7 +1,8 @@
 """The state machine's rules for the memory monitor: when to read, and what a reading changes.
 
-This module covers ``MonitorRules``: the monitor's clock (a reading when the
-pool starts, then every ``monitoring.check_interval``, while
+This module covers ``MonitorRules``: the monitor's clock (a first reading
+``FIRST_READING_S`` after the pool starts, or one ``check_interval`` if that
+is shorter, then every ``monitoring.check_interval``, while
 ``monitoring.enabled``) and what each reading does, through the pure
 decisions of ``guildcore.monitor`` (``Monitor``, ``adaptive_plan``,
 ``may_start_agent``):
@@ -63,9 +64,15 @@ if TYPE_CHECKING:
 
     from guildcore.monitor import AdaptivePlan, Mode, Monitor
 
-# ``guildcore.monitor`` is imported when a Guild monitors (in ``__init__``,
-# then from ``sys.modules`` in the methods): the machine is on the import
-# path of every Guild, the monitor only on that of Guilds that use it.
+# ``guildcore.monitor`` is imported at the first reading (``_monitor``), not
+# with the machine: the machine is on the way to every script's first
+# result, and the monitor (its module, the probe's /proc reads and imports,
+# ~2 ms of the owner thread) need not be. No reading at the start could
+# hold back the first agents anyway: they start in the pool's first turn,
+# before any answer.
+
+# The first reading: this long after the pool starts (or one check_interval, if shorter).
+FIRST_READING_S = 0.1
 
 # The caches' state outside any pressure: writes on, the whole configured budget.
 FULL_CACHING = (True, 1.0)
@@ -82,13 +89,9 @@ class MonitorRules(TaskRules):
         has_initializer: bool = False,
     ) -> None:
         super().__init__(settings, new_task_id=new_task_id, has_initializer=has_initializer)
-        limits = settings.monitor
-        self.monitor: Monitor | None = None
-        if limits is not None:
-            from guildcore.monitor import Monitor
-
-            self.monitor = Monitor(limits)
-        self.next_check_at: float | None = None  # None: at the next settle (the pool starts)
+        self.monitoring = settings.monitor is not None
+        self.monitor: Monitor | None = None  # made at the first reading (``_monitor``)
+        self.next_check_at: float | None = None  # None: set at the next settle (the pool starts)
         self.reading_out = False  # a ReadMonitor was asked and not answered yet
         self._answered = False  # a MonitorRead was handled in this turn
         self._read_ids: frozenset[int] = frozenset()  # agents the last reading counted
@@ -102,9 +105,24 @@ class MonitorRules(TaskRules):
 
     # ------------------------------------------------------------ the clock
 
+    def _monitor(self) -> Monitor:
+        """The monitor's decisions and state, made (and imported) at the first reading or read of them."""
+        mon = self.monitor
+        if mon is None:
+            from guildcore.monitor import Monitor
+
+            limits = self.settings.monitor
+            assert limits is not None, "only a monitoring machine has a monitor"
+            mon = self.monitor = Monitor(limits)
+        return mon
+
     def _check_monitor(self) -> None:
         """Ask for a reading when one is due (one at a time)."""
-        if self.monitor is None or self.reading_out:
+        limits = self.settings.monitor
+        if limits is None or self.reading_out:
+            return
+        if self.next_check_at is None:  # the pool starts: the first reading comes a little later
+            self.next_check_at = self.now + min(FIRST_READING_S, limits.check_interval_s)
             return
         if self._answered:
             # Invariant: never a reading in the turn that handled one. Its
@@ -116,7 +134,7 @@ class MonitorRules(TaskRules):
         due = self.next_check_at
         if due is not None and self.now < due:
             return
-        self.next_check_at = self.now + self.monitor.limits.check_interval_s
+        self.next_check_at = self.now + limits.check_interval_s
         self.reading_out = True
         # Only ready agents: a starting one has not told its baseline yet, and
         # a forked one holds the caller's pages until it does.
@@ -126,19 +144,19 @@ class MonitorRules(TaskRules):
 
     def monitor_deadline(self) -> float | None:
         """When the next reading is due (None: no monitor, or a reading is out)."""
-        if self.monitor is None or self.reading_out:
+        if not self.monitoring or self.reading_out:
             return None
         return self.next_check_at if self.next_check_at is not None else self.now
 
     # ------------------------------------------------------------ a reading
 
     def _on_monitor_read(self, event: MonitorRead) -> None:
-        mon = self.monitor
         self.reading_out = False
         self._answered = True
         readings = event.readings
-        if mon is None or readings is None:
+        if not self.monitoring or readings is None:
             return
+        mon = self._monitor()
         from guildcore.monitor import RECOVERY_MARGIN, Action, Mode, adaptive_plan
 
         self._read_ids = self._asked_ids
@@ -270,10 +288,9 @@ class MonitorRules(TaskRules):
     # ------------------------------------------------------------ stats
 
     def monitor_snapshot(self) -> dict[str, Any] | None:
-        mon = self.monitor
-        if mon is None:
+        if not self.monitoring:
             return None
-        snap = mon.snapshot()
+        snap = self._monitor().snapshot()
         writes, budget = self.caching
         snap["working_agents"] = self.admission.working_agents
         snap["starts_held"] = self.starts_held

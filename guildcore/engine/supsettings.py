@@ -11,7 +11,7 @@ from guildcore._records import Frozen
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
-    from guildcore.monitor import MonitorLimits
+    from guildcore.monitorlimits import MonitorLimits
 
 
 class SupervisorSettings(Frozen):
