@@ -334,13 +334,6 @@ class Agent:
             self.conn.send_bytes(frame)
 
     def run(self) -> None:
-        reader = threading.Thread(
-            target=_reader,
-            args=(self.conn, self.inbox, self.control, self.send),
-            name="guild-agent-reader",
-            daemon=True,
-        )
-        reader.start()
         signal.signal(signal.SIGALRM, self.timer.on_alarm)
         if not self._initialize():
             return
@@ -348,6 +341,17 @@ class Agent:
         # copy-on-write, yet counted in RssAnon): its limit applies above them.
         baseline = limits.inherited_private_bytes() if self.settings.forked else 0
         self.send(Kind.READY, 0, os.getpid(), baseline)
+        # The reader starts after READY: what the supervisor sends before it
+        # (SHUTDOWN, CACHING) waits in the pipe, as it would wait in the inbox
+        # for this loop, and the thread's start (~0.4 ms) overlaps the
+        # supervisor's answer to READY: the first task.
+        reader = threading.Thread(
+            target=_reader,
+            args=(self.conn, self.inbox, self.control, self.send),
+            name="guild-agent-reader",
+            daemon=True,
+        )
+        reader.start()
         while True:
             item = self.inbox.get()
             if item is None:
