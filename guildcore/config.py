@@ -232,7 +232,7 @@ BUILTIN_NAMESPACES = FrozenMap({
     "result": NamespacePolicy(3600.0, None, "persistent"),
 })  # fmt: skip
 FOLLOWS_TTL = "result"
-_NAMESPACE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: keys are dotted paths
+_NAMESPACE_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"  # no dots: keys are dotted paths; compiled at first use
 
 
 class CachingConfig(Declared):
@@ -439,7 +439,7 @@ def _walk(tree: RawMap, prefix: str, source: str, extra: Sequence[str] = ()) -> 
 
 def _walk_namespaces(tree: RawMap, prefix: str, source: str) -> Iterator[_Entry]:
     for ns, shown, value, origin in _items(tree, prefix, source):
-        if not _NAMESPACE_NAME.match(ns):
+        if not re.match(_NAMESPACE_NAME, ns):
             raise bad_value(
                 ns,
                 shown,

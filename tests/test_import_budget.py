@@ -135,12 +135,15 @@ ON_FIRST_USE = {
     "guildcore.engine.postmortem": "assert g.submit(int, 'x').exception() is not None",
 }
 # Loaded by what needs them, none of which a plain submit does: a result too
-# big for a frame, a task run in the supervisor, a retried task, chunks.
+# big for a frame, a task run in the supervisor, a retried task, chunks, a
+# workflow's task groups, an agent's memory cap (in the template and agents).
 NOT_ON_A_FIRST_RESULT = {
     "guildcore.engine.shmbuf",
     "guildcore.engine.inline",
     "guildcore.engine.retry",
     "guildcore.engine.chunking",
+    "guildcore.engine.taskgroup",
+    "resource",
 }
 
 

@@ -31,7 +31,6 @@ from guildcore.engine.lazymain import check_not_importing_main
 from guildcore.engine.pool import AgentStarter
 from guildcore.engine.supervisor import Supervisor, SupervisorSettings
 from guildcore.engine.task import Task
-from guildcore.engine.taskgroup import current_group
 from guildcore.errors import ConfigError, ShutdownError
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
@@ -377,7 +376,10 @@ class Guild:
             task.ctx_ref = contexts.acquire(task.id)
             if task.ctx_ref is not None:
                 task.on_done = self._release_context
-        group = current_group()  # a process step's tasks, cancelled together on fail_fast
+        # A process step's tasks, cancelled together on fail_fast. No group can
+        # be entered before its module is imported: a Guild does not import it.
+        groups = sys.modules.get("guildcore.engine.taskgroup")
+        group = groups.current_group() if groups is not None else None
         if group is not None:
             group.add(task.future, n_items)
         return task

@@ -15,7 +15,6 @@ the supervisor reads memory only through this one seam.
 
 from __future__ import annotations
 
-import resource
 from collections.abc import Callable
 
 # Headroom of the in-agent hard cap above the sampled limit. The sampler
@@ -94,6 +93,8 @@ def apply_hard_cap(limit_bytes: int | None) -> None:
         return
     # Above what the agent starts with: a forked agent inherits the parent's
     # whole data segment, which counts against RLIMIT_DATA but is not its own.
+    import resource  # in agents only (a template imports it once for all of its agents)
+
     cap = hard_cap_bytes(limit_bytes) + _status_bytes(b"VmData:")
     try:
         _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)

@@ -381,6 +381,8 @@ def _become_template() -> None:
         # (_run_child). A caller that does not gets no ~10 ms of imports here.
         from multiprocessing import context, util  # noqa: F401
 
+    import resource  # noqa: F401 - limits.apply_hard_cap, in every agent
+
     from guildcore.engine import channel, mpidentity  # noqa: F401 - _run_child
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
