@@ -387,35 +387,39 @@ class Guild:
     def _release_context(self, task: Task) -> None:
         self._contexts.release(task.id)
 
+    def _made(self, name: str, make: Callable[[], T]) -> T:
+        """Attribute ``name``, made by ``make()`` on first use (once, whichever thread asks first)."""
+        value: T | None = getattr(self, name)
+        if value is None:
+            with self._results_lock:
+                value = getattr(self, name)
+                if value is None:
+                    value = make()
+                    setattr(self, name, value)
+        return value
+
     @property
     def _contexts(self) -> ContextRegistry:
         """This Guild's shared contexts, made at the first ``share`` (or a read of them)."""
-        contexts = self._contexts_made
-        if contexts is None:
-            with self._results_lock:
-                if self._contexts_made is None:
-                    from guildcore.context.registry import ContextRegistry
 
-                    self._contexts_made = ContextRegistry()
-                contexts = self._contexts_made
-        return contexts
+        def make() -> ContextRegistry:
+            from guildcore.context.registry import ContextRegistry
+
+            return ContextRegistry()
+
+        return self._made("_contexts_made", make)
 
     @property
     def _router(self) -> Router:
         """Routing for maps, made at the first map (or a read of its stats)."""
-        router = self._router_made
-        if router is None:
-            with self._results_lock:
-                if self._router_made is None:
-                    from guildcore.engine.routing import Router
 
-                    self._router_made = Router(
-                        agents=self._settings.max_agents,
-                        agent_set=f"{self._settings.max_agents}/{self._starter.method}/{self.config.limits.per_agent}",
-                        store=self._routing_store(),
-                    )
-                router = self._router_made
-        return router
+        def make() -> Router:
+            from guildcore.engine.routing import Router
+
+            agent_set = f"{self._settings.max_agents}/{self._starter.method}/{self.config.limits.per_agent}"
+            return Router(agents=self._settings.max_agents, agent_set=agent_set, store=self._routing_store())
+
+        return self._made("_router_made", make)
 
     # ---------------------------------------------------------- context
 
@@ -827,12 +831,9 @@ class Guild:
 
     def _count_duplicates(self, n: int) -> None:
         """Items of a cached batch not computed: an equal item was (the counter is made at the first)."""
-        with self._results_lock:
-            if self._duplicates is None:
-                from guildcore.engine.batching import DuplicateCounter
+        from guildcore.engine.batching import DuplicateCounter
 
-                self._duplicates = DuplicateCounter()
-        self._duplicates.add(n)
+        self._made("_duplicates", DuplicateCounter).add(n)
 
     def _resolve_chunksize(self, chunksize: int | str, n: int) -> int:
         if chunksize == "auto":
