@@ -7,7 +7,9 @@ results in order (``chunksize=None`` means the system's own default), and
 
 Also here: ``cold_program``, the source of a fresh-interpreter script that
 imports one system, starts it, runs one map and prints the elapsed time, so
-the start-up and cold-total measurements start every system the same way.
+the start-up and cold-total measurements start every system the same way;
+and ``wait_session_gone``, which the suites that launch programs call after
+each, so that no launch shares the cores with the last one's helpers.
 """
 
 from __future__ import annotations
@@ -198,6 +200,54 @@ _PROGRAMS: dict[str, tuple[str, str, str]] = {
         "pool.shutdown()",
     ),
 }
+
+
+def wait_session_gone(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until every process of the session ``pid`` leads has exited (then SIGKILL what is left).
+
+    For a program launched with ``start_new_session=True`` whose own process
+    has been waited for. A pool's helpers (a forkserver, workers, a
+    template, a resource tracker) exit after their parent, on their own
+    time; a sample launched while they do pays for their exit on the same
+    cores. ``/proc`` is scanned for processes of the session: they may have
+    been re-parented to init.
+    """
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = _session_members(pid)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            for member in left:
+                try:
+                    os.kill(member, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + timeout_s
+        time.sleep(0.002)
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes (zombies excluded) of session ``sid``, from /proc."""
+    import os
+
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command: state, ppid, pgrp, session, ...
+        if fields[0] != b"Z" and int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
 
 
 def compile_bytecode() -> str:

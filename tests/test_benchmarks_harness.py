@@ -116,3 +116,41 @@ def test_bench_checks_its_arguments() -> None:
         bench.record("g", "b", [1.0], unit="s")
     assert Bench("y", repeat=1).repeat == 3  # never fewer than 3
     assert "| g | a | 1.00 | ms |  | 1 |" in render_markdown(bench)  # no reference: no ratio
+
+
+# A program whose child outlives it: the child waits on a pipe the test holds, so
+# nothing is timed; the session is gone only once the test lets the child go.
+_ORPHAN = "import os, sys\nif os.fork() == 0:\n    sys.stdin.read()\n    os._exit(0)\n"
+
+
+def test_wait_session_gone_waits_for_a_launched_programs_helpers() -> None:
+    import subprocess
+    import threading
+
+    from benchmarks import pools
+
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdin=subprocess.PIPE, start_new_session=True)
+    proc.wait(timeout=30)  # the program is gone; its child still reads stdin
+    assert pools._session_members(proc.pid), "the child outlives the program"
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (pools.wait_session_gone(proc.pid), done.set()))
+    waiter.start()
+    assert not done.wait(0.2), "returned while a member of the session was alive"
+    assert proc.stdin is not None
+    proc.stdin.close()  # the child reads EOF and exits
+    assert done.wait(30)
+    waiter.join()
+    assert pools._session_members(proc.pid) == []
+
+
+def test_wait_session_gone_kills_what_outlives_its_deadline() -> None:
+    import subprocess
+
+    from benchmarks import pools
+
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdin=subprocess.PIPE, start_new_session=True)
+    proc.wait(timeout=30)
+    pools.wait_session_gone(proc.pid, timeout_s=0.1)
+    assert pools._session_members(proc.pid) == []
+    assert proc.stdin is not None
+    proc.stdin.close()
