@@ -14,7 +14,7 @@ since agents import it.
 
 from __future__ import annotations
 
-import importlib
+import sys
 import types
 
 from guildcore._errors import SerializationError
@@ -53,7 +53,8 @@ def resolve(ref: str) -> Callable[..., Any]:
             "or install cloudpickle (pip install 'guildcore[cloudpickle]') to send it by value"
         )
     try:
-        obj: Any = importlib.import_module(module_name)
+        __import__(module_name)  # not importlib.import_module: importlib costs ~0.3 ms of import
+        obj: Any = sys.modules[module_name]
     except Exception as exc:
         raise SerializationError(
             f"function {ref} cannot be found in the agent: importing {module_name!r} failed "

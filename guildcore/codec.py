@@ -45,7 +45,6 @@ or moving large buffers (see ext 17). It imports nothing of guildcore's but
 from __future__ import annotations
 
 import enum
-import importlib
 import struct
 import threading
 from collections.abc import Callable
@@ -429,7 +428,7 @@ def _make_ext_hook(allow_pickle: bool) -> Callable[[int, bytes], object]:
             return pickle.loads(data)
         decoder = _DECODERS.get(code)
         if decoder is None and code in _REGISTERED_BY:
-            importlib.import_module(_REGISTERED_BY[code])
+            __import__(_REGISTERED_BY[code])
             decoder = _DECODERS.get(code)
         if decoder is None:
             raise SerializationError(
