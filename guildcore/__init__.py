@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from guildcore._version import __version__
+__version__ = "0.1.0"  # read by the build (pyproject.toml, [tool.hatch.version])
 
 # Invariant: ``guildcore.context`` is the function, not the subpackage of the
 # same name. Importing a package sets it as an attribute of its parent only

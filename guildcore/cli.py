@@ -33,7 +33,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from guildcore._version import __version__
+from guildcore import __version__
 
 if TYPE_CHECKING:
     from typing import TypeAlias

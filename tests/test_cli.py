@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import guildcore
-from guildcore._version import __version__
+from guildcore import __version__
 from guildcore.cli import main
 from guildcore.config import Config, explain_config, load_config
 

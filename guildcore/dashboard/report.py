@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from guildcore._version import __version__
+from guildcore import __version__
 from guildcore.errors import GuildError, format_bytes
 from guildcore.metrics.summary import rows
 
