@@ -250,6 +250,8 @@ class Guild:
         # is needed for a submit.
         self._contexts_made: ContextRegistry | None = None
         self._router_made: Router | None = None
+        # Its own lock, not _results_lock: a make() that opens the cache tiers (which take that lock) must not deadlock.
+        self._made_lock = threading.Lock()
         self._routing = self._settings.parallel and self.config.parallelization.strategy in ("auto", "adaptive")
         self._context_digest: bytes | None = None
         self._duplicates: DuplicateCounter | None = None  # identical items of cached maps, run once
@@ -391,7 +393,7 @@ class Guild:
         """Attribute ``name``, made by ``make()`` on first use (once, whichever thread asks first)."""
         value: T | None = getattr(self, name)
         if value is None:
-            with self._results_lock:
+            with self._made_lock:
                 value = getattr(self, name)
                 if value is None:
                     value = make()
