@@ -194,6 +194,14 @@ def wait_for_path(path: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.002)
 
 
+def hold_agent(name: str, path: str, timeout_s: float = 60.0) -> None:
+    """An initializer that holds the agent called ``name`` before READY until ``path`` exists; others go on."""
+    import multiprocessing
+
+    if multiprocessing.current_process().name == name:
+        wait_for_path(path, timeout_s)
+
+
 def nap(seconds: float, value: object) -> object:
     """``value`` after ``seconds``; with 0, no system call at all: a tiny item."""
     if seconds:

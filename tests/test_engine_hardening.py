@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 
 import faults
 import pytest
@@ -204,6 +205,21 @@ def test_the_timeout_clock_starts_when_the_agent_begins_the_task(tmp_path: objec
         with pytest.raises(TaskTimeout, match=r"timed out after 0.3 s"):
             slow.result(timeout=30)
         assert g.stats()["counters"]["agents_died"] == 0
+
+
+def test_an_agent_in_its_initializer_gives_back_the_tasks_sent_ahead(tmp_path: Path) -> None:
+    # Agent 2 stays in its initializer until the test has every result: the
+    # tasks sent ahead to it come back (WITHDRAW, answered by its reader
+    # thread while the initializer runs) and agent 1 runs them all.
+    release = str(tmp_path / "release")
+    with Guild(max_agents=2, min_agents=2, initializer=faults.hold_agent, initargs=("guild-agent-2", release)) as g:
+        try:
+            futures = [g.submit(faults.nap, 0.02, i) for i in range(6)]
+            assert [f.result(timeout=30) for f in futures] == list(range(6))
+            states = {a["id"]: a["state"] for a in g.stats()["agents"]}
+            assert states[2] == "STARTING", states  # it never took part
+        finally:
+            Path(release).touch()
 
 
 def test_work_stealing_does_not_postpone_the_hard_kill(tmp_path: object) -> None:

@@ -335,23 +335,22 @@ class Agent:
 
     def run(self) -> None:
         signal.signal(signal.SIGALRM, self.timer.on_alarm)
+        # The supervisor sends tasks ahead to an agent still starting, and asks
+        # for them back (WITHDRAW) once another agent idles: while an
+        # initializer or preloads run, the reader must be there to answer.
+        # Without them READY follows at once, and the reader starts after it:
+        # its start (~0.4 ms) then overlaps the supervisor's answer to READY.
+        slow_start = self.settings.initializer is not None or bool(self.settings.preload)
+        if slow_start:
+            self._start_reader()
         if not self._initialize():
             return
         # A forked agent starts with the supervisor's private pages (shared
         # copy-on-write, yet counted in RssAnon): its limit applies above them.
         baseline = limits.inherited_private_bytes() if self.settings.forked else 0
         self.send(Kind.READY, 0, os.getpid(), baseline)
-        # The reader starts after READY: what the supervisor sends before it
-        # (SHUTDOWN, CACHING) waits in the pipe, as it would wait in the inbox
-        # for this loop, and the thread's start (~0.4 ms) overlaps the
-        # supervisor's answer to READY: the first task.
-        reader = threading.Thread(
-            target=_reader,
-            args=(self.conn, self.inbox, self.control, self.send),
-            name="guild-agent-reader",
-            daemon=True,
-        )
-        reader.start()
+        if not slow_start:
+            self._start_reader()
         while True:
             item = self.inbox.get()
             if item is None:
@@ -374,6 +373,15 @@ class Agent:
                 _trim(float(fields[0]) if fields else 1.0)
             elif kind == Kind.CACHING and len(fields) >= 2:
                 self._set_caching(bool(fields[0]), float(fields[1]))
+
+    def _start_reader(self) -> None:
+        reader = threading.Thread(
+            target=_reader,
+            args=(self.conn, self.inbox, self.control, self.send),
+            name="guild-agent-reader",
+            daemon=True,
+        )
+        reader.start()
 
     def _set_caching(self, writes: bool, budget: float) -> None:
         """The memory monitor's caching for ``@cached`` here; kept for later if it is not imported yet."""
