@@ -272,6 +272,31 @@ def test_no_agent_starts_without_headroom_for_one_per_agent() -> None:
     assert p.m.snapshot()["monitor"]["starts_held"].startswith("headroom")
 
 
+def test_agents_past_the_first_wait_for_the_first_reading() -> None:
+    # Nine tasks 10 ms into the pool's life, before FIRST_READING_S: the
+    # reading is taken at once, and the agents they call for start only on
+    # its answer; here it leaves room for one more.
+    p = monitored(max_agents=3, min_agents=1, scale_up_queue_length=1)
+    out = p.feed()
+    assert [type(a) for a in out] == [StartAgent]  # the pool's first agent: no reading needed
+    p.start(out)
+    out = p.feed(Submitted([make_task() for _ in range(9)]), at=0.01)
+    assert not of(out, StartAgent) and len(of(out, ReadMonitor)) == 1
+    out = answer(p, reading(0.85), at=0.01)  # agent 1 counted, 150 MB left: one per_agent fits
+    assert len(of(out, StartAgent)) == 1
+    out = p.start(out)
+    assert not of(out, StartAgent)  # the next would not: agent 2 is reserved at its per_agent
+
+
+def test_a_failed_first_reading_holds_no_start() -> None:
+    p = monitored(max_agents=3, min_agents=1, scale_up_queue_length=1)
+    p.start(p.feed())
+    p.feed(Submitted([make_task() for _ in range(9)]), at=0.01)
+    out = answer(p, None, at=0.01)  # the probe failed: nothing to judge by, nothing held
+    assert len(of(out, StartAgent)) == 1
+    assert len(of(p.start(out), StartAgent)) == 1  # and the next, as queue pressure asks
+
+
 def test_the_first_agent_always_starts() -> None:
     p = monitored(min_agents=0, max_agents=2)
     out = p.feed()

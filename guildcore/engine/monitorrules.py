@@ -2,8 +2,9 @@
 
 This module covers ``MonitorRules``: the monitor's clock (a first reading
 ``FIRST_READING_S`` after the pool starts, or one ``check_interval`` if that
-is shorter, then every ``monitoring.check_interval``, while
-``monitoring.enabled``) and what each reading does, through the pure
+is shorter, or at once when more agents would start before it, then every
+``monitoring.check_interval``, while ``monitoring.enabled``) and what each
+reading does, through the pure
 decisions of ``guildcore.monitor`` (``Monitor``, ``adaptive_plan``,
 ``may_start_agent``):
 
@@ -23,7 +24,8 @@ decisions of ``guildcore.monitor`` (``Monitor``, ``adaptive_plan``,
   working set gives back the tasks sent ahead that it has not begun,
   finishes the one it runs, and stops;
 - starting: no agent starts while the headroom under ``limits.total_system``
-  is less than one ``limits.per_agent`` (the first always does).
+  is less than one ``limits.per_agent`` (the pool's first agents always
+  do; the ones after them wait for the first reading).
 
 It does not cover the decisions themselves (``guildcore.monitor``) nor the
 I/O (reading the probe, touching caches, logging: ``monitorio`` on the loop).
@@ -93,6 +95,7 @@ class MonitorRules(TaskRules):
         self.monitor: Monitor | None = None  # made at the first reading (``_monitor``)
         self.next_check_at: float | None = None  # None: set at the next settle (the pool starts)
         self.reading_out = False  # a ReadMonitor was asked and not answered yet
+        self.first_answered = False  # a reading came back (or failed): starts past the first ones may be judged
         self._answered = False  # a MonitorRead was handled in this turn
         self._read_ids: frozenset[int] = frozenset()  # agents the last reading counted
         self._asked_ids: frozenset[int] = frozenset()  # agents the reading out will count
@@ -153,6 +156,7 @@ class MonitorRules(TaskRules):
     def _on_monitor_read(self, event: MonitorRead) -> None:
         self.reading_out = False
         self._answered = True
+        self.first_answered = True
         readings = event.readings
         if not self.monitoring or readings is None:
             return
@@ -263,8 +267,18 @@ class MonitorRules(TaskRules):
 
     def _admit(self, starts: int, live: int) -> int:
         starts = super()._admit(starts, live)
+        if not self.monitoring or starts <= 0:
+            return starts
+        if not self.first_answered:
+            if live == 0:  # the pool's first agents start whatever a reading would say
+                return starts
+            # More agents before the first reading: it is taken now (not at
+            # FIRST_READING_S), and they wait the one loop turn its answer takes.
+            if not self.reading_out:
+                self.next_check_at = self.now
+            return 0
         mon = self.monitor
-        if mon is None or mon.last is None or starts <= 0:
+        if mon is None or mon.last is None:  # the probe failed: nothing to judge by
             return starts
         from guildcore.monitor import may_start_agent
 
