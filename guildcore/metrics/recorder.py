@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cached_property
 
 from guildcore._records import Declared, field
 
@@ -111,6 +111,9 @@ class RunRecorder:
         opened = t0 if opened is None else opened
         self._t0 = t0
         self.opened = opened
+        self._fold: Fold | None = None
+        self._rules: AlertRules | None = None
+        self._made = threading.Lock()  # the owner thread and a caller (metrics()) may make them at once
         self.next_tick = opened + TICK_S
         # The last live view (plain data), replaced whole at each tick; other
         # threads (progress bars) read it without a lock.
@@ -120,17 +123,29 @@ class RunRecorder:
     # The fold and the alert rules are made at the first tick (or read), not
     # with the Guild: their modules are a tenth of what a Guild imports, and
     # a script's first result comes back before the first tick.
-    @cached_property
+    @property
     def fold(self) -> Fold:
-        from guildcore.metrics.fold import Fold
+        fold = self._fold
+        if fold is None:
+            with self._made:
+                if self._fold is None:
+                    from guildcore.metrics.fold import Fold
 
-        return Fold(self.settings, t0=self._t0, opened=self.opened, guild_no=self.guild_no)
+                    self._fold = Fold(self.settings, t0=self._t0, opened=self.opened, guild_no=self.guild_no)
+                fold = self._fold
+        return fold
 
-    @cached_property
+    @property
     def rules(self) -> AlertRules:
-        from guildcore.metrics.alerts import AlertRules
+        rules = self._rules
+        if rules is None:
+            with self._made:
+                if self._rules is None:
+                    from guildcore.metrics.alerts import AlertRules
 
-        return AlertRules(self.settings)
+                    self._rules = AlertRules(self.settings)
+                rules = self._rules
+        return rules
 
     # ------------------------------------------------------------ tasks
 
