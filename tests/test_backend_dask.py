@@ -105,6 +105,26 @@ def test_unreachable_scheduler_is_pool_broken(monkeypatch: pytest.MonkeyPatch) -
 # ------------------------------------------------------------ dask-local, one Guild per test
 
 
+def test_a_worker_that_dies_before_its_nanny_knows_its_address_is_named_by_its_nanny() -> None:
+    # A nanny learns a restarted worker's address only when that worker
+    # reports to it; one that dies first is recorded under the address of
+    # the worker before it. Its nanny's exit then stands for it.
+    import time
+
+    from guildcore.backends.daskcluster import ExitLog
+
+    log = ExitLog()
+    log.exited("tcp://w1", -11, nanny="tcp://n")
+    assert log.wait_exit("tcp://w1", 5.0, nanny="tcp://n") == (-11, None)  # by address, at once
+    log.exited("tcp://w1", 3, nanny="tcp://n")  # w2 died, recorded under w1's address
+    assert log.wait_exit("tcp://w2", 5.0, nanny="tcp://n") == (3, None)
+    # Nothing new from the nanny: its last exit was taken, and an old one stands for nothing.
+    assert log.wait_exit("tcp://w3", 0.5, nanny="tcp://n") == (None, None)
+    log.exited(None, 4, nanny="tcp://n")
+    log._nanny_exits["tcp://n"] = (time.monotonic() - 60, 4)
+    assert log.wait_exit("tcp://w3", 0.5, nanny="tcp://n") == (None, None)
+
+
 def test_crashes_name_the_worker_its_pid_and_the_signal() -> None:
     with Guild(backend="dask-local", max_agents=1) as g:
         before = g.submit(daskwork.worker_pid).result(timeout=30)

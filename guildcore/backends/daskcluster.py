@@ -63,6 +63,14 @@ _CONNECT_TIMEOUT_S = 30.0
 # on a host so loaded that the nanny's own poll comes late (2 s was not
 # enough there, and the error then lost its signal).
 _EXIT_WAIT_S = 10.0
+# A nanny learns the address of a worker it restarted only once that worker
+# reports to it, which lags the worker's own registration with the scheduler
+# on a loaded host: a worker that dies at once is then recorded under the
+# address of the worker before it. Its nanny's last exit stands for it when
+# it came within _EXIT_RECENT_S of the loss and nothing came for the address
+# within _ADDRESS_GRACE_S.
+_ADDRESS_GRACE_S = 0.2
+_EXIT_RECENT_S = 5.0
 # How long a dask-local worker may stay over limits.per_agent before its
 # nanny restarts it. The watchdog in the worker stops a task running Python
 # code within one sample, and the worker lives on; only a task blocked in C
@@ -84,30 +92,44 @@ class ExitLog:
         self._cond = threading.Condition()
         self._exits: dict[str, int] = {}
         self._memory: dict[str, int] = {}
+        self._nanny_exits: dict[str, tuple[float, int]] = {}  # nanny address -> (when, exit code) of its last worker
 
-    def exited(self, address: str, exitcode: int) -> None:
+    def exited(self, address: str | None, exitcode: int, nanny: str | None = None) -> None:
         with self._cond:
-            self._exits[address] = exitcode
+            if address is not None:
+                self._exits[address] = exitcode
+            if nanny is not None:
+                self._nanny_exits[nanny] = (time.monotonic(), exitcode)
             self._cond.notify_all()
 
     def restarted_for_memory(self, address: str, grown: int) -> None:
         with self._cond:
             self._memory[address] = grown
 
-    def wait_exit(self, address: str, timeout_s: float) -> tuple[int | None, int | None]:
+    def wait_exit(self, address: str, timeout_s: float, nanny: str | None = None) -> tuple[int | None, int | None]:
         """``(exitcode, private memory grown, if restarted for memory)`` of the worker at ``address``.
 
         Dask tells the caller that a worker is lost when its connection
         closes; its nanny notices the exit by itself, at about the same time:
-        wait for it, a little.
+        wait for it, a little. ``nanny``: the worker's nanny, whose last exit
+        stands for the worker's if the nanny did not know its address yet
+        (see ``_ADDRESS_GRACE_S``).
         """
-        deadline = time.monotonic() + timeout_s
+        asked = time.monotonic()
+        deadline = asked + timeout_s
         with self._cond:
             while address not in self._exits:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                last = self._nanny_exits.get(nanny) if nanny is not None else None
+                if last is not None and last[0] >= asked - _EXIT_RECENT_S and now - asked >= _ADDRESS_GRACE_S:
+                    self._nanny_exits.pop(str(nanny), None)
+                    return last[1], self._memory.get(address)
+                remaining = deadline - now
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, _ADDRESS_GRACE_S) if last is not None else remaining)
+            if nanny is not None and address in self._exits:
+                self._nanny_exits.pop(nanny, None)  # the same exit: it stands for no later one
             return self._exits.get(address), self._memory.get(address)
 
 
@@ -183,9 +205,10 @@ class GuildNanny(distributed.Nanny):  # type: ignore[misc]  # Dask's classes are
             process.kill()
 
     def _on_worker_exit_sync(self, exitcode: int) -> None:
-        address = self.worker_address
-        if address is not None and exitcode is not None:
-            self._guild_exits.exited(str(address), int(exitcode))
+        if exitcode is not None:
+            # worker_address may still be the worker's before it (see _ADDRESS_GRACE_S).
+            address = self.worker_address
+            self._guild_exits.exited(None if address is None else str(address), int(exitcode), nanny=str(self.address))
         super()._on_worker_exit_sync(exitcode)
 
 
@@ -346,7 +369,7 @@ class ClusterLink:
                 return str(address)
         return None
 
-    def lost(self, address: str) -> tuple[int | None, int | None]:
+    def lost(self, address: str, nanny: str | None = None) -> tuple[int | None, int | None]:
         """How the worker at ``address`` ended: ``(exitcode, memory if restarted for it)``.
 
         Where the nannies run here (dask-local) the exit code is known, and
@@ -355,7 +378,7 @@ class ClusterLink:
         with the worker's RSS.
         """
         if self.local:
-            return self.exits.wait_exit(address, _EXIT_WAIT_S)
+            return self.exits.wait_exit(address, _EXIT_WAIT_S, nanny)
         return None, self._memory_restart(address)
 
     def _memory_restart(self, address: str) -> int | None:

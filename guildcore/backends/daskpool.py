@@ -523,7 +523,8 @@ class DaskPool(TaskBook):
             self.counters.agents_died += 1
             if self._local:
                 self.counters.agents_started += 1  # its nanny starts a new one
-            exitcode, rss = self._link.lost(address)
+            nanny = getattr(worker, "nanny", None)
+            exitcode, rss = self._link.lost(address, None if nanny is None else str(nanny))
             lost_id = self._agent_id(address, pid)
             if self.recorder is not None:
                 why = exit_reason(False, False, ("memory", rss) if rss is not None else None, exitcode)
