@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,10 +215,6 @@ def wait_session_gone(pid: int, timeout_s: float = 10.0) -> None:
     cores. ``/proc`` is scanned for processes of the session: they may have
     been re-parented to init.
     """
-    import os
-    import signal
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         left = _session_members(pid)
@@ -233,8 +232,6 @@ def wait_session_gone(pid: int, timeout_s: float = 10.0) -> None:
 
 def _session_members(sid: int) -> list[int]:
     """Live processes (zombies excluded) of session ``sid``, from /proc."""
-    import os
-
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

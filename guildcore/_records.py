@@ -18,6 +18,9 @@ before its first result. This module covers two ways around it:
   ``fields(...)`` to list them), whose ``__init__`` is one generic loop: for
   records made a few times per run, such as settings. No code is generated.
 
+And ``made_once``: an attribute made on its first use, once, whichever
+thread asks first, for what the path to a first result leaves for later.
+
 It does not cover inheritance of fields (the fields are those of the
 record's own class), ``ClassVar`` fields, ``dataclasses.replace``/``asdict``
 (use ``replace`` and the fields). It imports nothing.
@@ -38,11 +41,13 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, TypeVar
 
     _F = TypeVar("_F", bound="Frozen")
+    _T = TypeVar("_T")
 
-__all__ = ["MISSING", "Declared", "Field", "Frozen", "Record", "field", "fields"]
+__all__ = ["MISSING", "Declared", "Field", "Frozen", "Record", "field", "fields", "made_once"]
 
 
 class Record:
@@ -206,3 +211,19 @@ class Declared(Frozen, metaclass=_DeclaredMeta):
             self._set(spec.name, value)
         if kwargs:
             raise TypeError(f"{cls}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+
+def made_once(owner: object, name: str, lock: Any, make: Callable[[], _T]) -> _T:
+    """``owner.<name>``, set to ``make()`` the first time it is None (under ``lock``, checked twice).
+
+    Read without the lock once made; ``make`` runs under it, so it must not
+    take ``lock`` itself.
+    """
+    value: _T | None = getattr(owner, name)
+    if value is None:
+        with lock:
+            value = getattr(owner, name)
+            if value is None:
+                value = make()
+                setattr(owner, name, value)
+    return value

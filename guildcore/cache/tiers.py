@@ -35,6 +35,7 @@ from typing import Any
 
 import xxhash
 
+from guildcore._records import made_once
 from guildcore.cache.l1 import MISS, L1Cache
 from guildcore.cache.l2 import SESSION_VALUE_BYTES, L2Cache
 from guildcore.cache.l3 import L3Store
@@ -175,19 +176,11 @@ class TieredCache:
     @property
     def l3(self) -> L3Store:
         """The disk tier, opened on first use in this process."""
-        store = self._l3
-        if store is None:
-            with self._open_lock:
-                if self._l3 is None:
-                    self._l3 = L3Store(
-                        self.path,
-                        map_size=self.map_size,
-                        policies=self.policies,
-                        compress=self.compress,
-                        clock=self.clock,
-                    )
-                store = self._l3
-        return store
+
+        def make() -> L3Store:
+            return L3Store(self.path, map_size=self.map_size, policies=self.policies, compress=self.compress, clock=self.clock)
+
+        return made_once(self, "_l3", self._open_lock, make)
 
     def _count(self, namespace: str) -> list[int]:
         counts = self._counts.get(namespace)

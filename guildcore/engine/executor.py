@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 
+from guildcore._records import made_once
 from guildcore.config import Config, agent_cache_env, load_config
 from guildcore.context import task_scope
 from guildcore.engine.agent import MODE_CALL, MODE_MAP, MODE_STARMAP, MODE_STREAM
@@ -389,17 +390,6 @@ class Guild:
     def _release_context(self, task: Task) -> None:
         self._contexts.release(task.id)
 
-    def _made(self, name: str, make: Callable[[], T]) -> T:
-        """Attribute ``name``, made by ``make()`` on first use (once, whichever thread asks first)."""
-        value: T | None = getattr(self, name)
-        if value is None:
-            with self._made_lock:
-                value = getattr(self, name)
-                if value is None:
-                    value = make()
-                    setattr(self, name, value)
-        return value
-
     @property
     def _contexts(self) -> ContextRegistry:
         """This Guild's shared contexts, made at the first ``share`` (or a read of them)."""
@@ -409,7 +399,7 @@ class Guild:
 
             return ContextRegistry()
 
-        return self._made("_contexts_made", make)
+        return made_once(self, "_contexts_made", self._made_lock, make)
 
     @property
     def _router(self) -> Router:
@@ -421,7 +411,7 @@ class Guild:
             agent_set = f"{self._settings.max_agents}/{self._starter.method}/{self.config.limits.per_agent}"
             return Router(agents=self._settings.max_agents, agent_set=agent_set, store=self._routing_store())
 
-        return self._made("_router_made", make)
+        return made_once(self, "_router_made", self._made_lock, make)
 
     # ---------------------------------------------------------- context
 
@@ -729,7 +719,6 @@ class Guild:
         """Stop an inline run that runs 10x over its prediction, or past ``MAX_INLINE_BATCH_S``."""
         from guildcore.engine.routing import MAX_INLINE_BATCH_S
 
-
         def stop(done: int, item_s: float) -> bool:
             elapsed = item_s * done
             return elapsed > max(_INLINE_SLACK_S, 10 * predicted_s * done) or elapsed > MAX_INLINE_BATCH_S
@@ -835,7 +824,7 @@ class Guild:
         """Items of a cached batch not computed: an equal item was (the counter is made at the first)."""
         from guildcore.engine.batching import DuplicateCounter
 
-        self._made("_duplicates", DuplicateCounter).add(n)
+        made_once(self, "_duplicates", self._made_lock, DuplicateCounter).add(n)
 
     def _resolve_chunksize(self, chunksize: int | str, n: int) -> int:
         if chunksize == "auto":
@@ -993,7 +982,9 @@ class Guild:
         snap["routing"] = self._router.stats()
         snap["start_method"] = self._starter.method
         snap["metrics"] = self._metrics_summary()
-        snap["batching"] = self._duplicates.stats() if self._duplicates is not None else {"duplicates_saved": 0}
+        from guildcore.engine.batching import DuplicateCounter
+
+        snap["batching"] = made_once(self, "_duplicates", self._made_lock, DuplicateCounter).stats()
         contexts = self._contexts_made
         current = contexts.current if contexts is not None else None
         snap["context"] = {

@@ -91,7 +91,6 @@ class MonitorRules(TaskRules):
         has_initializer: bool = False,
     ) -> None:
         super().__init__(settings, new_task_id=new_task_id, has_initializer=has_initializer)
-        self.monitoring = settings.monitor is not None
         self.monitor: Monitor | None = None  # made at the first reading (``_monitor``)
         self.next_check_at: float | None = None  # None: set at the next settle (the pool starts)
         self.reading_out = False  # a ReadMonitor was asked and not answered yet
@@ -107,6 +106,11 @@ class MonitorRules(TaskRules):
         self.starts_held: str | None = None  # why no agent may start now, while that holds
 
     # ------------------------------------------------------------ the clock
+
+    @property
+    def monitoring(self) -> bool:
+        """Whether this pool has a memory monitor (``monitoring.enabled``, a local pool)."""
+        return self.settings.monitor is not None
 
     def _monitor(self) -> Monitor:
         """The monitor's decisions and state, made (and imported) at the first reading or read of them."""

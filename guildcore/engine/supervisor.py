@@ -63,6 +63,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 
 from guildcore import codec, errors  # errors.PoolBroken loads when first raised
+from guildcore._records import made_once
 from guildcore.codec import Kind
 from guildcore.engine import limits
 from guildcore.engine.events import (
@@ -230,19 +231,15 @@ class Supervisor:
         the owner thread: importing there would hold the GIL against the
         caller's thread, which must hand over the first task.
         """
-        machine = self._machine
-        if machine is None:
-            with self._machine_lock:
-                machine = self._machine
-                if machine is None:
-                    from guildcore.engine.machine import Machine
 
-                    machine = Machine(
-                        self.settings, new_task_id=self.new_task_id, has_initializer=self._starter.initializer is not None
-                    )
-                    machine.trace = bool(self.observers)
-                    self._machine = machine
-        return machine
+        def make() -> Machine:
+            from guildcore.engine.machine import Machine
+
+            machine = Machine(self.settings, new_task_id=self.new_task_id, has_initializer=self._starter.initializer is not None)
+            machine.trace = bool(self.observers)  # under the lock ``observe`` takes
+            return machine
+
+        return made_once(self, "_machine", self._machine_lock, make)
 
     @property
     def counters(self) -> Counters:

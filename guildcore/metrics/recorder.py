@@ -32,7 +32,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from guildcore._records import Declared, field
+from guildcore._records import Declared, field, made_once
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -125,27 +125,21 @@ class RunRecorder:
     # a script's first result comes back before the first tick.
     @property
     def fold(self) -> Fold:
-        fold = self._fold
-        if fold is None:
-            with self._made:
-                if self._fold is None:
-                    from guildcore.metrics.fold import Fold
+        def make() -> Fold:
+            from guildcore.metrics.fold import Fold
 
-                    self._fold = Fold(self.settings, t0=self._t0, opened=self.opened, guild_no=self.guild_no)
-                fold = self._fold
-        return fold
+            return Fold(self.settings, t0=self._t0, opened=self.opened, guild_no=self.guild_no)
+
+        return made_once(self, "_fold", self._made, make)
 
     @property
     def rules(self) -> AlertRules:
-        rules = self._rules
-        if rules is None:
-            with self._made:
-                if self._rules is None:
-                    from guildcore.metrics.alerts import AlertRules
+        def make() -> AlertRules:
+            from guildcore.metrics.alerts import AlertRules
 
-                    self._rules = AlertRules(self.settings)
-                rules = self._rules
-        return rules
+            return AlertRules(self.settings)
+
+        return made_once(self, "_rules", self._made, make)
 
     # ------------------------------------------------------------ tasks
 
