@@ -378,3 +378,73 @@ def test_a_task_sees_its_agent_as_multiprocessing_names_a_fork_child(tmp_path: P
     assert seen["start method"] == "fork"
     if not caller_imports_multiprocessing:
         assert seen["parent"] == seen["ppid"]  # the template, which forked it
+
+
+def test_the_first_agent_does_not_wait_for_the_template_to_start_itself(tmp_path: Path) -> None:
+    # The template forks the first agent at birth, then readies itself for
+    # later agents: its start-up is held here until the first result is
+    # back, which must come all the same; a later agent comes after it.
+    proc = _script(
+        tmp_path,
+        """
+        import os
+        import faults
+        from guildcore import AgentDied, Guild
+        from guildcore.engine import template
+
+        release_r, release_w = os.pipe()
+        started = template._start_template
+
+        def held_start(preload):
+            os.read(release_r, 1)  # in the template: until the caller has its first result
+            started(preload)
+
+        template._start_template = held_start
+        with Guild(max_agents=1) as g:
+            print(g.submit(faults.inc, 1).result(timeout=20))
+            os.write(release_w, b"x")
+            first = g.stats()["agents"][0]["pid"]
+            try:
+                g.submit(faults.exit_hard, 3, retries=0).result(timeout=20)
+            except AgentDied:
+                pass
+            # Its replacement comes from the template, started now.
+            print(g.submit(faults.pid, retries=1).result(timeout=20) != first, g.stats()["start_method"])
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "True", "fork"]
+
+
+def test_an_agent_that_ends_before_the_template_watches_for_exits_is_reported(tmp_path: Path) -> None:
+    # The first agent is forked before the template sets its SIGCHLD handler;
+    # one that has already exited by then must still be reaped and its exit
+    # code sent, or the supervisor would wait for it forever.
+    proc = _script(
+        tmp_path,
+        """
+        import os
+        from guildcore.engine import template
+
+        fork_agent = template._fork_agent
+
+        def fork_and_wait_for_its_end(agent_id, conn_fd, status_w, run_agent, status_of, in_child):
+            fork_agent(agent_id, conn_fd, status_w, run_agent, status_of, in_child)
+            for pid in status_of:  # in the template: the agent is a zombie before the handler exists
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+        def exit_at_once(agent_id, conn):
+            os._exit(7)
+
+        template._fork_agent = fork_and_wait_for_its_end
+        t = template.Template.fork(exit_at_once, first_agent=1)
+        child, conn = t.receive(t.first)
+        child.join(20)
+        print(child.exitcode)
+        conn.close()
+        child.close()
+        t.close()
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["7"]

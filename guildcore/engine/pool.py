@@ -119,18 +119,14 @@ class AgentStarter:
 
         Called from the thread that first needs the pool (a caller's thread,
         never the owner loop's). ``first_agent``: the pool will start agents,
-        so a template is asked for the first one at once; it forks while the
-        owner loop's thread starts, and ``start(FIRST_AGENT_ID)`` collects it.
+        so the template is born with the first one's pipes and forks it at
+        once (``Template.fork``), while the owner loop's thread starts;
+        ``start(FIRST_AGENT_ID)`` collects it.
         """
         if self.ctx is not None:
             return
         if self.method in ("auto", "fork"):
-            self.method = self._fork_template(self.method)
-            if first_agent and self._template is not None:
-                try:
-                    self._early = self._template.request(FIRST_AGENT_ID)
-                except TemplateError:
-                    pass  # start() meets the same error and falls back
+            self.method = self._fork_template(self.method, first_agent)
         if self._template is not None:
             self.ctx = _TEMPLATE  # no stdlib context: agents come from the template
             return
@@ -160,13 +156,14 @@ class AgentStarter:
         ownserver.own_server(preload)
         return ownserver.OwnServerContext()
 
-    def _fork_template(self, requested: str) -> str:
+    def _fork_template(self, requested: str, first_agent: bool) -> str:
         """Fork the template now if that is safe; the method agents will use."""
         if can_fork_now():
             # Invariant: the template copies this object as it is now, so
             # ``method`` must already say what its agents are.
             self.method = "fork"
-            self._template = Template.fork(self._run_agent, self.preload)
+            self._template = Template.fork(self._run_agent, self.preload, FIRST_AGENT_ID if first_agent else None)
+            self._early = self._template.first
             return "fork"
         if requested == "fork":
             warnings.warn(

@@ -3,7 +3,9 @@
 Data flow::
 
     first use of the pool, in the caller's thread, the only Python thread alive
-       └── os.fork() ──> template: one thread, waiting on its control socket
+       └── os.fork() ──> template, born with the first agent's pipes
+                           ├── os.fork() ──> first agent, at once
+                           └── then one thread, waiting on its control socket
     supervisor thread ── agent id + fds (agent pipe, status pipe) ──> template
                                                            └── os.fork() ──> agent
     supervisor <── status pipe: the agent's pid, later its exit code ── template
@@ -58,6 +60,11 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
+
+# What every agent runs first (``_run_child``): imported by the caller, so
+# that neither the template nor an agent imports it after a fork, where each
+# page an import writes is first copied.
+from guildcore.engine import channel, mpidentity
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
@@ -199,25 +206,54 @@ class Template:
         self.pid = pid
         self._sock: _socket.socket | None = sock
         self._lock = threading.Lock()
+        self.first: Requested | None = None  # the agent ``fork(first_agent=...)`` asked for
 
     @classmethod
-    def fork(cls, run_agent: Callable[[int, Any], None], preload: tuple[str, ...] = ()) -> Template:
+    def fork(cls, run_agent: Callable[[int, Any], None], preload: tuple[str, ...] = (), first_agent: int | None = None) -> Template:
         """Fork the template now. Only call when ``can_fork_now()``.
 
         ``preload``: modules the template imports once, so that its agents
-        start with them (``optimization.preload``).
+        start with them (``optimization.preload``). ``first_agent``: an agent
+        id the template forks before anything else (``first``, then
+        ``receive`` it): its pipes are made here, so the template has them at
+        birth, and a script's first result waits for one fork after this one
+        rather than for the template to start itself and read a request.
         """
         mine, theirs = _socket.socketpair()
+        first: tuple[int, _socket.socket, int] | None = None
+        requested: Requested | None = None
+        if first_agent is not None:
+            parent_conn, child_conn = _socket.socketpair()
+            status_r, status_w = os.pipe()
+            first = (first_agent, child_conn, status_w)
+            requested = Requested(first_agent, parent_conn, status_r)
+
+        def drop_the_templates_ends() -> None:
+            theirs.close()
+            if first is not None:
+                first[1].close()
+                os.close(first[2])
+
         _flush_std_streams()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            drop_the_templates_ends()
+            mine.close()
+            if requested is not None:
+                requested.close()
+            raise
         if pid == 0:  # the template
             try:
                 mine.close()
-                _serve(theirs, run_agent, preload)
+                if requested is not None:
+                    requested.close()  # the caller's ends, copied by the fork
+                _serve(theirs, run_agent, preload, first)
             finally:
                 os._exit(0)
-        theirs.close()
+        drop_the_templates_ends()
         template = cls(pid, mine)
+        template.first = requested
         _live.add(template)
         return template
 
@@ -303,20 +339,42 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # ------------------------------------------------------------------ the template
 
 
-def _serve(sock: _socket.socket, run_agent: Callable[[int, Any], None], preload: tuple[str, ...]) -> None:
-    """The template's loop: fork an agent per request, report exits, end at EOF."""
-    _become_template()
-    for module in preload:
-        try:
-            __import__(module)
-        except Exception:
-            pass  # preloading is an optimization; the task's own import reports errors
+def _serve(
+    sock: _socket.socket,
+    run_agent: Callable[[int, Any], None],
+    preload: tuple[str, ...],
+    first: tuple[int, _socket.socket, int] | None = None,
+) -> None:
+    """The template's loop: fork an agent per request, report exits, end at EOF.
+
+    ``first`` (agent id, its pipe, its status pipe) is forked at once,
+    before the template readies itself for later agents
+    (``_start_template``): that agent does the part of it an agent needs
+    (``_reset_inherited``), and a script's first result does not wait for
+    the rest. With preloads it is forked after it, to share their one
+    import with every agent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the caller decides
+    status_of: dict[int, int] = {}  # agent pid -> our end of its status pipe
+    if first is not None and not preload:
+        _fork_first(first, sock, run_agent, status_of, reset=True)
+    _start_template(preload)
+    if first is not None and preload:
+        _fork_first(first, sock, run_agent, status_of, reset=False)
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)
     os.set_blocking(sig_w, False)
     signal.signal(signal.SIGCHLD, _ignore)
     signal.set_wakeup_fd(sig_w)
-    status_of: dict[int, int] = {}  # agent pid -> our end of its status pipe
+    _reap(sig_r, status_of)  # an agent that ended before the handler was set
+
+    def in_child() -> None:
+        sock.close()
+        for fd in (sig_r, sig_w):
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
         sel.register(sig_r, selectors.EVENT_READ)
@@ -339,32 +397,82 @@ def _serve(sock: _socket.socket, run_agent: Callable[[int, Any], None], preload:
                 continue
             conn_fd, status_w = fds
             (agent_id,) = _SIGNED.unpack(msg)
-            try:
-                pid = os.fork()
-            except OSError:
-                _write_signed(status_w, -1)
-                os.close(status_w)
-                os.close(conn_fd)
-                continue
-            if pid == 0:  # the agent
-                code = 1
-                try:
-                    sock.close()
-                    for fd in (sig_r, sig_w, status_w, *status_of.values()):
-                        os.close(fd)
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    code = _run_child(agent_id, conn_fd, run_agent)
-                finally:
-                    _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
-                    os._exit(code)
-            os.close(conn_fd)
-            _write_signed(status_w, pid)
-            status_of[pid] = status_w
+            _fork_agent(agent_id, conn_fd, status_w, run_agent, status_of, in_child)
 
 
-def _become_template() -> None:
+def _fork_first(
+    first: tuple[int, _socket.socket, int],
+    sock: _socket.socket,
+    run_agent: Callable[[int, Any], None],
+    status_of: dict[int, int],
+    *,
+    reset: bool,
+) -> None:
+    """Fork the agent the caller asked for at the template's fork; ``reset``: the template has not started."""
+    agent_id, conn, status_w = first
+
+    def in_child() -> None:
+        sock.close()
+        if reset:
+            _reset_inherited()
+
+    _fork_agent(agent_id, conn.detach(), status_w, run_agent, status_of, in_child)
+
+
+def _fork_agent(
+    agent_id: int,
+    conn_fd: int,
+    status_w: int,
+    run_agent: Callable[[int, Any], None],
+    status_of: dict[int, int],
+    in_child: Callable[[], None],
+) -> None:
+    """Fork agent ``agent_id`` on pipe ``conn_fd``; its pid, later its exit code, go to ``status_w``.
+
+    ``in_child`` lets go, in the agent, of what only the template uses.
+    """
+    try:
+        pid = os.fork()
+    except OSError:
+        _write_signed(status_w, -1)
+        os.close(status_w)
+        os.close(conn_fd)
+        return
+    if pid == 0:  # the agent
+        code = 1
+        try:
+            for fd in (status_w, *status_of.values()):
+                os.close(fd)
+            in_child()
+            code = _run_child(agent_id, conn_fd, run_agent)
+        finally:
+            _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
+            os._exit(code)
+    os.close(conn_fd)
+    _write_signed(status_w, pid)
+    status_of[pid] = status_w
+
+
+def _start_template(preload: tuple[str, ...]) -> None:
     """Make this fresh fork of the caller fit to be copied again and again."""
+    _reset_inherited()
+    # What every agent needs at start, found once here rather than in each.
+    if "multiprocessing" in sys.modules:
+        # The caller uses multiprocessing: its agents are its fork children
+        # (_run_child). A caller that does not gets no ~10 ms of imports here.
+        from multiprocessing import context, util  # noqa: F401
+
+    import resource  # noqa: F401 - limits.apply_hard_cap, in every agent
+
+    for module in preload:
+        try:
+            __import__(module)
+        except Exception:
+            pass  # preloading is an optimization; the task's own import reports errors
+
+
+def _reset_inherited() -> None:
+    """What a copy of the caller must undo or add before it runs agents: the template's, or its first agent's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the caller decides
     for sig in _RESET_SIGNALS:
         try:
@@ -375,15 +483,6 @@ def _become_template() -> None:
 
     drop_forkserver_alive_fd()
     _late_main_lookup()
-    # What every agent needs at start, found once here rather than in each.
-    if "multiprocessing" in sys.modules:
-        # The caller uses multiprocessing: its agents are its fork children
-        # (_run_child). A caller that does not gets no ~10 ms of imports here.
-        from multiprocessing import context, util  # noqa: F401
-
-    import resource  # noqa: F401 - limits.apply_hard_cap, in every agent
-
-    from guildcore.engine import channel, mpidentity  # noqa: F401 - _run_child
     # Fork-safety: the collector would touch (and so copy) every inherited
     # object in every agent; frozen objects are never scanned.
     gc.freeze()
@@ -419,12 +518,8 @@ def _run_child(agent_id: int, conn_fd: int, run_agent: Callable[[int, Any], None
     With the stdlib's bootstrap if the caller had imported multiprocessing,
     else with ``mpidentity``'s, which imports it only when a task does.
     """
-    from guildcore.engine.channel import Channel
-
-    conn = Channel(conn_fd)
+    conn = channel.Channel(conn_fd)
     if "multiprocessing.context" not in sys.modules:
-        from guildcore.engine import mpidentity
-
         return mpidentity.bootstrap(_agent_name(agent_id), lambda: run_agent(agent_id, conn))
     from multiprocessing.context import ForkProcess
 
