@@ -181,3 +181,19 @@ def test_history_is_capped_by_count_and_bytes(tmp_path: Path) -> None:
     assert 1 <= len(kept) <= 2 and kept[0].startswith("20240104")
     assert sum(s["bytes"] for s in small.runs()) <= 30_000 or len(kept) == 1
     assert small.resolve("-1") == kept[0] and small.resolve(kept[0][-4:]) == kept[0]
+
+
+def test_saving_a_run_reads_only_the_runs_it_drops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every Guild's shutdown saves a run: at the cap, one save drops one run
+    # and must not read every summary of the history to do so.
+    from guildcore.metrics import history as history_module
+
+    history = History(str(tmp_path / "h"), max_runs=40, max_bytes=10**9)
+    for i in range(41):
+        history.save({"id": f"20240101-0000{i:02d}-0000", "summary": {"n": i}})
+    read: list[bytes] = []
+    stored_bytes = history_module._stored_bytes
+    monkeypatch.setattr(history_module, "_stored_bytes", lambda summary: read.append(summary) or stored_bytes(summary))
+    history.save({"id": "20240101-000099-0000", "summary": {"n": 99}})
+    assert len(read) == 1
+    assert len(history.runs()) == 40 and history.runs()[-1]["id"] == "20240101-000002-0000"
