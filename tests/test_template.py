@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import faults
@@ -189,12 +190,33 @@ def test_the_template_leaves_with_its_guild() -> None:
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def _an_agent_of_the_template(g: Guild) -> psutil.Process:
+    """An idle agent the template forked, once there is one.
+
+    A later pool's first agent is the caller's own child (one fork sooner):
+    it is killed here, and its replacement comes from the template.
+    """
+    template = g._starter._template
+    assert template is not None
+    deadline = time.monotonic() + 30
+    while True:
+        for agent in g.stats()["agents"]:
+            if agent["state"].lower() != "idle":
+                continue
+            process = psutil.Process(agent["pid"])
+            if process.ppid() == template.pid:
+                return process
+            process.kill()
+        assert time.monotonic() < deadline, g.stats()["agents"]
+        time.sleep(0.01)
+
+
 def test_a_lost_template_hands_over_to_the_forkserver() -> None:
     with Guild(max_agents=1, min_agents=1) as g:
         assert g.submit(faults.inc, 1).result(timeout=30) == 2
         template = g._starter._template
         assert template is not None
-        agent = psutil.Process(g.stats()["agents"][0]["pid"])
+        agent = _an_agent_of_the_template(g)
         os.kill(template.pid, signal.SIGKILL)
         agent.wait(timeout=30)  # the supervisor ends it: it must not outlive its handle
         assert g.submit(faults.inc, 2, retries=2).result(timeout=60) == 3
@@ -206,8 +228,11 @@ def test_an_agent_holding_the_gil_dies_when_its_template_is_killed(tmp_path: Pat
     # closes its pipe; a busy one never reads that: the supervisor kills it.
     fifo = faults.make_fifo(str(tmp_path / "started"))
     with Guild(max_agents=1, min_agents=1, timeout=None) as g:
+        assert g.submit(faults.inc, 1).result(timeout=30) == 2
+        forked = _an_agent_of_the_template(g)
         fut = g.submit(faults.hang_holding_the_gil, fifo, retries=0)
         agent = psutil.Process(faults.wait_started(fifo, timeout_s=60))
+        assert agent.pid == forked.pid
         template = g._starter._template
         assert template is not None
         try:
@@ -221,10 +246,12 @@ def test_an_agent_holding_the_gil_dies_when_its_template_is_killed(tmp_path: Pat
         assert g.submit(faults.inc, 2).result(timeout=60) == 3
 
 
-@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
-def test_an_agent_holding_the_gil_dies_with_its_sigkilled_caller(tmp_path: Path, start_method: str) -> None:
+@pytest.mark.parametrize(("start_method", "later"), [("fork", False), ("fork", True), ("forkserver", False)])
+def test_an_agent_holding_the_gil_dies_with_its_sigkilled_caller(tmp_path: Path, start_method: str, later: bool) -> None:
     # Its own threads cannot see the EOF of the caller's pipe: the template
-    # (fork) or the parent-death signal (forkserver) must end it.
+    # (fork) or the parent-death signal (forkserver) must end it. The first
+    # agent of a later Guild is the caller's own child (forked before the
+    # template, which kills it through its pidfd).
     fifo = faults.make_fifo(str(tmp_path / "started"))
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
@@ -234,6 +261,9 @@ def test_an_agent_holding_the_gil_dies_with_its_sigkilled_caller(tmp_path: Path,
         from guildcore import Guild
 
         if __name__ == "__main__":
+            if {later!r}:
+                with Guild(max_agents=1, start_method={start_method!r}) as first:
+                    first.submit(abs, -1).result(timeout=30)
             g = Guild(max_agents=1, start_method={start_method!r}, timeout=None)
             g.submit(faults.hang_holding_the_gil, {fifo!r})
             time.sleep(3600)
@@ -245,6 +275,8 @@ def test_an_agent_holding_the_gil_dies_with_its_sigkilled_caller(tmp_path: Path,
     try:
         agent = psutil.Process(faults.wait_started(fifo, timeout_s=60))
         assert agent.pid != proc.pid
+        if start_method == "fork":
+            assert (agent.ppid() == proc.pid) is later, "a later Guild's first agent is forked by the caller"
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
         _gone, alive = psutil.wait_procs([agent], timeout=15)
@@ -280,7 +312,7 @@ def test_the_first_agent_asked_for_early_is_the_machines_first() -> None:
         assert starts == [FIRST_AGENT_ID]
     with Guild(max_agents=2) as g:
         g.submit(faults.inc, 1).result(timeout=60)
-        assert g._starter._early is None  # received, not let go
+        assert g._starter._early is None and g._starter._direct is None  # received, not let go
         assert [a["id"] for a in g.stats()["agents"]] == [FIRST_AGENT_ID]
 
 
@@ -448,3 +480,22 @@ def test_an_agent_that_ends_before_the_template_watches_for_exits_is_reported(tm
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["7"]
+
+
+def test_a_first_agent_forked_by_the_caller_and_never_taken_ends_with_the_pool() -> None:
+    # A later pool (the rules are imported: nothing left to import before its
+    # owner loop) forks its first agent itself; a pool that ends before
+    # taking it must end and reap it.
+    import guildcore.engine.machine  # noqa: F401 - what makes this process a later pool's
+    from guildcore.engine.pool import AgentStarter
+
+    starter = AgentStarter(start_method="auto", limit_bytes=None)
+    starter.prepare(first_agent=True)
+    direct = starter._direct
+    assert direct is not None, "forked by the caller"
+    child, _conn = direct
+    assert psutil.Process(child.pid).ppid() == os.getpid()
+    starter.close()
+    assert starter._direct is None and child.exitcode == 0
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)  # reaped

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import warnings
 from collections.abc import Callable
 
 from guildcore.engine.agent import AgentSettings, agent_main
 from guildcore.engine.lazymain import AGENT_NAME_PREFIX, caller_main
-from guildcore.engine.template import Requested, Template, TemplateError, can_fork_now
+from guildcore.engine.template import (
+    DirectChild,
+    Requested,
+    Template,
+    TemplateError,
+    can_fork_agents_directly,
+    can_fork_now,
+    fork_agent,
+)
 from guildcore.errors import ConfigError
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
@@ -32,11 +42,23 @@ FORKSERVER_PRELOAD = ("guildcore.engine.forkserver_hooks", "guildcore.engine.age
 # The id of the first agent a pool starts (the machine counts from it:
 # ``PoolState``); a template asks for it before the owner loop runs.
 FIRST_AGENT_ID = 1
+# How long a first agent never taken gets to exit on its own, at shutdown.
+_LET_GO_S = 2.0
 
 log = logging.getLogger("guildcore.supervisor")
 
 # ``AgentStarter.ctx`` once agents come from the template (``prepare`` has run).
 _TEMPLATE = "template"
+
+
+def _warm() -> bool:
+    """Whether this process has run a pool before: the supervisor's rules are imported.
+
+    A first pool imports them after the template's fork (``Supervisor.machine``),
+    ~4 ms that the template's fork of the first agent overlaps; a later
+    pool has nothing to import, and its first result waits for that agent.
+    """
+    return "guildcore.engine.machine" in sys.modules
 
 
 class StartFailed(Exception):
@@ -111,6 +133,7 @@ class AgentStarter:
         self.supervisor_pid = os.getpid()  # read here: _settings also runs inside agents
         self._template: Template | None = None
         self._early: Requested | None = None  # the first agent, asked for by prepare
+        self._direct: tuple[DirectChild, Any] | None = None  # or forked by prepare itself
         self.method = start_method
         self.ctx: Any = None
 
@@ -137,6 +160,22 @@ class AgentStarter:
 
         self.ctx = multiprocessing.get_context("fork" if self.method == "fork" else self.method)
 
+    def _let_go_of_direct(self) -> None:
+        """End the agent ``prepare`` forked, if no one took it: it sees its pipe end and exits."""
+        direct, self._direct = self._direct, None
+        if direct is None:
+            return
+        child, conn = direct
+        conn.close()
+        child.join(_LET_GO_S)
+        if child.exitcode is None:
+            try:
+                os.kill(child.pid, signal.SIGKILL)  # unreaped: its pid is still its own
+            except OSError:
+                pass
+            child.join()
+        child.close()
+
     def _forkserver_context(self) -> Any:
         """The interpreter's forkserver, unless it already runs without guildcore: then guildcore's own.
 
@@ -162,7 +201,18 @@ class AgentStarter:
             # Invariant: the template copies this object as it is now, so
             # ``method`` must already say what its agents are.
             self.method = "fork"
-            self._template = Template.fork(self._run_agent, self.preload, FIRST_AGENT_ID if first_agent else None)
+            if first_agent and not self.preload and _warm() and can_fork_agents_directly():
+                # Nothing left to import before the owner loop runs: the first
+                # result waits for the agent, one fork sooner if forked here.
+                self._direct = fork_agent(FIRST_AGENT_ID, self._run_agent)
+                first_agent = False
+            try:
+                self._template = Template.fork(
+                    self._run_agent, self.preload, FIRST_AGENT_ID if first_agent else None, adopt=self._direct
+                )
+            except OSError:
+                self._let_go_of_direct()
+                raise
             self._early = self._template.first
             return "fork"
         if requested == "fork":
@@ -196,6 +246,12 @@ class AgentStarter:
         agent_main(conn, self._settings(agent_id))
 
     def start(self, agent_id: int) -> AgentHandle:
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            if agent_id == FIRST_AGENT_ID:
+                return AgentHandle(agent_id, *direct)
+            self._direct = direct  # invariant: never, while the machine counts agents from FIRST_AGENT_ID
+            self._let_go_of_direct()
         early, self._early = self._early, None
         if early is not None and (early.agent_id != agent_id or self._template is None):
             # Invariant: never, while the machine counts agents from FIRST_AGENT_ID.
@@ -238,5 +294,6 @@ class AgentStarter:
         if self._early is not None:  # the pool ended before its first agent was needed
             self._early.close()
             self._early = None
+        self._let_go_of_direct()
         if self._template is not None:
             self._template.close()

@@ -167,6 +167,93 @@ class TemplateChild:
         return f"<TemplateChild pid={self.pid} exitcode={self._exitcode}>"
 
 
+class DirectChild:
+    """The caller's handle on an agent it forked itself (``fork_agent``).
+
+    Quacks as ``TemplateChild`` does. The agent is the caller's child: its
+    sentinel is a pidfd (readable once it has exited, whatever its own
+    children do), and its exit code comes from ``waitpid``.
+    """
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.sentinel = pidfd
+        self._exitcode: int | None = None
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._exitcode is None and self.sentinel >= 0:
+            self.join(0)
+        return self._exitcode
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._exitcode is not None or self.sentinel < 0:
+            return
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.sentinel, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                return
+        try:
+            _pid, status = os.waitpid(self.pid, 0)  # it has exited: this does not block
+            self._exitcode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored, an os.wait()): the code is lost
+            self._exitcode = -signal.SIGKILL
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def close(self) -> None:
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+    def __repr__(self) -> str:
+        return f"<DirectChild pid={self.pid} exitcode={self._exitcode}>"
+
+
+def can_fork_agents_directly() -> bool:
+    """Whether this kernel gives pidfds, which a directly forked agent's handle needs (Linux 5.3+)."""
+    global _PIDFDS
+    if _PIDFDS is None:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            _PIDFDS = True
+        except (AttributeError, OSError):
+            _PIDFDS = False
+    return _PIDFDS
+
+
+_PIDFDS: bool | None = None
+
+
+def fork_agent(agent_id: int, run_agent: Callable[[int, Any], None]) -> tuple[DirectChild, _socket.socket]:
+    """Fork agent ``agent_id`` from the caller itself; its handle and the supervisor's end of its pipe.
+
+    Only when ``can_fork_now()`` and ``can_fork_agents_directly()``, and
+    right before the template is forked (``Template.fork(adopt=...)``),
+    which kills it with its own agents if the caller dies.
+    """
+    parent_conn, child_conn = _socket.socketpair()
+    _flush_std_streams()
+    try:
+        pid = os.fork()
+    except OSError:
+        parent_conn.close()
+        child_conn.close()
+        raise
+    if pid == 0:  # the agent
+        code = 1
+        try:
+            parent_conn.close()
+            _reset_inherited()
+            code = _run_child(agent_id, child_conn.detach(), run_agent)
+        finally:
+            _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
+            os._exit(code)
+    child_conn.close()
+    return DirectChild(pid, os.pidfd_open(pid)), parent_conn  # unreaped, so its pid is still its own
+
+
 class Requested:
     """An agent asked of the template and not yet received: its pipe and status pipe."""
 
@@ -209,7 +296,13 @@ class Template:
         self.first: Requested | None = None  # the agent ``fork(first_agent=...)`` asked for
 
     @classmethod
-    def fork(cls, run_agent: Callable[[int, Any], None], preload: tuple[str, ...] = (), first_agent: int | None = None) -> Template:
+    def fork(
+        cls,
+        run_agent: Callable[[int, Any], None],
+        preload: tuple[str, ...] = (),
+        first_agent: int | None = None,
+        adopt: tuple[DirectChild, _socket.socket] | None = None,
+    ) -> Template:
         """Fork the template now. Only call when ``can_fork_now()``.
 
         ``preload``: modules the template imports once, so that its agents
@@ -218,6 +311,9 @@ class Template:
         ``receive`` it): its pipes are made here, so the template has them at
         birth, and a script's first result waits for one fork after this one
         rather than for the template to start itself and read a request.
+        ``adopt``: an agent the caller forked itself (``fork_agent``) and
+        the caller's end of its pipe: the template keeps its pidfd, to kill
+        it with its own agents if the caller dies, and closes the pipe.
         """
         mine, theirs = _socket.socketpair()
         first: tuple[int, _socket.socket, int] | None = None
@@ -248,7 +344,9 @@ class Template:
                 mine.close()
                 if requested is not None:
                     requested.close()  # the caller's ends, copied by the fork
-                _serve(theirs, run_agent, preload, first)
+                if adopt is not None:
+                    adopt[1].close()
+                _serve(theirs, run_agent, preload, first, None if adopt is None else adopt[0].sentinel)
             finally:
                 os._exit(0)
         drop_the_templates_ends()
@@ -344,6 +442,7 @@ def _serve(
     run_agent: Callable[[int, Any], None],
     preload: tuple[str, ...],
     first: tuple[int, _socket.socket, int] | None = None,
+    adopted: int | None = None,
 ) -> None:
     """The template's loop: fork an agent per request, report exits, end at EOF.
 
@@ -352,7 +451,8 @@ def _serve(
     (``_start_template``): that agent does the part of it an agent needs
     (``_reset_inherited``), and a script's first result does not wait for
     the rest. With preloads it is forked after it, to share their one
-    import with every agent.
+    import with every agent. ``adopted``: the pidfd of an agent the caller
+    forked itself, killed at EOF with the template's own.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the caller decides
     status_of: dict[int, int] = {}  # agent pid -> our end of its status pipe
@@ -370,7 +470,7 @@ def _serve(
 
     def in_child() -> None:
         sock.close()
-        for fd in (sig_r, sig_w):
+        for fd in (sig_r, sig_w) if adopted is None else (sig_r, sig_w, adopted):
             os.close(fd)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -389,7 +489,7 @@ def _serve(
             except OSError:
                 msg, fds = b"", []
             if not msg:  # the caller closed its end, or is gone
-                _kill_all(status_of)
+                _kill_all(status_of, adopted)
                 return
             if len(fds) != 2:
                 for fd in fds:
@@ -539,8 +639,8 @@ def _agent_name(agent_id: int) -> str:
     return f"{AGENT_NAME_PREFIX}{agent_id}"
 
 
-def _kill_all(status_of: dict[int, int]) -> None:
-    """SIGKILL every agent not yet reaped: none may outlive its caller.
+def _kill_all(status_of: dict[int, int], adopted: int | None = None) -> None:
+    """SIGKILL every agent not yet reaped, and the ``adopted`` one: none may outlive its caller.
 
     The caller closes the template after its agents have stopped, so this
     finds work only when the caller died (a SIGKILL, a crash). An agent
@@ -548,13 +648,18 @@ def _kill_all(status_of: dict[int, int]) -> None:
     kernel's parent-death signal would catch it, but setting that takes
     ``prctl`` through ``_ctypes``, 2-3 ms on the path to the first result,
     while the template already knows every agent's pid. Unreaped, no pid
-    can have been reused.
+    can have been reused; the adopted agent is reached through its pidfd.
     """
     for pid in status_of:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    if adopted is not None:
+        try:
+            signal.pidfd_send_signal(adopted, signal.SIGKILL)
+        except OSError:
+            pass  # gone already
 
 
 def _reap(sig_r: int, status_of: dict[int, int]) -> None:
