@@ -417,6 +417,34 @@ def test_min_agents_above_max_agents(project: Path) -> None:
     assert (err.source, err.line, err.value) == (MD, 8, 8)
 
 
+@pytest.mark.parametrize("parser", ["libyaml", "pure Python"])
+def test_both_yaml_parsers_read_the_same_values_and_lines(project: Path, parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every Guild made reads instructions.md: libyaml parses it in ~1 ms,
+    # PyYAML's own parser in ~10 ms, and either must say the same.
+    import yaml
+
+    assert yaml.__with_libyaml__, "PyYAML's wheels ship libyaml; without it Guild() is ~10 ms slower in a configured project"
+    used: list[str] = []
+
+    def spy(name: str) -> type:
+        class Spy(getattr(yaml, name)):  # type: ignore[misc]
+            def __init__(self, text: str) -> None:
+                used.append(name)
+                super().__init__(text)
+
+        return Spy
+
+    for name in ("CSafeLoader", "SafeLoader"):
+        monkeypatch.setattr(yaml, name, spy(name))
+    if parser == "pure Python":
+        monkeypatch.delattr(yaml, "CSafeLoader")
+    write_md(project, "performance:\n  pool:\n    max_agents: 4\n  limits:\n    per_agent: 200MB\n")
+    config, sources = explain_config(cwd=project, environ={})
+    assert used == ["CSafeLoader" if parser == "libyaml" else "SafeLoader"]
+    assert config.pool.max_agents == 4 and sources["pool.max_agents"] == f"{MD} line 8"
+    assert config.limits.per_agent == 200 * 10**6 and sources["limits.per_agent"] == f"{MD} line 10"
+
+
 def test_malformed_yaml_has_line(project: Path) -> None:
     write_md(project, "performance:\n  pool:\n    max_agents: 4\n   min_agents: [1\n")
     with pytest.raises(ConfigError, match=rf"^malformed yaml in {re.escape(MD)} line 9 \(.+\); fix the indentation, colons or quotes there$") as info:  # fmt: skip
