@@ -25,6 +25,10 @@ Groups:
   ``optimization.preload`` setting; and the same map kept in the agents by
   an explicit ``chunksize``, which shows how warm they start (numpy
   inherited from the template).
+- ``new pool's first result, in a process that has run pools``: a pool of
+  2 made and one trivial task submitted, timed together, in this process,
+  which has made pools of every system before (a library that makes a pool
+  per call). Its shutdown is untimed.
 - ``launch to first result``: a fresh interpreter imports the system, makes
   a pool of 2, submits one trivial task and prints when the result is back;
   timed from launch to that line, next to a bare ``python``. Each program
@@ -32,8 +36,8 @@ Groups:
   (its pool's helpers too) has exited.
 
 Targets: the first maps at most 1.5x the loop; the context map at most
-1.5x the fork global; the first result no slower than ProcessPoolExecutor
-with fork. Each verdict is on the median of the ratios within a round
+1.5x the fork global; the first result, from a fresh interpreter and of a
+new pool, no slower than ProcessPoolExecutor with fork. Each verdict is on the median of the ratios within a round
 (``_paired``), next to the ratio of the medians. ``--quick`` runs 3
 rounds, the 20,000-item map only and the 32 MB context.
 """
@@ -67,12 +71,14 @@ QUICK_SIZES = (20_000,)
 EXTRAPOLATE_CAP = 2_000
 SETTLE_S = 0.05
 FIRST_RESULT_ROUNDS = 31  # launches are cheap; a few ms of difference needs many
+NEW_POOL_ROUNDS = 31
 TASKS = 200
 SEED = 20261130  # the order of systems in each round is shuffled, the same in every run
 LOOP = "plain loop"
 FORK_GLOBAL = "fork copy-on-write global"
 PPE_FORK = "ProcessPoolExecutor (fork)"
 BARE = "bare python"
+NEW_POOL = "new pool's first result, in a process that has run pools"
 GUILD_FIRST = "guildcore Guild, first run"
 GUILD_REMEMBERED = "guildcore Guild, decisions remembered"
 MAP_TARGET = 1.5
@@ -87,8 +93,13 @@ def _settle() -> None:
     time.sleep(SETTLE_S)
 
 
-def _interleave(bench: Bench, group: str, systems: dict[str, tuple[Sample, float, str]], rounds: int, *, baseline: str) -> None:
-    """Each round: every system once (setup untimed, the call timed, teardown untimed), in shuffled order."""
+def _interleave(
+    bench: Bench, group: str, systems: dict[str, tuple[Sample, float, str]], rounds: int, *, baseline: str, creation: bool = True
+) -> None:
+    """Each round: every system once (setup untimed, the call timed, teardown untimed), in shuffled order.
+
+    ``creation``: also record the untimed setup, as ``pool creation``.
+    """
     created: dict[str, list[float]] = {name: [] for name in systems}
     samples: dict[str, list[float]] = {name: [] for name in systems}
     order = list(systems.items())
@@ -116,7 +127,7 @@ def _interleave(bench: Bench, group: str, systems: dict[str, tuple[Sample, float
     for name, values in samples.items():
         bench.record(group, name, values, unit="ms", baseline=baseline, note=systems[name][2])
     for name, values in created.items():
-        if name not in (LOOP,):
+        if creation and name not in (LOOP,):
             bench.record(f"pool creation, before: {group}", name, values, unit="ms")
 
 
@@ -283,6 +294,66 @@ def bench_context(bench: Bench, rounds: int, tmp: str) -> None:
     _interleave(bench, group, systems, rounds, baseline=FORK_GLOBAL)
 
 
+# -- a new pool's first result, in an interpreter that has run pools -------------------------
+
+
+def _new_pool(make: Callable[[], Any], first: Callable[[Any], object], stop: Callable[[Any], None]) -> Sample:
+    """Making the pool and its first result, timed together; its shutdown untimed."""
+
+    def call(box: list[Any]) -> None:
+        box.append(make())
+        first(box[0])
+
+    return (list, call, lambda box: stop(box[0]) if box else None)
+
+
+def bench_new_pool(bench: Bench, rounds: int) -> None:
+    from benchmarks import trivial
+    from guildcore import Guild, GuildExecutor
+
+    fork = multiprocessing.get_context("fork")
+    systems: dict[str, tuple[Sample, float, str]] = {
+        PPE_FORK: (
+            _new_pool(
+                lambda: cf.ProcessPoolExecutor(pools.WORKERS, mp_context=fork),
+                lambda p: p.submit(trivial.ping, 1).result(),
+                lambda p: p.shutdown(wait=True),
+            ),
+            1.0,
+            "",
+        ),
+        "multiprocessing.Pool (fork)": (
+            _new_pool(lambda: fork.Pool(pools.WORKERS), lambda p: p.apply(trivial.ping, (1,)), _close_pool),
+            1.0,
+            "",
+        ),
+        "guildcore Guild": (
+            _new_pool(
+                lambda: Guild(max_agents=pools.WORKERS),
+                lambda g: g.submit(trivial.ping, 1).result(),
+                lambda g: g.shutdown(wait=True),
+            ),
+            1.0,
+            "",
+        ),
+        "guildcore GuildExecutor": (
+            _new_pool(
+                lambda: GuildExecutor(max_workers=pools.WORKERS),
+                lambda g: g.submit(trivial.ping, 1).result(),
+                lambda g: g.shutdown(wait=True),
+            ),
+            1.0,
+            "",
+        ),
+    }
+    _interleave(bench, NEW_POOL, systems, rounds, baseline=PPE_FORK, creation=False)
+
+
+def _close_pool(pool: Any) -> None:
+    pool.close()
+    pool.join()
+
+
 # -- a fresh interpreter's first result ------------------------------------------------------
 
 _FIRST: dict[str, str] = {
@@ -379,6 +450,11 @@ def _verdicts(bench: Bench) -> None:
         if group.name.startswith("first map,") and "context" in group.name and FORK_GLOBAL in group.samples:
             for ours in (s for s in group.samples if s.startswith("guildcore")):
                 _verdict(bench, group, ours, FORK_GLOBAL, "the fork global", CONTEXT_TARGET)
+    new_pool = bench.groups.get(NEW_POOL)
+    if new_pool is not None and PPE_FORK in new_pool.samples:
+        for ours in ("guildcore Guild", "guildcore GuildExecutor"):
+            if ours in new_pool.samples:
+                _verdict(bench, new_pool, ours, PPE_FORK, "ProcessPoolExecutor (fork)", 1.0)
     first = bench.groups.get("launch to first result")
     if first is not None and PPE_FORK in first.samples:
         for ours in ("guildcore Guild", "guildcore GuildExecutor"):
@@ -396,6 +472,7 @@ def run(bench: Bench) -> None:
         bench_context(bench, rounds, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    bench_new_pool(bench, rounds if bench.quick else max(rounds, NEW_POOL_ROUNDS))
     bench_first_result(bench, rounds if bench.quick else max(rounds, FIRST_RESULT_ROUNDS))
     _verdicts(bench)
     bench.note(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
