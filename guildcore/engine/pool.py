@@ -204,6 +204,11 @@ class AgentStarter:
             if first_agent and not self.preload and _warm() and can_fork_agents_directly():
                 # Nothing left to import before the owner loop runs: the first
                 # result waits for the agent, one fork sooner if forked here.
+                # Its memory cap's module too, imported once here rather than
+                # by each first agent, where it cost ~1 ms (every page it
+                # writes there is copied first).
+                import resource  # noqa: F401
+
                 self._direct = fork_agent(FIRST_AGENT_ID, self._run_agent)
                 first_agent = False
             try:
