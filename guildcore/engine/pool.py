@@ -2,7 +2,9 @@
 
 This module covers: choosing the start method (a template forked from the
 caller when that is safe, else the forkserver with guildcore preloaded:
-either way a new agent costs milliseconds), starting one agent, and the
+either way a new agent costs milliseconds), where the first agent comes
+from (the template's first fork, or the caller's own in a process that has
+run a pool: ``_fork_template``), starting one agent, and the
 ``AgentHandle`` record the owner loop keeps per agent. It does not
 decide when to start or stop agents (``scaling``) nor which agent gets a task
 (``dispatch``).
