@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 from guildcore._records import MISSING, Declared, field, fields
@@ -621,6 +621,27 @@ def find_guild_dir(start: str | os.PathLike[str] | None = None) -> str | None:
         here = parent
 
 
+# The .guild files as parsed, by path and the name errors give them: every
+# Guild made reads them, and parsing instructions.md costs ~1 ms even with
+# libyaml. A file whose inode, size or mtime changed is read again; the
+# parsed values are immutable, so Configs may share them.
+_parsed_files: dict[tuple[str, str], tuple[tuple[int, int, int], _Values, dict[str, Origin]]] = {}
+
+
+def _read_file(path: str, source: str, read: Callable[[str, str], Iterable[_Entry]]) -> tuple[_Values, dict[str, Origin]]:
+    """One .guild file's settings and declared namespaces, parsed once per version of the file."""
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _parsed_files.get((path, source))
+    if hit is not None and hit[0] == stamp:
+        return hit[1], hit[2]
+    values: _Values = {}
+    declared: dict[str, Origin] = {}
+    _merge(read(path, source), values, declared)
+    _parsed_files[(path, source)] = (stamp, values, declared)
+    return values, declared
+
+
 def explain_config(
     overrides: Mapping[str, Any] | None = None,
     *,
@@ -639,7 +660,10 @@ def explain_config(
         for filename, read in readers:
             path = os.path.join(guild_dir, filename)
             if os.path.isfile(path):
-                _merge(read(path, os.path.relpath(path, start)), values, declared)
+                file_values, file_declared = _read_file(path, os.path.relpath(path, start), read)
+                values.update(file_values)
+                for name, origin in file_declared.items():
+                    declared.setdefault(name, origin)
     _merge(_env_entries(os.environ if environ is None else environ), values, declared)
     _merge(_override_entries(overrides or {}), values, declared)
     return _build(values, declared, None if guild_dir is None else os.path.dirname(guild_dir))

@@ -445,6 +445,25 @@ def test_both_yaml_parsers_read_the_same_values_and_lines(project: Path, parser:
     assert config.limits.per_agent == 200 * 10**6 and sources["limits.per_agent"] == f"{MD} line 10"
 
 
+def test_each_version_of_a_guild_file_is_parsed_once(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every Guild made reads the .guild files: a file read before is not
+    # parsed again, an edited one is, and Configs never share a mistake.
+    from guildcore import config as config_module
+
+    parsed: list[str] = []
+    read_yaml = config_module.read_yaml
+    monkeypatch.setattr(config_module, "read_yaml", lambda text, source, first: parsed.append(source) or read_yaml(text, source, first))
+    write_md(project, "performance:\n  pool:\n    max_agents: 4\n")
+    write_yaml(project, "performance:\n  pool:\n    min_agents: 2\n")
+    first, sources = explain_config(cwd=project, environ={})
+    again = load_config({"timeout": 3}, cwd=project, environ={})
+    assert len(parsed) == 2 and (first.pool.max_agents, again.pool.max_agents, again.pool.min_agents) == (4, 4, 2)
+    assert sources["pool.max_agents"] == f"{MD} line 8"
+    write_md(project, "performance:\n  pool:\n    max_agents: 12\n")
+    assert load_config(cwd=project, environ={}).pool.max_agents == 12
+    assert parsed == [MD, ".guild/config.yaml", MD]
+
+
 def test_malformed_yaml_has_line(project: Path) -> None:
     write_md(project, "performance:\n  pool:\n    max_agents: 4\n   min_agents: [1\n")
     with pytest.raises(ConfigError, match=rf"^malformed yaml in {re.escape(MD)} line 9 \(.+\); fix the indentation, colons or quotes there$") as info:  # fmt: skip
