@@ -199,3 +199,17 @@ def test_work_queued_before_shutdown_without_wait_finishes_before_exit(tmp_path:
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == sorted([f"executor-{i}" for i in range(3)] + [f"guild-{i}" for i in range(3)])
+
+
+@pytest.mark.local_only("the owner loop and the first agent of local agents")
+def test_a_pools_first_task_is_taken_in_the_owner_loops_first_turn() -> None:
+    # Posted before the owner thread starts, the first task is queued in the
+    # loop's first turn, with its first agent's start (and so sent to it as
+    # soon as the agent exists), not once the caller's thread has the GIL
+    # back from that turn.
+    turns: list[tuple[float, str]] = []
+    with Guild(max_agents=1) as g:
+        g._supervisor.observe(lambda now, action: turns.append((now, type(action).__name__)))
+        assert g.submit(faults.inc, 1).result(timeout=30) == 2
+    first_turn = {name for now, name in turns if now == turns[0][0]}
+    assert {"StartAgent", "TaskMoved"} <= first_turn, turns

@@ -120,12 +120,14 @@ def test_map_timeout_counts_from_the_call() -> None:
         assert time.monotonic() - start < 0.6
 
 
-def test_done_callbacks_may_read_stats_and_start_a_shutdown() -> None:
+def test_done_callbacks_may_read_stats_and_start_a_shutdown(tmp_path: object) -> None:
     import threading
 
     seen: list[object] = []
     done = threading.Event()
     ex = GuildExecutor(max_workers=1)
+    started = faults.make_fifo(os.path.join(str(tmp_path), "started"))
+    release = faults.make_fifo(os.path.join(str(tmp_path), "release"))
 
     def callback(fut: object) -> None:
         try:
@@ -138,7 +140,12 @@ def test_done_callbacks_may_read_stats_and_start_a_shutdown() -> None:
         finally:
             done.set()
 
-    ex.submit(faults.inc, 1).add_done_callback(callback)
+    # The callback is added while the task runs: it then runs on the owner
+    # thread (added to a done future, it would run here at once).
+    fut = ex.submit(faults.block, started, release)
+    faults.wait_started(started)
+    fut.add_done_callback(callback)
+    faults.release(release)
     assert done.wait(30)
     assert seen[0] == 1 and "done-callbacks" in str(seen[1])
     ex.shutdown(wait=True)

@@ -314,23 +314,33 @@ class Guild:
             out.append(default)
         return out
 
-    def _ensure_started(self) -> None:
-        """Start the pool now if it has not started: the template (if safe), the owner loop, agents."""
+    def _ensure_started(self, first: list[Task] | None = None) -> bool:
+        """Start the pool now if it has not started: the template (if safe), the owner loop, agents.
+
+        ``first``: tasks to hand over as the pool starts; True if they were.
+        They are posted before the owner thread starts, so its first turn
+        sends them to the first agent with its start. Posted after, they
+        waited for this thread to have the GIL back from that turn.
+        """
         if self._started:
-            return
+            return False
         with self._start_lock:
             if self._started or self._is_shutdown:
-                return
-            if isinstance(self._supervisor, Supervisor):  # a backend's workers are not agents: no template
+                return False
+            local = isinstance(self._supervisor, Supervisor)  # a backend's workers are not agents: no template
+            if local:
                 # The first agent is asked for now, to fork while the owner loop starts.
                 self._starter.prepare(first_agent=self._settings.parallel and self._settings.max_agents > 0)
+                if first is not None:
+                    self._supervisor.submit(first)
             self._supervisor.start()
             self._started = True
+            return local and first is not None
 
     def _submit(self, tasks: list[Task]) -> None:
         """Hand tasks to the supervisor, starting the pool first if needed."""
-        self._ensure_started()
-        self._supervisor.submit(tasks)
+        if not self._ensure_started(tasks):
+            self._supervisor.submit(tasks)
 
     # ----------------------------------------------------------- submitting
 

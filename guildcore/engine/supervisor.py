@@ -335,7 +335,10 @@ class Supervisor:
     def _run(self) -> None:
         machine = self.machine
         try:
-            self._feed([])
+            first: list[Event] = []
+            while self._inbox:  # the pool's first tasks, posted before this thread started
+                first.append(self._inbox.take()[1])
+            self._feed(first)
             recorder = self.recorder
             while not machine.finished:
                 due = machine.next_deadline()
