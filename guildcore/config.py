@@ -455,8 +455,8 @@ def _walk_namespaces(tree: RawMap, prefix: str, source: str) -> Iterator[_Entry]
             yield _Entry(f"caching.namespaces.{ns}.{pname}", pshown, plain(pvalue), porigin)
 
 
-def _instructions_entries(path: str, source: str) -> Iterator[_Entry]:
-    block, first = performance_block(read_text(path, source), source)
+def _instructions_entries(text: str, source: str) -> Iterator[_Entry]:
+    block, first = performance_block(text, source)
     doc = _mapping(read_yaml(block, source, first), "performance", Origin(source, first))
     for name, shown, value, origin in _items(doc, "", source):
         if name != "performance":
@@ -464,8 +464,8 @@ def _instructions_entries(path: str, source: str) -> Iterator[_Entry]:
         yield from _walk(_mapping(value, shown, origin), "performance.", source)
 
 
-def _config_yaml_entries(path: str, source: str) -> Iterator[_Entry]:
-    doc = _mapping(read_yaml(read_text(path, source), source, 1), "(top level)", Origin(source))
+def _config_yaml_entries(text: str, source: str) -> Iterator[_Entry]:
+    doc = _mapping(read_yaml(text, source, 1), "(top level)", Origin(source))
     for name, shown, value, origin in _items(doc, "", source):
         if name == "performance":
             yield from _walk(_mapping(value, shown, origin), "performance.", source)
@@ -621,25 +621,40 @@ def find_guild_dir(start: str | os.PathLike[str] | None = None) -> str | None:
         here = parent
 
 
-# The .guild files as parsed, by path and the name errors give them: every
-# Guild made reads them, and parsing instructions.md costs ~1 ms even with
-# libyaml. A file whose inode, size or mtime changed is read again; the
-# parsed values are immutable, so Configs may share them.
-_parsed_files: dict[tuple[str, str], tuple[tuple[int, int, int], _Values, dict[str, Origin]]] = {}
+# The .guild files' settings as read, by path and the name errors give
+# them, with the text they were read from: every Guild made reads the files,
+# and parsing instructions.md costs ~1 ms even with libyaml, where reading
+# it and comparing its text costs microseconds. Converted values are
+# immutable, so loads share them; an ``auto`` (the CPUs usable now) is
+# converted again at each load.
+_read_files: dict[tuple[str, str], tuple[str, _Values, dict[str, Origin], list[_Entry]]] = {}
 
 
-def _read_file(path: str, source: str, read: Callable[[str, str], Iterable[_Entry]]) -> tuple[_Values, dict[str, Origin]]:
-    """One .guild file's settings and declared namespaces, parsed once per version of the file."""
-    st = os.stat(path)
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-    hit = _parsed_files.get((path, source))
-    if hit is not None and hit[0] == stamp:
-        return hit[1], hit[2]
-    values: _Values = {}
-    declared: dict[str, Origin] = {}
-    _merge(read(path, source), values, declared)
-    _parsed_files[(path, source)] = (stamp, values, declared)
-    return values, declared
+def _merge_file(
+    path: str, source: str, read: Callable[[str, str], Iterable[_Entry]], values: _Values, declared: dict[str, Origin]
+) -> None:
+    """One .guild file's settings into ``values``, parsed once for each text the file has had."""
+    text = read_text(path, source)
+    hit = _read_files.get((path, source))
+    if hit is None or hit[0] != text:
+        entries = list(read(text, source))
+        file_values: _Values = {}
+        file_declared: dict[str, Origin] = {}
+        _merge(entries, file_values, file_declared)
+        live = [
+            e for e in entries
+            if isinstance(e.raw, str) and e.raw.lower() in _AUTO and e.key in file_values and file_values[e.key][1] == e.origin
+        ]  # fmt: skip
+        hit = (text, file_values, file_declared, live)
+        _read_files[(path, source)] = hit
+    _text, file_values, file_declared, live = hit
+    values.update(file_values)
+    for name, origin in file_declared.items():
+        declared.setdefault(name, origin)
+    _merge(live, values, declared)
+
+
+_AUTO = ("auto", "auto_detect")  # converted by the host's state when read (``integer(auto=...)``)
 
 
 def explain_config(
@@ -660,10 +675,7 @@ def explain_config(
         for filename, read in readers:
             path = os.path.join(guild_dir, filename)
             if os.path.isfile(path):
-                file_values, file_declared = _read_file(path, os.path.relpath(path, start), read)
-                values.update(file_values)
-                for name, origin in file_declared.items():
-                    declared.setdefault(name, origin)
+                _merge_file(path, os.path.relpath(path, start), read, values, declared)
     _merge(_env_entries(os.environ if environ is None else environ), values, declared)
     _merge(_override_entries(overrides or {}), values, declared)
     return _build(values, declared, None if guild_dir is None else os.path.dirname(guild_dir))

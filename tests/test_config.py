@@ -445,9 +445,10 @@ def test_both_yaml_parsers_read_the_same_values_and_lines(project: Path, parser:
     assert config.limits.per_agent == 200 * 10**6 and sources["limits.per_agent"] == f"{MD} line 10"
 
 
-def test_each_version_of_a_guild_file_is_parsed_once(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every Guild made reads the .guild files: a file read before is not
-    # parsed again, an edited one is, and Configs never share a mistake.
+def test_each_text_of_a_guild_file_is_parsed_once(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every Guild made reads the .guild files: a text read before is not
+    # parsed again, a changed one is, even rewritten in place with the same
+    # size and times (``cp -p``, a coarse clock), and Configs share no mistake.
     from guildcore import config as config_module
 
     parsed: list[str] = []
@@ -459,9 +460,26 @@ def test_each_version_of_a_guild_file_is_parsed_once(project: Path, monkeypatch:
     again = load_config({"timeout": 3}, cwd=project, environ={})
     assert len(parsed) == 2 and (first.pool.max_agents, again.pool.max_agents, again.pool.min_agents) == (4, 4, 2)
     assert sources["pool.max_agents"] == f"{MD} line 8"
-    write_md(project, "performance:\n  pool:\n    max_agents: 12\n")
-    assert load_config(cwd=project, environ={}).pool.max_agents == 12
+    md = project / MD
+    stat = md.stat()
+    write_md(project, "performance:\n  pool:\n    max_agents: 5\n")
+    os.utime(md, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert md.stat().st_size == stat.st_size and md.stat().st_mtime_ns == stat.st_mtime_ns
+    assert load_config(cwd=project, environ={}).pool.max_agents == 5
     assert parsed == [MD, ".guild/config.yaml", MD]
+
+
+def test_auto_in_a_guild_file_is_the_cpus_usable_at_each_load(project: Path) -> None:
+    write_md(project, "performance:\n  pool:\n    max_agents: auto\n    min_agents: 1\n")
+    cpus = os.sched_getaffinity(0)
+    assert load_config(cwd=project, environ={}).pool.max_agents == len(cpus)
+    if len(cpus) < 2:
+        pytest.fail("this test needs a host with two usable CPUs or more")
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        assert load_config(cwd=project, environ={}).pool.max_agents == 1
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def test_malformed_yaml_has_line(project: Path) -> None:
