@@ -496,6 +496,74 @@ def test_a_first_agent_forked_by_the_caller_and_never_taken_ends_with_the_pool()
     child, _conn = direct
     assert psutil.Process(child.pid).ppid() == os.getpid()
     starter.close()
-    assert starter._direct is None and child.exitcode == 0
+    assert starter._direct is None and child.exitcode == -signal.SIGKILL  # it held no task: not waited for
     with pytest.raises(ChildProcessError):
         os.waitpid(child.pid, os.WNOHANG)  # reaped
+
+
+_SIGNALS_TASKS = """
+import os, signal, subprocess
+
+def child_exit_code():
+    return subprocess.run(["sh", "-c", "exit 3"]).returncode
+
+def raise_sigwinch():
+    os.kill(os.getpid(), signal.SIGWINCH)
+    return os.getppid()
+"""
+
+
+def test_a_first_agent_has_its_own_sigchld_and_wakeup_fd(tmp_path: Path) -> None:
+    # A caller that ignores SIGCHLD, or wakes an event loop through
+    # set_wakeup_fd, must not hand either to its first agents: a task's
+    # subprocess gives its exit code, and a signal in the agent does not
+    # reach the caller. A later Guild's first agent is then the template's
+    # (a caller that ignores SIGCHLD would reap an agent of its own).
+    proc = _script(
+        tmp_path,
+        """
+        import os, signal
+        import sigtasks
+        from guildcore import Guild
+
+        if __name__ == "__main__":
+            signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+            signal.signal(signal.SIGWINCH, lambda *_: None)
+            wake_r, wake_w = os.pipe()
+            os.set_blocking(wake_r, False)
+            os.set_blocking(wake_w, False)
+            signal.set_wakeup_fd(wake_w)
+            for _ in range(2):  # a first Guild, then a later one
+                with Guild(max_agents=1) as g:
+                    code = g.submit(sigtasks.child_exit_code).result(timeout=30)
+                    parent = g.submit(sigtasks.raise_sigwinch).result(timeout=30)
+                try:
+                    woken = os.read(wake_r, 100)
+                except BlockingIOError:
+                    woken = b""
+                print(code, woken == b"", parent != os.getpid())
+        """,
+        sigtasks=_SIGNALS_TASKS,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "True", "True"] * 2
+
+
+def test_a_direct_childs_exit_code_taken_by_another_waiter_is_unknown_not_invented() -> None:
+    from guildcore.engine.template import DirectChild
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(5)
+    child = DirectChild(pid, os.pidfd_open(pid))
+    os.waitpid(pid, 0)  # a waiter of the caller's own (an os.wait(), a SIGCHLD handler)
+    child.join(10)
+    assert child.exitcode is None and not child.is_alive()
+    child.close()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(5)
+    child = DirectChild(pid, os.pidfd_open(pid))
+    child.join(10)
+    assert child.exitcode == 5 and not child.is_alive()
+    child.close()

@@ -729,6 +729,8 @@ def agent_main(conn: Any, settings: AgentSettings) -> None:
     agent = Agent(conn, settings)
     try:
         agent.run()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the supervisor let go of this agent, or is gone: there is no one to tell
     finally:
         try:
             conn.close()

@@ -44,13 +44,20 @@ FORKSERVER_PRELOAD = ("guildcore.engine.forkserver_hooks", "guildcore.engine.age
 # The id of the first agent a pool starts (the machine counts from it:
 # ``PoolState``); a template asks for it before the owner loop runs.
 FIRST_AGENT_ID = 1
-# How long a first agent never taken gets to exit on its own, at shutdown.
-_LET_GO_S = 2.0
 
 log = logging.getLogger("guildcore.supervisor")
 
 # ``AgentStarter.ctx`` once agents come from the template (``prepare`` has run).
 _TEMPLATE = "template"
+
+
+def _children_are_ours() -> bool:
+    """Whether this process leaves its children's exit codes to their waiters.
+
+    A caller that ignores SIGCHLD (the kernel reaps) or handles it (a
+    ``waitpid(-1)`` reaps) would take the exit code of an agent it forked.
+    """
+    return signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
 
 
 def _warm() -> bool:
@@ -163,19 +170,14 @@ class AgentStarter:
         self.ctx = multiprocessing.get_context("fork" if self.method == "fork" else self.method)
 
     def _let_go_of_direct(self) -> None:
-        """End the agent ``prepare`` forked, if no one took it: it sees its pipe end and exits."""
+        """End and reap the agent ``prepare`` forked, if no one took it."""
         direct, self._direct = self._direct, None
         if direct is None:
             return
         child, conn = direct
+        child.kill()  # it holds no task: no need to wait for it to see its pipe end
         conn.close()
-        child.join(_LET_GO_S)
-        if child.exitcode is None:
-            try:
-                os.kill(child.pid, signal.SIGKILL)  # unreaped: its pid is still its own
-            except OSError:
-                pass
-            child.join()
+        child.join()
         child.close()
 
     def _forkserver_context(self) -> Any:
@@ -203,7 +205,7 @@ class AgentStarter:
             # Invariant: the template copies this object as it is now, so
             # ``method`` must already say what its agents are.
             self.method = "fork"
-            if first_agent and not self.preload and _warm() and can_fork_agents_directly():
+            if first_agent and not self.preload and _warm() and _children_are_ours() and can_fork_agents_directly():
                 # Nothing left to import before the owner loop runs: the first
                 # result waits for the agent, one fork sooner if forked here.
                 # Its memory cap's module too, imported once here rather than
@@ -217,7 +219,7 @@ class AgentStarter:
                 self._template = Template.fork(
                     self._run_agent, self.preload, FIRST_AGENT_ID if first_agent else None, adopt=self._direct
                 )
-            except OSError:
+            except BaseException:
                 self._let_go_of_direct()
                 raise
             self._early = self._template.first

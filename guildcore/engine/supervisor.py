@@ -250,7 +250,17 @@ class Supervisor:
     def start(self) -> None:
         self.machine  # noqa: B018 - made now: after the template's fork, before the owner thread (see ``machine``)
         self._thread = threading.Thread(target=self._run, name="guild-supervisor", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            # The tasks posted for its first turn (``Guild._ensure_started``)
+            # are let go: their submit raises this, and nothing runs them.
+            while self._inbox:
+                event = self._inbox.take()[1]
+                if isinstance(event, Submitted):
+                    for task in event.tasks:
+                        _task_done(task)
+            raise
 
     def new_task_id(self) -> int:
         return next(self._ids)

@@ -179,31 +179,45 @@ class DirectChild:
         self.pid = pid
         self.sentinel = pidfd
         self._exitcode: int | None = None
+        self._ended = False
 
     @property
     def exitcode(self) -> int | None:
-        if self._exitcode is None and self.sentinel >= 0:
+        """How it ended; None while it runs, or if another waiter took its code (``os.wait()``)."""
+        if not self._ended and self.sentinel >= 0:
             self.join(0)
         return self._exitcode
 
     def join(self, timeout: float | None = None) -> None:
-        if self._exitcode is not None or self.sentinel < 0:
+        if self._ended or self.sentinel < 0:
             return
         with selectors.DefaultSelector() as sel:
             sel.register(self.sentinel, selectors.EVENT_READ)
             if not sel.select(timeout):
                 return
+        self._ended = True
         try:
             _pid, status = os.waitpid(self.pid, 0)  # it has exited: this does not block
             self._exitcode = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:  # reaped by someone else (SIGCHLD ignored, an os.wait()): the code is lost
-            self._exitcode = -signal.SIGKILL
+        except ChildProcessError:
+            pass  # reaped by a waiter of the caller's own: its code is unknown
 
     def is_alive(self) -> bool:
-        return self.exitcode is None
+        self.exitcode  # noqa: B018 - looks
+        return not self._ended
+
+    def kill(self) -> None:
+        """SIGKILL it, through its pidfd: never a process that took over its pid."""
+        if self.sentinel >= 0:
+            try:
+                signal.pidfd_send_signal(self.sentinel, signal.SIGKILL)
+            except OSError:
+                pass  # gone already
 
     def close(self) -> None:
         if self.sentinel >= 0:
+            if not self._ended:
+                self.join(0)  # reaped if it has exited, not left a zombie of the caller
             os.close(self.sentinel)
             self.sentinel = -1
 
@@ -246,12 +260,20 @@ def fork_agent(agent_id: int, run_agent: Callable[[int, Any], None]) -> tuple[Di
         try:
             parent_conn.close()
             _reset_inherited()
+            _own_signals()
             code = _run_child(agent_id, child_conn.detach(), run_agent)
         finally:
             _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
             os._exit(code)
     child_conn.close()
-    return DirectChild(pid, os.pidfd_open(pid)), parent_conn  # unreaped, so its pid is still its own
+    try:
+        pidfd = os.pidfd_open(pid)  # unreaped, so its pid is still its own
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        parent_conn.close()
+        raise
+    return DirectChild(pid, pidfd), parent_conn
 
 
 class Requested:
@@ -455,25 +477,26 @@ def _serve(
     forked itself, killed at EOF with the template's own.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the caller decides
-    status_of: dict[int, int] = {}  # agent pid -> our end of its status pipe
-    if first is not None and not preload:
-        _fork_first(first, sock, run_agent, status_of, reset=True)
-    _start_template(preload)
-    if first is not None and preload:
-        _fork_first(first, sock, run_agent, status_of, reset=False)
+    # Exits are watched before the first fork: under the caller's SIGCHLD
+    # setting (ignored: the kernel reaps; a handler of its own: it reaps)
+    # an agent's exit code would be lost, and its supervisor would wait.
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)
     os.set_blocking(sig_w, False)
     signal.signal(signal.SIGCHLD, _ignore)
     signal.set_wakeup_fd(sig_w)
-    _reap(sig_r, status_of)  # an agent that ended before the handler was set
+    status_of: dict[int, int] = {}  # agent pid -> our end of its status pipe
 
     def in_child() -> None:
         sock.close()
         for fd in (sig_r, sig_w) if adopted is None else (sig_r, sig_w, adopted):
             os.close(fd)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    if first is not None and not preload:
+        _fork_first(first, run_agent, status_of, in_child, reset=True)
+    _start_template(preload)
+    if first is not None and preload:
+        _fork_first(first, run_agent, status_of, in_child, reset=False)
 
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
@@ -502,21 +525,21 @@ def _serve(
 
 def _fork_first(
     first: tuple[int, _socket.socket, int],
-    sock: _socket.socket,
     run_agent: Callable[[int, Any], None],
     status_of: dict[int, int],
+    in_child: Callable[[], None],
     *,
     reset: bool,
 ) -> None:
     """Fork the agent the caller asked for at the template's fork; ``reset``: the template has not started."""
     agent_id, conn, status_w = first
 
-    def in_child() -> None:
-        sock.close()
+    def first_in_child() -> None:
+        in_child()
         if reset:
             _reset_inherited()
 
-    _fork_agent(agent_id, conn.detach(), status_w, run_agent, status_of, in_child)
+    _fork_agent(agent_id, conn.detach(), status_w, run_agent, status_of, first_in_child)
 
 
 def _fork_agent(
@@ -544,6 +567,7 @@ def _fork_agent(
             for fd in (status_w, *status_of.values()):
                 os.close(fd)
             in_child()
+            _own_signals()
             code = _run_child(agent_id, conn_fd, run_agent)
         finally:
             _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
@@ -569,6 +593,17 @@ def _start_template(preload: tuple[str, ...]) -> None:
             __import__(module)
         except Exception:
             pass  # preloading is an optimization; the task's own import reports errors
+
+
+def _own_signals() -> None:
+    """In a new agent: SIGCHLD and the signal wake-up fd are its own, not its parent's.
+
+    A task's subprocess must give it its exit code (the caller may ignore
+    SIGCHLD; the template handles it), and a signal the agent receives (a
+    task timeout's SIGALRM) must not wake its parent's event loop.
+    """
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _reset_inherited() -> None:
