@@ -567,3 +567,33 @@ def test_a_direct_childs_exit_code_taken_by_another_waiter_is_unknown_not_invent
     child.join(10)
     assert child.exitcode == 5 and not child.is_alive()
     child.close()
+
+
+def test_an_agent_whose_supervisor_let_go_exits_quietly(tmp_path: Path) -> None:
+    # Its pipe closed before it said READY: it has no one to report to, and
+    # must not print a traceback on the user's stderr.
+    proc = _script(
+        tmp_path,
+        """
+        import os
+        import faults
+        import guildcore.engine.machine  # a later pool's: its first agent is the caller's own
+        from guildcore.engine.pool import AgentStarter
+
+        if __name__ == "__main__":
+            # Its initializer holds it until the pipe is closed; then it says READY.
+            starter = AgentStarter(start_method="auto", limit_bytes=None, initializer=faults.wait_for_path, initargs=("go",))
+            starter.prepare(first_agent=True)
+            child, conn = starter._direct
+            conn.close()
+            open("go", "w").close()
+            child.join(30)
+            print(child.exitcode)
+            starter._direct = None
+            child.close()
+            starter.close()
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0"]
+    assert "Traceback" not in proc.stderr, proc.stderr
