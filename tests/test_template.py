@@ -203,10 +203,13 @@ def _an_agent_of_the_template(g: Guild) -> psutil.Process:
         for agent in g.stats()["agents"]:
             if agent["state"].lower() != "idle":
                 continue
-            process = psutil.Process(agent["pid"])
-            if process.ppid() == template.pid:
-                return process
-            process.kill()
+            try:
+                process = psutil.Process(agent["pid"])
+                if process.ppid() == template.pid:
+                    return process
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass  # killed a moment ago: the supervisor has not seen it end yet
         assert time.monotonic() < deadline, g.stats()["agents"]
         time.sleep(0.01)
 
