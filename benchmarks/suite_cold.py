@@ -312,40 +312,20 @@ def bench_new_pool(bench: Bench, rounds: int) -> None:
     from guildcore import Guild, GuildExecutor
 
     fork = multiprocessing.get_context("fork")
-    systems: dict[str, tuple[Sample, float, str]] = {
-        PPE_FORK: (
-            _new_pool(
-                lambda: cf.ProcessPoolExecutor(pools.WORKERS, mp_context=fork),
-                lambda p: p.submit(trivial.ping, 1).result(),
-                lambda p: p.shutdown(wait=True),
-            ),
-            1.0,
-            "",
-        ),
-        "multiprocessing.Pool (fork)": (
-            _new_pool(lambda: fork.Pool(pools.WORKERS), lambda p: p.apply(trivial.ping, (1,)), _close_pool),
-            1.0,
-            "",
-        ),
-        "guildcore Guild": (
-            _new_pool(
-                lambda: Guild(max_agents=pools.WORKERS),
-                lambda g: g.submit(trivial.ping, 1).result(),
-                lambda g: g.shutdown(wait=True),
-            ),
-            1.0,
-            "",
-        ),
-        "guildcore GuildExecutor": (
-            _new_pool(
-                lambda: GuildExecutor(max_workers=pools.WORKERS),
-                lambda g: g.submit(trivial.ping, 1).result(),
-                lambda g: g.shutdown(wait=True),
-            ),
-            1.0,
-            "",
-        ),
+
+    def submit_one(pool: Any) -> object:
+        return pool.submit(trivial.ping, 1).result()
+
+    def shut_down(pool: Any) -> None:
+        pool.shutdown(wait=True)
+
+    parts: dict[str, tuple[Callable[[], Any], Callable[[Any], object], Callable[[Any], None]]] = {
+        PPE_FORK: (lambda: cf.ProcessPoolExecutor(pools.WORKERS, mp_context=fork), submit_one, shut_down),
+        "multiprocessing.Pool (fork)": (lambda: fork.Pool(pools.WORKERS), lambda p: p.apply(trivial.ping, (1,)), _close_pool),
+        "guildcore Guild": (lambda: Guild(max_agents=pools.WORKERS), submit_one, shut_down),
+        "guildcore GuildExecutor": (lambda: GuildExecutor(max_workers=pools.WORKERS), submit_one, shut_down),
     }
+    systems = {name: (_new_pool(*made), 1.0, "") for name, made in parts.items()}
     _interleave(bench, NEW_POOL, systems, rounds, baseline=PPE_FORK, creation=False)
 
 

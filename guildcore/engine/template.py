@@ -131,10 +131,8 @@ class TemplateChild:
     def join(self, timeout: float | None = None) -> None:
         if self._exitcode is not None or self.sentinel < 0:
             return
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sentinel, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                return
+        if not _wait_readable(self.sentinel, timeout):
+            return
         code = _read_signed(self.sentinel)
         if code is None:
             # EOF without a code: the template died (an OOM kill, a SIGKILL).
@@ -191,10 +189,8 @@ class DirectChild:
     def join(self, timeout: float | None = None) -> None:
         if self._ended or self.sentinel < 0:
             return
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sentinel, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                return
+        if not _wait_readable(self.sentinel, timeout):
+            return
         self._ended = True
         try:
             _pid, status = os.waitpid(self.pid, 0)  # it has exited: this does not block
@@ -410,9 +406,7 @@ class Template:
     def receive(self, requested: Requested) -> tuple[TemplateChild, Any]:
         """Wait for the agent ``request`` asked for (its pid); its handle and pipe."""
         parent_conn, status_r = requested.take()
-        with selectors.DefaultSelector() as sel:
-            sel.register(status_r, selectors.EVENT_READ)
-            ready = sel.select(_START_TIMEOUT_S)
+        ready = _wait_readable(status_r, _START_TIMEOUT_S)
         pid = _read_signed(status_r) if ready else None
         if not pid or pid < 0:
             parent_conn.close()
@@ -740,6 +734,13 @@ def _recv_fds(sock: _socket.socket, size: int, max_fds: int) -> tuple[bytes, lis
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds += [fd for (fd,) in _FD.iter_unpack(data[: len(data) - len(data) % _FD.size])]
     return msg, fds
+
+
+def _wait_readable(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` became readable within ``timeout`` seconds (None: wait for it)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
 
 
 def _write_signed(fd: int, value: int) -> None:
