@@ -255,12 +255,11 @@ class AgentStarter:
         agent_main(conn, self._settings(agent_id))
 
     def start(self, agent_id: int) -> AgentHandle:
-        direct, self._direct = self._direct, None
-        if direct is not None:
+        if self._direct is not None:
             if agent_id == FIRST_AGENT_ID:
+                direct, self._direct = self._direct, None
                 return AgentHandle(agent_id, *direct)
-            self._direct = direct  # invariant: never, while the machine counts agents from FIRST_AGENT_ID
-            self._let_go_of_direct()
+            self._let_go_of_direct()  # invariant: never, while the machine counts agents from FIRST_AGENT_ID
         early, self._early = self._early, None
         if early is not None and (early.agent_id != agent_id or self._template is None):
             # Invariant: never, while the machine counts agents from FIRST_AGENT_ID.

@@ -68,7 +68,7 @@ from guildcore.engine import channel, mpidentity
 
 TYPE_CHECKING = False  # typing costs ~3 ms at import; mypy reads this name as typing's
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 _SIGNED = struct.Struct("i")
 _FD = _SIGNED  # a file descriptor in SCM_RIGHTS data: a C int
@@ -205,10 +205,7 @@ class DirectChild:
     def kill(self) -> None:
         """SIGKILL it, through its pidfd: never a process that took over its pid."""
         if self.sentinel >= 0:
-            try:
-                signal.pidfd_send_signal(self.sentinel, signal.SIGKILL)
-            except OSError:
-                pass  # gone already
+            _pidfd_kill(self.sentinel)
 
     def close(self) -> None:
         if self.sentinel >= 0:
@@ -252,15 +249,12 @@ def fork_agent(agent_id: int, run_agent: Callable[[int, Any], None]) -> tuple[Di
         child_conn.close()
         raise
     if pid == 0:  # the agent
-        code = 1
-        try:
+
+        def let_go() -> None:
             parent_conn.close()
             _reset_inherited()
-            _own_signals()
-            code = _run_child(agent_id, child_conn.detach(), run_agent)
-        finally:
-            _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
-            os._exit(code)
+
+        _be_agent(agent_id, child_conn.detach(), run_agent, let_go)
     child_conn.close()
     try:
         pidfd = os.pidfd_open(pid)  # unreaped, so its pid is still its own
@@ -556,19 +550,28 @@ def _fork_agent(
         os.close(conn_fd)
         return
     if pid == 0:  # the agent
-        code = 1
-        try:
+
+        def let_go() -> None:
             for fd in (status_w, *status_of.values()):
                 os.close(fd)
             in_child()
-            _own_signals()
-            code = _run_child(agent_id, conn_fd, run_agent)
-        finally:
-            _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
-            os._exit(code)
+
+        _be_agent(agent_id, conn_fd, run_agent, let_go)
     os.close(conn_fd)
     _write_signed(status_w, pid)
     status_of[pid] = status_w
+
+
+def _be_agent(agent_id: int, conn_fd: int, run_agent: Callable[[int, Any], None], let_go: Callable[[], None]) -> NoReturn:
+    """In a just-forked agent: drop what only its parent uses (``let_go``), run, and exit."""
+    code = 1
+    try:
+        let_go()
+        _own_signals()
+        code = _run_child(agent_id, conn_fd, run_agent)
+    finally:
+        _flush_std_streams()  # os._exit skips it: a traceback printed just now would be lost
+        os._exit(code)
 
 
 def _start_template(preload: tuple[str, ...]) -> None:
@@ -685,10 +688,14 @@ def _kill_all(status_of: dict[int, int], adopted: int | None = None) -> None:
         except OSError:
             pass
     if adopted is not None:
-        try:
-            signal.pidfd_send_signal(adopted, signal.SIGKILL)
-        except OSError:
-            pass  # gone already
+        _pidfd_kill(adopted)
+
+
+def _pidfd_kill(pidfd: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass  # gone already
 
 
 def _reap(sig_r: int, status_of: dict[int, int]) -> None:
